@@ -1,0 +1,40 @@
+"""Convert an archive (v1, v2 or synthetic) into a memory-mapped fedrs cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedrs.cli._common import console, progress
+
+
+def main(
+    archive: Path = typer.Argument(..., help="Archive folder (v1.0, v2.0 or synthetic layout)."),
+    out: Path = typer.Option(..., "--out", help="Cache folder to write."),
+    metadata: Path | None = typer.Option(
+        None, help="The v2 metadata.parquet when it is not in the archive folder."
+    ),
+    modalities: str = typer.Option("s1,s2", help="Modalities to keep, comma-separated."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache in --out."),
+    skip_bad: bool = typer.Option(False, help="Leave out patches with bad files (reported)."),
+) -> None:
+    from fedrs.data import open_archive, prepare_cache
+
+    source = open_archive(
+        archive,
+        metadata=metadata,
+        modalities=[m.strip() for m in modalities.split(",") if m.strip()],
+        on_error="skip" if skip_bad else "raise",
+    )
+    for patch_id, why in source.skipped:
+        console.print(f"[yellow]skipped[/] {patch_id}: {why}")
+    with progress() as bar:
+        task = bar.add_task("caching patches", total=len(source))
+        prepare_cache(source, out, overwrite=overwrite, on_progress=lambda n: bar.advance(task, n))
+    console.print(
+        f"cache [bold]{out}[/]: {len(source)} patches "
+        f"({int(source.metadata['has_s2'].sum())} with S2, "
+        f"{int(source.metadata['has_s1'].sum())} with S1)"
+        + (f", {len(source.skipped)} skipped" if source.skipped else "")
+    )

@@ -1,0 +1,120 @@
+"""Reading BigEarthNet patch files with rasterio, checked and upsampled to 120x120.
+
+Every failure (missing file, truncated or corrupt GeoTIFF, wrong shape, band count or dtype)
+raises :class:`~fedrs.data.errors.CorruptPatchError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.errors import RasterioError
+
+from fedrs.data.errors import CorruptPatchError
+from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
+from fedrs.errors import InputError
+
+RESAMPLING = ("bilinear", "nearest")
+
+# S2 bands grouped by resolution, in the order of S2_BANDS within each group.
+S2_GROUPS: dict[int, tuple[str, ...]] = {
+    res: tuple(b for b in S2_BANDS if S2_RESOLUTION_M[b] == res) for res in (10, 20, 60)
+}
+# Position of every band of each group in the 12-band output.
+S2_GROUP_INDEX: dict[int, tuple[int, ...]] = {
+    res: tuple(S2_BANDS.index(b) for b in bands) for res, bands in S2_GROUPS.items()
+}
+
+
+def check_resample(resample: str) -> str:
+    """Return ``resample`` if it is a known upsampling mode, else raise InputError."""
+    if resample not in RESAMPLING:
+        raise InputError(f"resample must be one of {RESAMPLING}, not {resample!r}")
+    return resample
+
+
+def read_band(path: Path, *, size: int, dtype: str) -> np.ndarray:
+    """Read a single-band GeoTIFF of ``size`` x ``size`` pixels and the given dtype."""
+    try:
+        with rasterio.open(path) as src:
+            if src.count != 1:
+                raise CorruptPatchError(path, f"expected 1 band, found {src.count}")
+            if (src.height, src.width) != (size, size):
+                raise CorruptPatchError(
+                    path, f"expected {size}x{size} pixels, found {src.height}x{src.width}"
+                )
+            if src.dtypes[0] != dtype:
+                raise CorruptPatchError(path, f"expected dtype {dtype}, found {src.dtypes[0]}")
+            return src.read(1)
+    except CorruptPatchError:
+        raise
+    except (RasterioError, OSError) as exc:
+        reason = "file not found" if not path.exists() else f"unreadable GeoTIFF ({exc})"
+        raise CorruptPatchError(path, reason) from None
+
+
+def read_s2_native(folder: Path, name: str) -> dict[int, np.ndarray]:
+    """The 12 S2 bands of patch ``name`` at native resolution, grouped: {10: (4,120,120), ...}."""
+    out = {}
+    for res, bands in S2_GROUPS.items():
+        size = S2_PIXELS_PER_SIDE[res]
+        out[res] = np.stack(
+            [read_band(folder / f"{name}_{band}.tif", size=size, dtype="uint16") for band in bands]
+        )
+    return out
+
+
+def read_s1(folder: Path, name: str) -> np.ndarray:
+    """The S1 [VV, VH] backscatter of patch ``name`` in dB, float32 (2, 120, 120)."""
+    return np.stack(
+        [
+            read_band(folder / f"{name}_{band}.tif", size=PATCH_SIZE, dtype="float32")
+            for band in S1_BANDS
+        ]
+    )
+
+
+def upsample_s2(groups: dict[int, np.ndarray | torch.Tensor], resample: str) -> torch.Tensor:
+    """Assemble native-resolution band groups into float32 (..., 12, 120, 120).
+
+    Works on one patch (C, H, W) or a batch (B, C, H, W).  ``nearest`` repeats every pixel
+    exactly (integer factors 2 and 6); ``bilinear`` is half-pixel-centred bilinear
+    interpolation (``align_corners=False``), the same whether data come from GeoTIFFs or a cache.
+    """
+    batched = np.ndim(groups[10]) == 4
+    lead = tuple(np.shape(groups[10])[:-3])
+    out = torch.empty((*lead, len(S2_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=torch.float32)
+    for res, index in S2_GROUP_INDEX.items():
+        band = torch.as_tensor(np.asarray(groups[res], dtype=np.float32))
+        if res != 10:
+            factor = PATCH_SIZE // band.shape[-1]
+            if resample == "nearest":
+                band = band.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
+            else:
+                band4 = band if batched else band.unsqueeze(0)
+                band4 = F.interpolate(
+                    band4, size=(PATCH_SIZE, PATCH_SIZE), mode="bilinear", align_corners=False
+                )
+                band = band4 if batched else band4.squeeze(0)
+        out[..., list(index), :, :] = band
+    return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object; a missing or malformed file raises CorruptPatchError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise CorruptPatchError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CorruptPatchError(path, f"malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptPatchError(path, "malformed JSON (expected an object)")
+    return data

@@ -1,0 +1,136 @@
+"""Archive metadata: one table, the same columns whatever the layout.
+
+Columns of a normalised table (``normalize_metadata``):
+
+``patch_id`` (str, S2 name; the S1 name when only S1 exists), ``s1_name`` (str or None),
+``labels`` (tuple of 19-class names, order of ``LABELS_19``), ``split`` (train / validation /
+test, or None), ``country`` (str or None), ``season`` (Winter / Spring / Summer / Fall or None),
+``has_s1`` (bool), ``has_s2`` (bool).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fedrs.data.errors import CorruptPatchError
+from fedrs.data.facts import LABELS_19
+
+COLUMNS = ("patch_id", "s1_name", "labels", "split", "country", "season", "has_s1", "has_s2")
+SEASONS = ("Winter", "Spring", "Summer", "Fall")
+_LABEL_INDEX = {name: i for i, name in enumerate(LABELS_19)}
+_DATE = re.compile(r"_(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T")
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+
+
+def season_of(name: str) -> str | None:
+    """Meteorological season of a Sentinel product or patch name (``..._20170613T...``)."""
+    match = _DATE.search(name)
+    if match is None:
+        return None
+    month = int(match.group("month"))
+    return SEASONS[(month % 12) // 3]
+
+
+def multi_hot(labels: Iterable[str], *, source: str | Path = "labels") -> np.ndarray:
+    """Multi-hot float32 (19,) vector of label names; an unknown name raises CorruptPatchError."""
+    vec = np.zeros(len(LABELS_19), dtype=np.float32)
+    for name in labels:
+        index = _LABEL_INDEX.get(str(name))
+        if index is None:
+            raise CorruptPatchError(source, f"unknown 19-class label {name!r}")
+        vec[index] = 1.0
+    return vec
+
+
+def labels_matrix(labels: Sequence[Iterable[str]] | pd.Series) -> np.ndarray:
+    """(N, 19) multi-hot float32 matrix of a column of label lists (vectorised)."""
+    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels.to_numpy())
+    exploded = series.explode().dropna()
+    out = np.zeros((len(series), len(LABELS_19)), dtype=np.float32)
+    if len(exploded):
+        codes = exploded.astype(str).map(_LABEL_INDEX)
+        if codes.isna().any():
+            bad = sorted(set(exploded[codes.isna()].astype(str)))
+            raise CorruptPatchError("labels", f"unknown 19-class label(s) {bad}")
+        out[exploded.index.to_numpy(), codes.to_numpy(dtype=np.int64)] = 1.0
+    return out
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """Read a metadata parquet file; any failure raises CorruptPatchError naming the file."""
+    path = Path(path)
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise CorruptPatchError(path, "metadata file not found") from None
+    except Exception as exc:  # pyarrow raises several types for a malformed file
+        raise CorruptPatchError(path, f"unreadable parquet ({type(exc).__name__}: {exc})") from None
+
+
+def normalize_metadata(df: pd.DataFrame, *, source: str | Path = "metadata") -> pd.DataFrame:
+    """Return a copy of ``df`` with every column of ``COLUMNS`` present and typed.
+
+    Accepts the official v2 ``metadata.parquet`` (patch_id, labels, split, country, s1_name, ...)
+    as well as tables that already carry ``season``/``has_s1``/``has_s2``.  Missing ``has_s1`` /
+    ``has_s2`` default to True where a name is present; a missing ``season`` is derived from the
+    acquisition date in the patch name.
+    """
+    if "patch_id" not in df.columns:
+        raise CorruptPatchError(source, "metadata has no 'patch_id' column")
+    out = pd.DataFrame({"patch_id": df["patch_id"].astype(str).to_numpy()})
+    if "s1_name" in df.columns:
+        s1 = _objects(df["s1_name"])
+        s1[s1 == ""] = None
+        out["s1_name"] = s1
+    else:
+        out["s1_name"] = None
+    if "labels" in df.columns:
+        column = df["labels"]
+        names = column.explode().dropna().astype(str)
+        unknown = sorted(set(names.unique()) - set(LABELS_19))
+        if unknown:
+            raise CorruptPatchError(source, f"unknown 19-class label(s) {unknown}")
+        values = column.to_numpy(dtype=object, copy=True)
+        values[column.isna().to_numpy()] = ()
+        out["labels"] = values
+    else:
+        out["labels"] = [()] * len(df)
+    for column_name in ("split", "country", "season"):
+        if column_name in df.columns:
+            out[column_name] = _objects(df[column_name])
+        else:
+            out[column_name] = None
+    out["split"] = out["split"].replace(_SPLIT_ALIASES)
+    if "season" not in df.columns:
+        ids = pa.array(out["patch_id"].to_numpy(dtype=object), type=pa.string())
+        found = pc.extract_regex(ids, _DATE.pattern)
+        months = pc.cast(pc.fill_null(pc.struct_field(found, [1]), "0"), pa.int64()).to_numpy()
+        seasons = np.array((*SEASONS, None), dtype=object)
+        index = np.where(months == 0, len(SEASONS), (months % 12) // 3)
+        out["season"] = pd.Series(seasons[index], dtype=object)
+    out["has_s1"] = (
+        df["has_s1"].astype(bool).to_numpy()
+        if "has_s1" in df.columns
+        else out["s1_name"].notna().to_numpy()
+    )
+    out["has_s2"] = df["has_s2"].astype(bool).to_numpy() if "has_s2" in df.columns else True
+    return out[list(COLUMNS)].reset_index(drop=True)
+
+
+def _objects(column: pd.Series) -> pd.Series:
+    """Object-dtype copy of ``column`` with every missing value (NaN, NA, None) as None."""
+    values = column.to_numpy(dtype=object, copy=True)
+    values[column.isna().to_numpy()] = None
+    return pd.Series(values, dtype=object)
+
+
+def load_metadata(path: str | Path) -> pd.DataFrame:
+    """Read and normalise a metadata parquet file (official v2, synthetic, or a fedrs cache)."""
+    return normalize_metadata(read_parquet(path), source=path)
