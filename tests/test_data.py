@@ -275,6 +275,16 @@ def test_cache_items_equal_geotiff_items(
         assert torch.equal(batch[key], reference[key])
 
 
+def test_cache_keeps_its_resampling(tmp_path: Path, v1_sample: Path) -> None:
+    source = open_archive(v1_sample, modalities=("s2",), resample="nearest")
+    prepare_cache(source, tmp_path / "cache")
+    cached = open_archive(tmp_path / "cache")
+    assert cached.resample == "nearest"
+    assert torch.equal(cached[0]["s2"], source[0]["s2"])
+    with pytest.raises(InputError, match="nearest-upsampled"):
+        open_archive(tmp_path / "cache", resample="bilinear")
+
+
 def test_cache_refuses_to_overwrite(tmp_path: Path, v1_sample: Path) -> None:
     source = open_archive(v1_sample, modalities=("s1",))
     out = prepare_cache(source, tmp_path / "cache")

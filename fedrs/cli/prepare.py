@@ -16,6 +16,7 @@ def main(
         None, help="The v2 metadata.parquet when it is not in the archive folder."
     ),
     modalities: str = typer.Option("s1,s2", help="Modalities to keep, comma-separated."),
+    resample: str = typer.Option("bilinear", help="Upsampling of 20/60 m bands: bilinear|nearest."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache in --out."),
     skip_bad: bool = typer.Option(False, help="Leave out patches with bad files (reported)."),
 ) -> None:
@@ -24,6 +25,7 @@ def main(
     source = open_archive(
         archive,
         metadata=metadata,
+        resample=resample,
         modalities=[m.strip() for m in modalities.split(",") if m.strip()],
         on_error="skip" if skip_bad else "raise",
     )

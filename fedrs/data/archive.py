@@ -69,7 +69,7 @@ class PatchArchive(Dataset[Item]):
         *,
         modalities: Sequence[str],
         split: str | None,
-        resample: str,
+        resample: str = "bilinear",
         on_error: str,
     ) -> None:
         self.root = root
@@ -92,6 +92,7 @@ class PatchArchive(Dataset[Item]):
             meta["has_s2"] = False
         self.metadata: pd.DataFrame = meta
         self._labels = labels_matrix(meta["labels"])
+        self._index_columns()
         self.skipped: list[tuple[str, str]] = []
         if on_error == "skip":
             self._drop_bad_patches()
@@ -119,11 +120,10 @@ class PatchArchive(Dataset[Item]):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for an archive of {len(self)} patches")
         row = int(index) % len(self)
-        has_s1, has_s2 = self.metadata.at[row, "has_s1"], self.metadata.at[row, "has_s2"]
         return {
-            "patch_id": str(self.metadata.at[row, "patch_id"]),
-            "s2": self._read_s2(row) if has_s2 else None,
-            "s1": self._read_s1(row) if has_s1 else None,
+            "patch_id": self._patch_ids[row],
+            "s2": self._read_s2(row) if self._has_s2[row] else None,
+            "s1": self._read_s1(row) if self._has_s1[row] else None,
             "labels": torch.from_numpy(self._labels[row].copy()),
         }
 
@@ -153,6 +153,13 @@ class PatchArchive(Dataset[Item]):
     def _keep_rows(self, keep: np.ndarray) -> None:
         self.metadata = self.metadata[keep].reset_index(drop=True)
         self._labels = self._labels[keep]
+        self._index_columns()
+
+    def _index_columns(self) -> None:
+        """Plain arrays of the columns read per item (a DataFrame lookup costs microseconds)."""
+        self._patch_ids = self.metadata["patch_id"].astype(str).tolist()
+        self._has_s1 = self.metadata["has_s1"].to_numpy(dtype=bool)
+        self._has_s2 = self.metadata["has_s2"].to_numpy(dtype=bool)
 
     def __repr__(self) -> str:
         return (
@@ -362,7 +369,7 @@ def open_archive(
     *,
     modalities: Sequence[str] = MODALITIES,
     split: str | None = None,
-    resample: str = "bilinear",
+    resample: str | None = None,
     metadata: str | Path | None = None,
     on_error: str = "raise",
 ) -> PatchArchive:
@@ -373,7 +380,8 @@ def open_archive(
             fedrs cache written by ``fedrs prepare``).
         modalities: which of ``("s1", "s2")`` to read; patches with none of them are left out.
         split: ``train``, ``validation`` (or ``val``), ``test``, or None for all.
-        resample: upsampling of the 20 m / 60 m bands: ``bilinear`` or ``nearest``.
+        resample: upsampling of the 20 m / 60 m bands: ``bilinear`` (default) or ``nearest``;
+            a cache answers with the mode it was prepared with (another mode is refused).
         metadata: the v2 ``metadata.parquet`` when it is not in ``root``.
         on_error: ``raise`` (default) or ``skip``: read every patch once and leave out the ones
             whose files are bad; they are listed in ``archive.skipped`` and reported by a warning.
@@ -385,7 +393,9 @@ def open_archive(
     path = Path(root)
     if not path.is_dir():
         raise ArchiveNotFoundError(f"{path}: archive folder not found")
-    options = {"modalities": modalities, "split": split, "resample": resample, "on_error": on_error}
+    options: dict[str, Any] = {"modalities": modalities, "split": split, "on_error": on_error}
+    if resample is not None:
+        options["resample"] = resample
     for detect, opener in _layouts():
         if detect(path):
             return opener(path, metadata, **options)

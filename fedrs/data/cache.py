@@ -2,16 +2,15 @@
 
 Layout of a cache folder::
 
-    fedrs-cache.json   format, version, counts, source (written last: a cache without it is
-                       incomplete and is not recognised)
+    fedrs-cache.json   format, version, counts, source, resample (written last: a cache
+                       without it is incomplete and is not recognised)
     index.parquet      normalised metadata + ``s2_row`` / ``s1_row`` (-1 where missing)
-    s2_10m.npy         uint16 (N_s2, 4, 120, 120)   B02 B03 B04 B08
-    s2_20m.npy         uint16 (N_s2, 6, 60, 60)     B05 B06 B07 B8A B11 B12
-    s2_60m.npy         uint16 (N_s2, 2, 20, 20)     B01 B09
-    s1.npy             float32 (N_s1, 2, 120, 120)  VV VH (dB)
+    s2.npy             float32 (N_s2, 12, 120, 120)  S2 bands in S2_BANDS order, upsampled
+    s1.npy             float32 (N_s1, 2, 120, 120)   VV VH (dB)
 
-S2 bands are kept at their native resolution and dtype (a third of the float32 size) and are
-upsampled on read by the same code as the GeoTIFF path, so items are identical.
+The arrays hold exactly the items the source archive returns (S2 upsampled to 120x120 with the
+``resample`` mode recorded in the marker), so reading an item is one contiguous copy: 806 kB
+per patch with both modalities.  A cache answers only for the upsampling it was made with.
 """
 
 from __future__ import annotations
@@ -29,16 +28,14 @@ import torch
 
 from fedrs.data.archive import PatchArchive
 from fedrs.data.errors import ArchiveNotFoundError, CorruptPatchError
-from fedrs.data.facts import PATCH_SIZE
-from fedrs.data.geotiff import S2_GROUP_INDEX, S2_GROUPS, upsample_s2
+from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS
 from fedrs.data.metadata import normalize_metadata, read_parquet
 from fedrs.errors import InputError
 
 MARKER = "fedrs-cache.json"
 FORMAT = "fedrs-cache"
 VERSION = 1
-_S2_FILES = {10: "s2_10m.npy", 20: "s2_20m.npy", 60: "s2_60m.npy"}
-_S2_SIDE = {10: PATCH_SIZE, 20: PATCH_SIZE // 2, 60: PATCH_SIZE // 6}
+_CHANNELS = {"s1": len(S1_BANDS), "s2": len(S2_BANDS)}
 
 
 class CachedArchive(PatchArchive):
@@ -53,6 +50,12 @@ class CachedArchive(PatchArchive):
     @classmethod
     def open(cls, root: Path, metadata: str | Path | None, **kwargs: Any) -> CachedArchive:
         info = _read_marker(root)
+        if kwargs.get("resample", info["resample"]) != info["resample"]:
+            raise InputError(
+                f"{root}: this cache holds {info['resample']}-upsampled bands, not "
+                f"{kwargs['resample']}; prepare another with --resample {kwargs['resample']}"
+            )
+        kwargs["resample"] = info["resample"]
         index = normalize_metadata(read_parquet(root / "index.parquet"), source=root)
         raw = read_parquet(root / "index.parquet")
         index["s2_row"] = raw["s2_row"].to_numpy(dtype=np.int64)
@@ -66,12 +69,16 @@ class CachedArchive(PatchArchive):
         self._arrays = _open_arrays(root)
         super().__init__(root, metadata, **kwargs)
 
-    def read_s2_native(self, row: int) -> dict[int, np.ndarray]:
-        r = int(self.metadata.at[row, "s2_row"])
-        return {res: self._arrays[f"s2_{res}"][r] for res in S2_GROUPS}
+    def _index_columns(self) -> None:
+        super()._index_columns()
+        self._s2_rows = self.metadata["s2_row"].to_numpy(dtype=np.int64)
+        self._s1_rows = self.metadata["s1_row"].to_numpy(dtype=np.int64)
 
-    def read_s1(self, row: int) -> np.ndarray:
-        return np.asarray(self._arrays["s1"][int(self.metadata.at[row, "s1_row"])])
+    def _read_s2(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._arrays["s2"][self._s2_rows[row]]))
+
+    def _read_s1(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._arrays["s1"][self._s1_rows[row]]))
 
     def get_batch(self, rows: np.ndarray | list[int]) -> dict[str, Any]:
         """Several items at once, stacked: ``s1``/``s2`` (B, C, 120, 120) or None, ``labels``.
@@ -79,26 +86,22 @@ class CachedArchive(PatchArchive):
         Rows lacking a modality get zeros there; ``has_s1`` / ``has_s2`` (B,) bool tell which.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        meta = self.metadata
         out: dict[str, Any] = {
-            "patch_id": meta["patch_id"].to_numpy()[rows].tolist(),
+            "patch_id": [self._patch_ids[r] for r in rows],
             "labels": torch.from_numpy(self._labels[rows]),
         }
         for modality in ("s1", "s2"):
-            has = meta[f"has_{modality}"].to_numpy(dtype=bool)[rows]
+            has = (self._has_s1 if modality == "s1" else self._has_s2)[rows]
             out[f"has_{modality}"] = torch.from_numpy(has)
             if not has.any():
                 out[modality] = None
                 continue
-            source = meta[f"{modality}_row"].to_numpy()[rows][has]
-            if modality == "s1":
-                data = torch.from_numpy(np.asarray(self._arrays["s1"][source], dtype=np.float32))
-            else:
-                groups = {res: self._arrays[f"s2_{res}"][source] for res in S2_GROUPS}
-                data = upsample_s2(groups, self.resample)  # type: ignore[arg-type]
-            full = torch.zeros((len(rows), *data.shape[1:]), dtype=torch.float32)
-            full[torch.from_numpy(has)] = data
-            out[modality] = full
+            source = (self._s1_rows if modality == "s1" else self._s2_rows)[rows]
+            full = np.zeros((len(rows), _CHANNELS[modality], PATCH_SIZE, PATCH_SIZE), np.float32)
+            array = self._arrays[modality]
+            for k in np.flatnonzero(has):  # one contiguous copy per patch
+                full[k] = array[source[k]]
+            out[modality] = torch.from_numpy(full)
         return out
 
 
@@ -119,9 +122,8 @@ def _read_marker(root: Path) -> dict[str, Any]:
 
 def _open_arrays(root: Path) -> dict[str, np.ndarray]:
     arrays = {}
-    names = {f"s2_{res}": name for res, name in _S2_FILES.items()} | {"s1": "s1.npy"}
-    for key, name in names.items():
-        path = root / name
+    for key in _CHANNELS:
+        path = root / f"{key}.npy"
         try:
             arrays[key] = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
@@ -159,32 +161,28 @@ def prepare_cache(
     s2_row = np.where(has_s2, np.cumsum(has_s2) - 1, -1)
     s1_row = np.where(has_s1, np.cumsum(has_s1) - 1, -1)
     n2, n1 = int(has_s2.sum()), int(has_s1.sum())
-    s2 = {
-        res: np.lib.format.open_memmap(
-            out / _S2_FILES[res],
+    arrays = {
+        modality: np.lib.format.open_memmap(
+            out / f"{modality}.npy",
             mode="w+",
-            dtype=np.uint16,
-            shape=(n2, len(S2_GROUP_INDEX[res]), _S2_SIDE[res], _S2_SIDE[res]),
+            dtype=np.float32,
+            shape=(count, _CHANNELS[modality], PATCH_SIZE, PATCH_SIZE),
         )
-        for res in S2_GROUPS
+        for modality, count in (("s2", n2), ("s1", n1))
     }
-    s1 = np.lib.format.open_memmap(
-        out / "s1.npy", mode="w+", dtype=np.float32, shape=(n1, 2, PATCH_SIZE, PATCH_SIZE)
-    )
+    target = {"s2": s2_row, "s1": s1_row}
 
     def copy(row: int) -> None:
-        if has_s2[row]:
-            groups = archive.read_s2_native(row)
-            for res in S2_GROUPS:
-                s2[res][s2_row[row]] = groups[res]
-        if has_s1[row]:
-            s1[s1_row[row]] = archive.read_s1(row)
+        item = archive[row]
+        for modality, array in arrays.items():
+            if item[modality] is not None:
+                array[target[modality][row]] = item[modality].numpy()
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for _ in pool.map(copy, range(len(meta))):
             if on_progress is not None:
                 on_progress(1)
-    for array in (*s2.values(), s1):
+    for array in arrays.values():
         array.flush()
     meta["s2_row"], meta["s1_row"] = s2_row, s1_row
     meta["labels"] = [list(map(str, v)) for v in meta["labels"]]
@@ -198,6 +196,7 @@ def prepare_cache(
         "source": str(Path(archive.root).resolve()),
         "source_layout": archive.layout,
         "modalities": list(archive.modalities),
+        "resample": archive.resample,
     }
     (out / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return out

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from rasterio.errors import RasterioError
 
 from fedrs.data.errors import CorruptPatchError
@@ -80,30 +79,52 @@ def read_s1(folder: Path, name: str) -> np.ndarray:
     )
 
 
-def upsample_s2(groups: dict[int, np.ndarray | torch.Tensor], resample: str) -> torch.Tensor:
+def _upsample_axis(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
+    """Half-pixel-centred bilinear upsampling of one axis by an integer factor.
+
+    Output pixel ``o`` samples source coordinate ``(o + 0.5) / factor - 0.5``, clamped to the
+    edges: the arithmetic of ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)``.  Each output phase ``o % factor`` is a fixed blend of two shifted
+    copies of the edge-padded input, so the work is a few strided array operations.
+    """
+    x = np.moveaxis(x, axis, -1)
+    n = x.shape[-1]
+    padded = np.concatenate([x[..., :1], x, x[..., -1:]], axis=-1)
+    left, centre, right = padded[..., :-2], padded[..., 1:-1], padded[..., 2:]
+    out = np.empty((*x.shape[:-1], n * factor), dtype=np.float32)
+    for phase in range(factor):
+        d = (phase + 0.5) / factor - 0.5
+        if d >= 0:
+            out[..., phase::factor] = (1.0 - d) * centre + d * right
+        else:
+            out[..., phase::factor] = -d * left + (1.0 + d) * centre
+    return np.moveaxis(out, -1, axis)
+
+
+def _upsample(band: np.ndarray, resample: str) -> np.ndarray:
+    """Upsample (..., n, n) float32 to (..., 120, 120) by an integer factor."""
+    factor = PATCH_SIZE // band.shape[-1]
+    if resample == "nearest":
+        return band.repeat(factor, axis=-2).repeat(factor, axis=-1)
+    return _upsample_axis(_upsample_axis(band, factor, -1), factor, -2)
+
+
+def upsample_s2(groups: dict[int, np.ndarray], resample: str) -> torch.Tensor:
     """Assemble native-resolution band groups into float32 (..., 12, 120, 120).
 
     Works on one patch (C, H, W) or a batch (B, C, H, W).  ``nearest`` repeats every pixel
     exactly (integer factors 2 and 6); ``bilinear`` is half-pixel-centred bilinear
-    interpolation (``align_corners=False``), the same whether data come from GeoTIFFs or a cache.
+    interpolation, the same whether the bands come from GeoTIFFs or from a cache.
     """
-    batched = np.ndim(groups[10]) == 4
     lead = tuple(np.shape(groups[10])[:-3])
-    out = torch.empty((*lead, len(S2_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=torch.float32)
+    out = np.empty((*lead, len(S2_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
     for res, index in S2_GROUP_INDEX.items():
-        band = torch.as_tensor(np.asarray(groups[res], dtype=np.float32))
+        band = np.asarray(groups[res], dtype=np.float32)
         if res != 10:
-            factor = PATCH_SIZE // band.shape[-1]
-            if resample == "nearest":
-                band = band.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
-            else:
-                band4 = band if batched else band.unsqueeze(0)
-                band4 = F.interpolate(
-                    band4, size=(PATCH_SIZE, PATCH_SIZE), mode="bilinear", align_corners=False
-                )
-                band = band4 if batched else band4.squeeze(0)
-        out[..., list(index), :, :] = band
-    return out
+            band = _upsample(band, resample)
+        for k, position in enumerate(index):
+            out[..., position, :, :] = band[..., k, :, :]
+    return torch.from_numpy(out)
 
 
 def read_json(path: Path) -> dict[str, Any]:
