@@ -1,0 +1,480 @@
+"""Retrieval metrics for multi-label hash codes (mAP@k, precision@k, recall@k, NDCG@k).
+
+Conventions shared by every function here:
+
+* **Codes** may be packed ``uint8`` ``(N, K/8)`` or unpacked ``(N, K)`` (``±1``, ``{0, 1}`` as
+  bool/int8, real scores with bit = value > 0); see :mod:`fedrs.retrieval.index`. Hamming
+  distances are exact (XOR + popcount in numpy).
+* **Labels** are multi-hot ``(N, L)`` arrays (``L = 19`` for BigEarthNet), bool or numeric with
+  values 0/1.
+* **Relevance**: a database item is relevant to a query when they share at least one label. Its
+  **grade** (for NDCG) is the number of labels they share.
+* **Ranking**: database items sorted by Hamming distance to the query; equal distances keep
+  database order (the item stored first ranks first). This is the order
+  :meth:`fedrs.retrieval.HashIndex.search` returns.
+* ``k`` larger than the database is clipped to the database size.
+* Each metric is computed per query and averaged over the queries. Queries are processed in
+  chunks so that ``1,000 x 100,000`` queries x database items needs no more than a few tens of
+  MB at a time (``chunk_size`` sets the number of queries per chunk).
+
+Definitions, with ``rel(i)`` = 1 if the item at rank ``i`` is relevant, ``R`` = number of
+relevant items in the whole database, ``R_k = sum_{i<=k} rel(i)``, ``P(i) = R_i / i``:
+
+* ``AP@k = (1 / R_k) * sum_{i<=k} P(i) * rel(i)``, and 0 when ``R_k = 0``; ``mAP@k`` is its mean.
+  This is the mAP@k of the deep-hashing literature (HashNet, DPSH, DSH, and the remote-sensing
+  hashing papers built on their evaluation code): precision averaged over the relevant items
+  *retrieved* within the top ``k``.
+* ``P@k = R_k / k``.
+* ``R@k = R_k / R``, and 0 when ``R = 0``.
+* ``NDCG@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<=k} (2**g(i) - 1) / log2(i + 1)`` where
+  ``g(i)`` is the grade (shared labels) of the item at rank ``i``; ``IDCG@k`` is the DCG of the
+  ideal ordering of the whole database (grades sorted in decreasing order); 0 when
+  ``IDCG@k = 0``.
+
+The random-code baseline: :func:`random_codes_baseline` scores random ``±1`` codes (fixed seed)
+on the same labels; :func:`relevance_prior` is the expected ``P@k`` of a random ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedrs.errors import InputError
+from fedrs.retrieval.index import _hamming_words, _words, as_packed
+
+__all__ = [
+    "RankedRelevance",
+    "evaluate_retrieval",
+    "mean_average_precision",
+    "ndcg_at_k",
+    "precision_at_k",
+    "random_codes_baseline",
+    "rank_relevance",
+    "recall_at_k",
+    "relevance_prior",
+]
+
+_CHUNK_ELEMENTS = 1 << 21
+"""Queries x database items handled at once when ``chunk_size`` is not given."""
+
+
+@dataclass(frozen=True)
+class RankedRelevance:
+    """Relevance of the top-``k`` ranked database items of each query.
+
+    Attributes:
+        relevant: ``(Q, k)`` bool, ``relevant[q, i]`` for the item at rank ``i + 1``.
+        grades: ``(Q, k)`` int32, labels shared with the item at rank ``i + 1``.
+        ideal_grades: ``(Q, k)`` int32, the ``k`` largest grades over the whole database,
+            in decreasing order.
+        num_relevant: ``(Q,)`` int64, relevant items in the whole database.
+        positions: ``(Q, k)`` int64, database positions of the ranked items.
+    """
+
+    relevant: np.ndarray
+    grades: np.ndarray
+    ideal_grades: np.ndarray
+    num_relevant: np.ndarray
+    positions: np.ndarray
+
+    @property
+    def k(self) -> int:
+        """Ranking depth (after clipping to the database size)."""
+        return int(self.relevant.shape[1])
+
+    def truncated(self, k: int) -> RankedRelevance:
+        """The same ranking cut to depth ``min(k, self.k)``."""
+        kk = min(k, self.k)
+        return RankedRelevance(
+            self.relevant[:, :kk],
+            self.grades[:, :kk],
+            self.ideal_grades[:, :kk],
+            self.num_relevant,
+            self.positions[:, :kk],
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_k(k: Any, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InputError(f"{name}: expected a positive integer, got {k!r}")
+    return int(k)
+
+
+def _labels(labels: Any, rows: int, name: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D multi-hot array (N, L), got shape {arr.shape}")
+    if arr.shape[0] != rows:
+        raise InputError(f"{name}: {arr.shape[0]} rows but {rows} codes")
+    if arr.dtype != np.bool_:
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputError(f"{name}: expected bool or numeric labels, got dtype {arr.dtype}")
+        if not ((arr == 0) | (arr == 1)).all():
+            raise InputError(f"{name}: multi-hot labels must be 0 or 1")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _inputs(
+    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    q = as_packed(query_codes, name="query_codes")
+    d = as_packed(db_codes, 8 * q.shape[1], name="db_codes")
+    if q.shape[0] == 0:
+        raise InputError("query_codes: no queries")
+    if d.shape[0] == 0:
+        raise InputError("db_codes: empty database")
+    ql = _labels(query_labels, q.shape[0], "query_labels")
+    dl = _labels(db_labels, d.shape[0], "db_labels")
+    if ql.shape[1] != dl.shape[1]:
+        raise InputError(f"query_labels has {ql.shape[1]} classes but db_labels has {dl.shape[1]}")
+    return q, d, ql, dl
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranking
+
+
+def _top_sorted(key: np.ndarray, k: int, *, descending: bool = False) -> np.ndarray:
+    """Indices of the ``k`` smallest (largest) entries of each row, in sorted order."""
+    work = -key if descending else key
+    if k < key.shape[1]:
+        top = np.argpartition(work, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(work, top, axis=1), axis=1, kind="stable")
+        return np.take_along_axis(top, order, axis=1)
+    return np.argsort(work, axis=1, kind="stable")
+
+
+def rank_relevance(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> RankedRelevance:
+    """Rank the database for each query and record the relevance of the top ``k``.
+
+    The building block of every metric in this module (see the module docstring for the
+    ranking and relevance rules).
+
+    Args:
+        query_codes: ``Q`` codes, packed or unpacked.
+        db_codes: ``N`` codes of the same length.
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        k: ranking depth, clipped to ``N``.
+        chunk_size: queries per chunk; by default about ``2**21 / N``.
+
+    Returns:
+        The :class:`RankedRelevance` of depth ``min(k, N)``.
+
+    Raises:
+        InputError: bad codes or labels, mismatched sizes, empty inputs, ``k < 1``.
+    """
+    k = _check_k(k)
+    q, d, ql, dl = _inputs(query_codes, db_codes, query_labels, db_labels)
+    n_db = d.shape[0]
+    kk = min(k, n_db)
+    rows = (
+        _check_k(chunk_size, "chunk_size")
+        if chunk_size is not None
+        else max(1, _CHUNK_ELEMENTS // n_db)
+    )
+    q_words, d_words = _words(q), _words(d)
+    db_position = np.arange(n_db, dtype=np.int64)
+    dl_t = np.ascontiguousarray(dl.T)
+
+    relevant, grades, ideal, num_relevant, positions = [], [], [], [], []
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        # Unique sort key: distance first, database position second.
+        key = _hamming_words(q_words[start:stop], d_words).astype(np.int64)
+        key *= n_db
+        key += db_position
+        top = _top_sorted(key, kk)
+        del key
+        shared = np.rint(ql[start:stop] @ dl_t).astype(np.int32)
+        ranked = np.take_along_axis(shared, top, axis=1)
+        positions.append(top.astype(np.int64, copy=False))
+        grades.append(ranked)
+        relevant.append(ranked > 0)
+        num_relevant.append(np.count_nonzero(shared, axis=1).astype(np.int64))
+        ideal.append(np.take_along_axis(shared, _top_sorted(shared, kk, descending=True), 1))
+    return RankedRelevance(
+        relevant=np.concatenate(relevant),
+        grades=np.concatenate(grades),
+        ideal_grades=np.concatenate(ideal),
+        num_relevant=np.concatenate(num_relevant),
+        positions=np.concatenate(positions),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-query metrics of a ranking
+
+
+def _average_precision(ranked: RankedRelevance) -> np.ndarray:
+    rel = ranked.relevant.astype(np.float64)
+    hits = np.cumsum(rel, axis=1)
+    precision = hits / np.arange(1, ranked.k + 1, dtype=np.float64)
+    retrieved = hits[:, -1]
+    total = (precision * rel).sum(axis=1)
+    return np.divide(total, retrieved, out=np.zeros_like(total), where=retrieved > 0)
+
+
+def _precision(ranked: RankedRelevance) -> np.ndarray:
+    return np.asarray(ranked.relevant.sum(axis=1) / ranked.k, dtype=np.float64)
+
+
+def _recall(ranked: RankedRelevance) -> np.ndarray:
+    hits = ranked.relevant.sum(axis=1).astype(np.float64)
+    total = ranked.num_relevant.astype(np.float64)
+    return np.divide(hits, total, out=np.zeros_like(hits), where=total > 0)
+
+
+def _dcg(grades: np.ndarray) -> np.ndarray:
+    discount = 1.0 / np.log2(np.arange(2, grades.shape[1] + 2, dtype=np.float64))
+    gains: np.ndarray = np.exp2(grades.astype(np.float64)) - 1.0
+    return gains @ discount
+
+
+def _ndcg(ranked: RankedRelevance) -> np.ndarray:
+    dcg = _dcg(ranked.grades)
+    idcg = _dcg(ranked.ideal_grades)
+    return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+
+
+_METRICS = {
+    "map": _average_precision,
+    "p": _precision,
+    "r": _recall,
+    "ndcg": _ndcg,
+}
+"""Metric name (as in ``evaluate_retrieval``'s keys) -> per-query score of a ranking."""
+
+
+def _mean_metric(
+    name: str,
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    chunk_size: int | None,
+) -> float:
+    ranked = rank_relevance(
+        query_codes, db_codes, query_labels, db_labels, k, chunk_size=chunk_size
+    )
+    return float(_METRICS[name](ranked).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# Public metrics
+
+
+def mean_average_precision(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """mAP@k: mean over queries of ``AP@k = (1/R_k) sum_{i<=k} P(i) rel(i)`` (0 if ``R_k = 0``).
+
+    ``R_k`` is the number of relevant items retrieved in the top ``k``, so AP@k averages the
+    precision at the ranks of the retrieved relevant items (the deep-hashing convention).
+    Relevant = shares at least one label; ranking by Hamming distance, ties in database order.
+
+    Args:
+        query_codes: ``Q`` codes, packed ``uint8`` ``(Q, K/8)`` or unpacked ``(Q, K)``.
+        db_codes: ``N`` codes of the same length.
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        k: ranking depth (clipped to ``N``).
+        chunk_size: queries per chunk (memory control); by default about ``2**21 / N``.
+
+    Returns:
+        mAP@k in ``[0, 1]``.
+
+    Raises:
+        InputError: bad codes or labels, mismatched sizes, empty inputs, ``k < 1``.
+    """
+    return _mean_metric("map", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def precision_at_k(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """Mean precision@k: the fraction of the top ``k`` that is relevant.
+
+    Arguments, ranking and errors as in :func:`mean_average_precision`.
+    """
+    return _mean_metric("p", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def recall_at_k(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """Mean recall@k: relevant items in the top ``k`` over all relevant items in the database.
+
+    A query with no relevant item in the database scores 0. Arguments, ranking and errors as in
+    :func:`mean_average_precision`.
+    """
+    return _mean_metric("r", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def ndcg_at_k(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """Mean NDCG@k with graded relevance = number of labels shared with the query.
+
+    ``DCG@k = sum_{i<=k} (2**g(i) - 1) / log2(i + 1)``; ``IDCG@k`` is the DCG@k of the whole
+    database sorted by grade, so NDCG@k = 1 only when the top ``k`` holds the ``k`` best-graded
+    items in grade order. Queries whose database holds no relevant item score 0. Arguments,
+    ranking and errors as in :func:`mean_average_precision`.
+    """
+    return _mean_metric("ndcg", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def evaluate_retrieval(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    ks: Iterable[int] = (10, 20, 100),
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """All metrics at every ``k`` of ``ks`` from a single ranking pass.
+
+    Args:
+        query_codes: ``Q`` codes, packed ``uint8`` ``(Q, K/8)`` or unpacked ``(Q, K)``.
+        db_codes: ``N`` codes of the same length.
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        ks: ranking depths (each clipped to ``N`` for the computation, named as given).
+        chunk_size: queries per chunk (memory control).
+
+    Returns:
+        ``{"map@k": ..., "p@k": ..., "r@k": ..., "ndcg@k": ...}`` for each ``k`` in ``ks``,
+        e.g. ``map@10, map@20, map@100, p@20, r@20, ndcg@20`` for the default ``ks``.
+
+    Raises:
+        InputError: as :func:`mean_average_precision`, or an empty ``ks``.
+    """
+    depths = [_check_k(k, "ks") for k in ks]
+    if not depths:
+        raise InputError("ks: give at least one ranking depth")
+    ranked = rank_relevance(
+        query_codes, db_codes, query_labels, db_labels, max(depths), chunk_size=chunk_size
+    )
+    out: dict[str, float] = {}
+    for name, metric in _METRICS.items():
+        for k in depths:
+            out[f"{name}@{k}"] = float(metric(ranked.truncated(k)).mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def random_codes_baseline(
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    bits: int = 64,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> float:
+    """mAP@k of random ``±1`` codes on the given labels: the floor a trained model must beat.
+
+    Codes are drawn with ``numpy.random.default_rng(seed)`` (queries first, then the database),
+    so the figure is reproducible.
+
+    Args:
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        k: ranking depth.
+        bits: code length, a positive multiple of 8.
+        seed: random seed.
+        chunk_size: queries per chunk.
+
+    Returns:
+        mAP@k of the random codes.
+    """
+    bits = _check_k(bits, "bits")
+    if bits % 8:
+        raise InputError(f"bits: expected a positive multiple of 8, got {bits}")
+    n_q, n_db = np.shape(query_labels)[0], np.shape(db_labels)[0]
+    rng = np.random.default_rng(seed)
+    query_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_q, bits))
+    db_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_db, bits))
+    return mean_average_precision(
+        query_codes, db_codes, query_labels, db_labels, k, chunk_size=chunk_size
+    )
+
+
+def relevance_prior(query_labels: Any, db_labels: Any, *, chunk_size: int | None = None) -> float:
+    """Mean fraction of the database relevant to a query: the expected P@k of a random ranking.
+
+    Args:
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        chunk_size: queries per chunk.
+
+    Returns:
+        ``mean_q R_q / N``.
+    """
+    ql_raw, dl_raw = np.asarray(query_labels), np.asarray(db_labels)
+    if ql_raw.ndim != 2 or dl_raw.ndim != 2 or ql_raw.shape[0] == 0 or dl_raw.shape[0] == 0:
+        raise InputError(
+            f"labels: expected non-empty 2-D multi-hot arrays, got {ql_raw.shape} and "
+            f"{dl_raw.shape}"
+        )
+    ql = _labels(ql_raw, ql_raw.shape[0], "query_labels")
+    dl = _labels(dl_raw, dl_raw.shape[0], "db_labels")
+    if ql.shape[1] != dl.shape[1]:
+        raise InputError(f"query_labels has {ql.shape[1]} classes but db_labels has {dl.shape[1]}")
+    n_db = dl.shape[0]
+    rows = (
+        _check_k(chunk_size, "chunk_size")
+        if chunk_size is not None
+        else max(1, _CHUNK_ELEMENTS // n_db)
+    )
+    dl_t = np.ascontiguousarray(dl.T)
+    counts = [
+        np.count_nonzero(ql[start : start + rows] @ dl_t > 0.5, axis=1)
+        for start in range(0, ql.shape[0], rows)
+    ]
+    return float(np.concatenate(counts).mean() / n_db)
