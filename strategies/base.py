@@ -1,0 +1,652 @@
+"""Machinery shared by the fedrs strategies: local-only keys, checked replies, round accounting.
+
+:class:`AccountedFedAvg` subclasses Flower's message-based ``FedAvg`` (node sampling, message
+construction and FedProx's config injection stay Flower's) and replaces the aggregation of
+training replies with a checked one:
+
+* **Local-only keys** (FedBN-style): ArrayRecord keys matching any pattern of ``local_keys``
+  (regular expressions searched anywhere in the key, so a plain substring works; default
+  :data:`DEFAULT_LOCAL_KEYS`: BatchNorm running statistics and feature-whitening statistics)
+  are stripped from what ``configure_train`` / ``configure_evaluate`` broadcast (no bytes are
+  sent) and are never aggregated: should a client send them back, they are ignored.  The
+  patterns travel to the clients in the ConfigRecord under :data:`LOCAL_KEYS_CONFIG_KEY` so a
+  ClientApp can keep the same keys at home.  The global model keeps its own (initial) values
+  for these keys.
+* **Checked replies**: a reply is *failed* (dropped, counted, logged; never a crash) when it
+  carries an error (``Message.has_error()``), when it has no usable ArrayRecord or MetricRecord,
+  when the weight (``weighted_by_key``, Flower's default ``"num-examples"``) is missing, not a
+  positive finite number, when it carries a key the global model does not have, an array whose
+  dtype or shape differs from the global one, an array that cannot be decoded or that holds
+  NaN/inf, or (strategies that need every key) misses a shared key.  Sampled clients that did
+  not reply before the timeout are counted as failed too.
+* **Merging**: aggregated keys replace those of the previous global model; every other key
+  (local-only keys, keys no client returned) is kept, so ``aggregate_train`` always returns the
+  full global ArrayRecord, in the same key order, dtypes and shapes.
+* **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
+  (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
+  metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``.
+* **Failing loudly**: ``aggregate_train`` raises
+  :class:`~fedrs.strategies.errors.NoSuccessfulClientsError` when no reply is usable, and
+  :class:`~fedrs.strategies.errors.RoundFailedError` when fewer than ``min_successful`` are or
+  (``accept_failures=False``) when any sampled client failed.  A round in which no client was
+  sampled (``fraction_train=0``) returns ``(None, None)`` as in Flower.
+
+Bytes are the serialised array payloads (``len(Array.data)``: the ``.npy`` bytes, header
+included) summed over the messages; record keys and configs are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import log
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedrs.errors import InputError
+
+from .errors import ClientFailure, NoSuccessfulClientsError, RoundFailedError
+
+DEFAULT_LOCAL_KEYS: tuple[str, ...] = (
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "whiten",
+)
+"""Patterns of the keys that stay on the clients unless ``local_keys`` says otherwise."""
+
+LOCAL_KEYS_CONFIG_KEY = "local-keys"
+"""ConfigRecord key under which the local-only key patterns are sent to the clients."""
+
+METRICS_RECORD_KEY = "metrics"
+"""Preferred key of the MetricRecord in a reply when a reply carries several."""
+
+MetricsAggregationFn = Callable[[list[RecordDict], str], MetricRecord]
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    """Return the serialised size of the arrays of ``record`` in bytes."""
+    return sum(len(array.data) for array in record.values())
+
+
+class LocalKeyMatcher:
+    """Decides which ArrayRecord / state-dict keys are local-only.
+
+    Args:
+        patterns: Regular expressions searched anywhere in a key (a plain substring such as
+            ``"running_mean"`` works as is).  ``None`` means :data:`DEFAULT_LOCAL_KEYS`;
+            an empty sequence makes every key shared.  A single string is one pattern.
+
+    Raises:
+        InputError: A pattern is not a string or not a valid regular expression.
+    """
+
+    def __init__(self, patterns: Sequence[str] | str | None = None) -> None:
+        if patterns is None:
+            patterns = DEFAULT_LOCAL_KEYS
+        elif isinstance(patterns, str):
+            patterns = (patterns,)
+        elif not isinstance(patterns, Sequence):
+            raise InputError(
+                f"local_keys must be a list of patterns, got {type(patterns).__name__}"
+            )
+        compiled: list[re.Pattern[str]] = []
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise InputError(f"local_keys: pattern {pattern!r} is not a non-empty string")
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise InputError(
+                    f"local_keys: pattern {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
+        self.patterns: tuple[str, ...] = tuple(patterns)
+        self._compiled = tuple(compiled)
+
+    def is_local(self, key: str) -> bool:
+        """Return whether ``key`` stays on the client."""
+        return any(p.search(key) for p in self._compiled)
+
+    def shared(self, record: ArrayRecord) -> ArrayRecord:
+        """Return a record holding only the shared (non-local) entries of ``record``."""
+        out = ArrayRecord()
+        for key, array in record.items():
+            if not self.is_local(key):
+                out[key] = array
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self.patterns)!r})"
+
+
+@dataclass
+class RoundStats:
+    """What happened in one round.
+
+    Attributes:
+        server_round: The round number (from 1).
+        sampled: Clients sent a training message.
+        clients_ok: Training replies used for aggregation.
+        clients_failed: Sampled clients whose training reply was dropped or never came.
+        clients_missing: Sampled clients that did not reply before the timeout (included in
+            ``clients_failed``).
+        bytes_up: Array bytes of all training replies received (used or not).
+        bytes_down: Array bytes broadcast for training (per-message payload x messages).
+        eval_sampled: Clients sent an evaluation message.
+        eval_ok: Evaluation replies used.
+        eval_failed: Evaluation replies dropped or missing.
+        bytes_down_eval: Array bytes broadcast for evaluation.
+        failures: The dropped training replies with their reasons.
+    """
+
+    server_round: int
+    sampled: int = 0
+    clients_ok: int = 0
+    clients_failed: int = 0
+    clients_missing: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    eval_sampled: int = 0
+    eval_ok: int = 0
+    eval_failed: int = 0
+    bytes_down_eval: int = 0
+    failures: list[ClientFailure] = field(default_factory=list)
+
+    def as_metrics(self) -> dict[str, int]:
+        """Return the counts under the tracking names (``clients/ok``, ``comm/bytes_up``, ...).
+
+        ``comm/bytes_down`` is the training broadcast; ``comm/bytes_down_eval`` the
+        evaluation broadcast.
+        """
+        return {
+            "clients/ok": self.clients_ok,
+            "clients/failed": self.clients_failed,
+            "comm/bytes_up": self.bytes_up,
+            "comm/bytes_down": self.bytes_down,
+            "comm/bytes_down_eval": self.bytes_down_eval,
+        }
+
+
+class _RejectedReplyError(Exception):
+    """Internal: the reply under inspection is unusable.
+
+    ``args[0]`` is the one-line reason, ``args[1]`` (optional) the full detail.
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def detail(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else ""
+
+
+_ERROR_CODE_NAMES = {
+    value: name.lower().replace("_", " ")
+    for name, value in vars(ErrorCode).items()
+    if name.isupper() and isinstance(value, int)
+}
+
+
+def _describe_error(error: Error) -> tuple[str, str]:
+    """Return a one-line reason and the full text of an error reply."""
+    text = error.reason or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kind = _ERROR_CODE_NAMES.get(error.code, "unknown error")
+    reason = f"error reply (code {error.code}, {kind})"
+    if lines:
+        reason += f": {lines[-1]}"
+    return reason, text
+
+
+def _pick_record(records: dict[str, Any], preferred: str, kind: str) -> Any:
+    if preferred in records:
+        return records[preferred]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    if not records:
+        raise _RejectedReplyError(f"reply carries no {kind}")
+    raise _RejectedReplyError(f"reply carries {len(records)} {kind}s and none under {preferred!r}")
+
+
+def _reply_weight(metrics: MetricRecord, weighted_by_key: str) -> float:
+    if weighted_by_key not in metrics:
+        raise _RejectedReplyError(f"MetricRecord lacks the weight {weighted_by_key!r}")
+    value = metrics[weighted_by_key]
+    if isinstance(value, list) or isinstance(value, bool):
+        raise _RejectedReplyError(f"weight {weighted_by_key!r} is not a number: {value!r}")
+    weight = float(value)
+    if not math.isfinite(weight) or weight <= 0:
+        raise _RejectedReplyError(
+            f"weight {weighted_by_key!r} must be a positive finite number, got {value!r}"
+        )
+    return weight
+
+
+def _decode_checked(key: str, array: Array, reference: Array) -> np.ndarray:
+    """Decode ``array`` and check it against the global ``reference`` (dtype, shape, values)."""
+    if array.dtype != reference.dtype:
+        raise _RejectedReplyError(
+            f"dtype mismatch for {key!r}: got {array.dtype}, global model has {reference.dtype}"
+        )
+    if tuple(array.shape) != tuple(reference.shape):
+        raise _RejectedReplyError(
+            f"shape mismatch for {key!r}: got {tuple(array.shape)}, "
+            f"global model has {tuple(reference.shape)}"
+        )
+    try:
+        value = array.numpy()
+    except (TypeError, ValueError, OSError, EOFError) as exc:
+        raise _RejectedReplyError(f"array {key!r} cannot be decoded: {exc}") from exc
+    if str(value.dtype) != reference.dtype or value.shape != tuple(reference.shape):
+        raise _RejectedReplyError(
+            f"array {key!r} decodes to {value.dtype}{value.shape}, "
+            f"global model has {reference.dtype}{tuple(reference.shape)}"
+        )
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise _RejectedReplyError(f"array {key!r} holds NaN or infinite values")
+    return value
+
+
+def _cast_like(value: np.ndarray, dtype: str) -> np.ndarray:
+    target = np.dtype(dtype)
+    if target.kind in "iub":
+        value = np.rint(value)
+    return np.asarray(value.astype(target))
+
+
+def aggregate_metrics_per_key(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Weighted average of each metric over the records that carry it.
+
+    Unlike Flower's ``aggregate_metricrecords`` the records need not share their metric keys:
+    a metric only some clients report (``bpp_s1`` from S1 clients) is averaged over those
+    clients, weighted by ``weighted_by_key``.  List-valued metrics are averaged elementwise
+    (a list whose length differs from the first one seen is skipped).  The weight itself is
+    not in the result.  With identical key sets this equals Flower's default.
+
+    Args:
+        records: One RecordDict per reply, each holding one MetricRecord with the weight.
+        weighted_by_key: The metric holding each reply's weight.
+
+    Returns:
+        The aggregated metrics.
+
+    Raises:
+        InputError: A record has no MetricRecord or no valid weight.
+    """
+    sums: dict[str, np.ndarray] = {}
+    totals: dict[str, float] = {}
+    for index, record in enumerate(records):
+        try:
+            metrics = _pick_record(dict(record.metric_records), METRICS_RECORD_KEY, "MetricRecord")
+            weight = _reply_weight(metrics, weighted_by_key)
+        except _RejectedReplyError as exc:
+            raise InputError(f"metrics of reply {index}: {exc.reason}") from exc
+        for key, value in metrics.items():
+            if key == weighted_by_key:
+                continue
+            vector = np.asarray(value, dtype=np.float64)
+            if key in sums and sums[key].shape != vector.shape:
+                log(WARNING, "metric %r has inconsistent lengths across replies; skipped", key)
+                continue
+            sums[key] = sums.get(key, np.zeros_like(vector)) + weight * vector
+            totals[key] = totals.get(key, 0.0) + weight
+    out = MetricRecord()
+    for key, acc in sums.items():
+        mean = acc / totals[key]
+        out[key] = [float(v) for v in mean] if mean.ndim else float(mean)
+    return out
+
+
+def _check_fraction(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0.0 <= float(value) <= 1.0
+    ):
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_key_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{name} must be a non-empty string, got {value!r}")
+
+
+class AccountedFedAvg(FedAvg):
+    """Flower ``FedAvg`` with local-only keys, checked replies and per-round accounting.
+
+    See the module docstring for the behaviour.  Subclasses choose whether every reply must
+    carry every shared key (:attr:`requires_all_shared_keys`).
+
+    Args:
+        fraction_train: Fraction of the connected nodes sampled for training.
+        fraction_evaluate: Fraction of the connected nodes sampled for evaluation.
+        min_train_nodes: Minimum number of nodes sampled for training.
+        min_evaluate_nodes: Minimum number of nodes sampled for evaluation.
+        min_available_nodes: Nodes that must be connected before sampling.
+        weighted_by_key: MetricRecord key holding each reply's weight (example count).
+        arrayrecord_key: RecordDict key of the ArrayRecord in messages (and in replies).
+        configrecord_key: RecordDict key of the ConfigRecord in messages.
+        train_metrics_aggr_fn: Aggregates the training MetricRecords; default
+            :func:`aggregate_metrics_per_key`.
+        evaluate_metrics_aggr_fn: Aggregates the evaluation MetricRecords; default
+            :func:`aggregate_metrics_per_key`.
+        local_keys: Patterns of the local-only keys (see :class:`LocalKeyMatcher`);
+            ``None`` for :data:`DEFAULT_LOCAL_KEYS`, ``[]`` to share every key.
+        min_successful: Fewest usable training replies a round needs (>= 1).
+        accept_failures: When ``False``, a round in which any sampled client failed raises
+            :class:`~fedrs.strategies.errors.RoundFailedError`.
+        **flower_options: Further keyword arguments of the Flower parent class.
+
+    Raises:
+        InputError: An option has a bad value.
+    """
+
+    requires_all_shared_keys: bool = True
+    """Whether a reply missing a shared key of the global model is a failed reply."""
+
+    def __init__(
+        self,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        train_metrics_aggr_fn: MetricsAggregationFn | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggregationFn | None = None,
+        local_keys: Sequence[str] | str | None = None,
+        min_successful: int = 1,
+        accept_failures: bool = True,
+        **flower_options: Any,
+    ) -> None:
+        _check_fraction("fraction_train", fraction_train)
+        _check_fraction("fraction_evaluate", fraction_evaluate)
+        _check_count("min_train_nodes", min_train_nodes, 0)
+        _check_count("min_evaluate_nodes", min_evaluate_nodes, 0)
+        _check_count("min_available_nodes", min_available_nodes, 0)
+        _check_count("min_successful", min_successful, 1)
+        _check_key_name("weighted_by_key", weighted_by_key)
+        _check_key_name("arrayrecord_key", arrayrecord_key)
+        _check_key_name("configrecord_key", configrecord_key)
+        if not isinstance(accept_failures, bool):
+            raise InputError(f"accept_failures must be true or false, got {accept_failures!r}")
+        for name, fn in (
+            ("train_metrics_aggr_fn", train_metrics_aggr_fn),
+            ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn),
+        ):
+            if fn is not None and not callable(fn):
+                raise InputError(f"{name} must be callable, got {fn!r}")
+        self.local_keys = LocalKeyMatcher(local_keys)
+        super().__init__(
+            fraction_train=float(fraction_train),
+            fraction_evaluate=float(fraction_evaluate),
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn or aggregate_metrics_per_key,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn or aggregate_metrics_per_key,
+            **flower_options,
+        )
+        self.min_successful = min_successful
+        self.accept_failures = accept_failures
+        self.round_stats: dict[int, RoundStats] = {}
+        """Per-round counts, filled by configure/aggregate; keyed by server round."""
+        self._train_globals: dict[int, ArrayRecord] = {}
+
+    # ------------------------------------------------------------------ configuration
+
+    def summary(self) -> None:
+        """Log the configuration of the strategy."""
+        log(INFO, "\t├──> fedrs settings:")
+        log(INFO, "\t│\t├── Local-only keys: %s", list(self.local_keys.patterns) or "(none)")
+        log(INFO, "\t│\t├── Every reply must carry every key: %s", self.requires_all_shared_keys)
+        log(
+            INFO,
+            "\t│\t└── Min successful replies: %d | accept failures: %s",
+            self.min_successful,
+            self.accept_failures,
+        )
+        super().summary()
+
+    def _stats(self, server_round: int) -> RoundStats:
+        stats = self.round_stats.get(server_round)
+        if stats is None:
+            stats = self.round_stats[server_round] = RoundStats(server_round=server_round)
+        return stats
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send them the shared part of the global model.
+
+        Local-only keys are removed from the broadcast; their patterns are added to the
+        ConfigRecord under :data:`LOCAL_KEYS_CONFIG_KEY`.  The full ``arrays`` are kept as the
+        base that ``aggregate_train`` of the same round merges into.
+        """
+        shared = self.local_keys.shared(arrays)
+        config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
+        messages = list(super().configure_train(server_round, shared, config, grid))
+        self._train_globals[server_round] = arrays
+        stats = self._stats(server_round)
+        stats.sampled = len(messages)
+        stats.bytes_down = len(messages) * array_bytes(shared)
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send them the shared part of the global model to evaluate."""
+        shared = self.local_keys.shared(arrays)
+        config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
+        messages = list(super().configure_evaluate(server_round, shared, config, grid))
+        stats = self._stats(server_round)
+        stats.eval_sampled = len(messages)
+        stats.bytes_down_eval = len(messages) * array_bytes(shared)
+        return messages
+
+    # ------------------------------------------------------------------ aggregation
+
+    def _reply_metrics(self, msg: Message) -> tuple[MetricRecord, float]:
+        if msg.has_error():
+            raise _RejectedReplyError(*_describe_error(msg.error))
+        if not msg.has_content():
+            raise _RejectedReplyError("reply has neither content nor error")
+        metrics = _pick_record(dict(msg.content.metric_records), METRICS_RECORD_KEY, "MetricRecord")
+        return metrics, _reply_weight(metrics, self.weighted_by_key)
+
+    def _reply_arrays(self, msg: Message, global_arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """Decode and check the shared arrays of a reply against the global model."""
+        record = _pick_record(dict(msg.content.array_records), self.arrayrecord_key, "ArrayRecord")
+        decoded: dict[str, np.ndarray] = {}
+        for key, array in record.items():
+            if self.local_keys.is_local(key):
+                continue
+            reference = global_arrays.get(key)
+            if reference is None:
+                raise _RejectedReplyError(f"key {key!r} is not in the global model")
+            decoded[key] = _decode_checked(key, array, reference)
+        if not decoded:
+            raise _RejectedReplyError("reply carries no shared arrays")
+        if self.requires_all_shared_keys:
+            missing = [
+                k for k in global_arrays if not self.local_keys.is_local(k) and k not in decoded
+            ]
+            if missing:
+                shown = ", ".join(repr(k) for k in missing[:3])
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise _RejectedReplyError(
+                    f"reply misses {len(missing)} shared keys ({shown}{more}); "
+                    "use the 'modality-aware' strategy for partial updates"
+                )
+        return decoded
+
+    def _reject(
+        self, server_round: int, stats: RoundStats, node_id: int, exc: _RejectedReplyError
+    ) -> None:
+        failure = ClientFailure(node_id=node_id, reason=exc.reason, detail=exc.detail)
+        log(WARNING, "round %d: reply dropped: %s", server_round, failure)
+        stats.failures.append(failure)
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the usable training replies into the next full global model.
+
+        Each shared key is averaged over the usable replies that carry it, weighted by
+        ``weighted_by_key``; the result is cast back to the global dtype and merged into the
+        global model sent by ``configure_train`` for this round.
+
+        Returns:
+            The next global ArrayRecord (all keys) and the aggregated training metrics, or
+            ``(None, None)`` when no client was sampled in this round.
+
+        Raises:
+            NoSuccessfulClientsError: No usable reply although clients were sampled.
+            RoundFailedError: Fewer than ``min_successful`` usable replies, or a failure
+                with ``accept_failures=False``.
+            RuntimeError: ``configure_train`` was not called for this round.
+        """
+        global_arrays = self._train_globals.pop(server_round, None)
+        if global_arrays is None:
+            raise RuntimeError(f"aggregate_train for round {server_round} without configure_train")
+        replies = list(replies)
+        stats = self._stats(server_round)
+        stats.failures.clear()
+        if stats.sampled == 0 and not replies:
+            log(INFO, "round %d: no client sampled for training", server_round)
+            return None, None
+
+        sums: dict[str, np.ndarray] = {}
+        totals: dict[str, float] = {}
+        metric_records: list[RecordDict] = []
+        bytes_up = 0
+        for msg in replies:
+            node_id = msg.metadata.src_node_id
+            if msg.has_content():
+                bytes_up += sum(array_bytes(r) for r in msg.content.array_records.values())
+            try:
+                metrics, weight = self._reply_metrics(msg)
+                decoded = self._reply_arrays(msg, global_arrays)
+            except _RejectedReplyError as exc:
+                self._reject(server_round, stats, node_id, exc)
+                continue
+            for key, value in decoded.items():
+                contribution = weight * value.astype(np.float64)
+                if key in sums:
+                    sums[key] += contribution
+                else:
+                    sums[key] = contribution
+                totals[key] = totals.get(key, 0.0) + weight
+            metric_records.append(RecordDict({METRICS_RECORD_KEY: metrics}))
+
+        missing = max(0, stats.sampled - len(replies))
+        for _ in range(missing):
+            stats.failures.append(ClientFailure(node_id=0, reason="no reply before the timeout"))
+        if missing:
+            log(WARNING, "round %d: %d sampled clients did not reply", server_round, missing)
+        stats.clients_ok = len(metric_records)
+        stats.clients_failed = len(stats.failures)
+        stats.clients_missing = missing
+        stats.bytes_up = bytes_up
+        log(
+            INFO,
+            "round %d: aggregate_train: %d usable replies, %d failed (%d missing)",
+            server_round,
+            stats.clients_ok,
+            stats.clients_failed,
+            missing,
+        )
+        self._check_round(stats)
+
+        merged = ArrayRecord()
+        for key, array in global_arrays.items():
+            if key in sums:
+                merged[key] = Array(_cast_like(sums[key] / totals[key], array.dtype))
+            else:
+                merged[key] = array
+        metrics_out = self.train_metrics_aggr_fn(metric_records, self.weighted_by_key)
+        return merged, metrics_out
+
+    def _check_round(self, stats: RoundStats) -> None:
+        if stats.clients_ok == 0:
+            raise NoSuccessfulClientsError(stats.server_round, stats.clients_failed, stats.failures)
+        if stats.clients_ok < self.min_successful:
+            raise RoundFailedError(
+                stats.server_round,
+                stats.clients_ok,
+                stats.clients_failed,
+                stats.failures,
+                f"at least {self.min_successful} required",
+            )
+        if stats.clients_failed and not self.accept_failures:
+            raise RoundFailedError(
+                stats.server_round,
+                stats.clients_ok,
+                stats.clients_failed,
+                stats.failures,
+                "failures are not accepted",
+            )
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> MetricRecord | None:
+        """Aggregate the usable evaluation replies; dropped replies are counted and logged.
+
+        Returns ``None`` when no reply is usable (a warning is logged when clients were
+        sampled); evaluation failures never stop the run.
+        """
+        replies = list(replies)
+        stats = self._stats(server_round)
+        usable: list[RecordDict] = []
+        for msg in replies:
+            try:
+                metrics, _ = self._reply_metrics(msg)
+            except _RejectedReplyError as exc:
+                log(
+                    WARNING,
+                    "round %d: evaluation reply from node %d dropped: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    exc.reason,
+                )
+                continue
+            usable.append(RecordDict({METRICS_RECORD_KEY: metrics}))
+        stats.eval_ok = len(usable)
+        stats.eval_failed = max(stats.eval_sampled, len(replies)) - len(usable)
+        if not usable:
+            if stats.eval_sampled:
+                log(WARNING, "round %d: no usable evaluation reply", server_round)
+            return None
+        return cast(MetricRecord, self.evaluate_metrics_aggr_fn(usable, self.weighted_by_key))
