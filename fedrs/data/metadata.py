@@ -51,15 +51,20 @@ def multi_hot(labels: Iterable[str], *, source: str | Path = "labels") -> np.nda
 
 def labels_matrix(labels: Sequence[Iterable[str]] | pd.Series) -> np.ndarray:
     """(N, 19) multi-hot float32 matrix of a column of label lists (vectorised)."""
-    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels.to_numpy())
-    exploded = series.explode().dropna()
-    out = np.zeros((len(series), len(LABELS_19)), dtype=np.float32)
-    if len(exploded):
-        codes = exploded.astype(str).map(_LABEL_INDEX)
-        if codes.isna().any():
-            bad = sorted(set(exploded[codes.isna()].astype(str)))
+    values = labels.to_numpy(dtype=object) if isinstance(labels, pd.Series) else list(labels)
+    items = [
+        np.asarray(v, dtype=object).ravel() if v is not None else np.empty(0, object)
+        for v in values
+    ]
+    out = np.zeros((len(items), len(LABELS_19)), dtype=np.float32)
+    lengths = np.fromiter((len(v) for v in items), dtype=np.int64, count=len(items))
+    if lengths.sum():
+        flat = np.concatenate(items)
+        codes = pd.Categorical(flat.astype(str), categories=LABELS_19).codes
+        if (codes < 0).any():
+            bad = sorted(set(flat[codes < 0].astype(str)))
             raise CorruptPatchError("labels", f"unknown 19-class label(s) {bad}")
-        out[exploded.index.to_numpy(), codes.to_numpy(dtype=np.int64)] = 1.0
+        out[np.repeat(np.arange(len(items)), lengths), codes] = 1.0
     return out
 
 
