@@ -153,6 +153,7 @@ class RoundStats:
         eval_failed: Evaluation replies dropped or missing.
         bytes_down_eval: Array bytes broadcast for evaluation.
         failures: The dropped training replies with their reasons.
+        train_metrics: The training metrics of the usable replies, aggregated.
     """
 
     server_round: int
@@ -167,6 +168,7 @@ class RoundStats:
     eval_failed: int = 0
     bytes_down_eval: int = 0
     failures: list[ClientFailure] = field(default_factory=list)
+    train_metrics: dict[str, float] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, int]:
         """Return the counts under the tracking names (``clients/ok``, ``comm/bytes_up``, ...).
@@ -595,6 +597,9 @@ class AccountedFedAvg(FedAvg):
             else:
                 merged[key] = array
         metrics_out = self.train_metrics_aggr_fn(metric_records, self.weighted_by_key)
+        stats.train_metrics = {
+            k: float(v) for k, v in metrics_out.items() if isinstance(v, int | float)
+        }
         return merged, metrics_out
 
     def _check_round(self, stats: RoundStats) -> None:

@@ -1,0 +1,144 @@
+"""The Flower ClientApp: turns a training Message into one call of ``fedrs.train.train_local``.
+
+Where a client's data comes from:
+
+* simulation: ``node_config`` has ``partition-id`` / ``num-partitions``; the client opens the
+  run's archive and takes its shard of the configured partition (deterministic for the seed);
+* deployment: ``node_config`` has ``data-path`` (its own archive or fedrs cache) and optionally
+  ``modalities`` (``"s1,s2"``, ``"s1"`` or ``"s2"``); it trains on that archive's train split.
+
+A client sends back only what it trained: the codecs of its modalities and the shared parts,
+never the keys the server marks local (``local-keys``), which stay in the node's state between
+rounds.  No pixels leave the client: replies hold model arrays and scalar metrics only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrs.config import ExperimentConfig
+from fedrs.data.cache import CachedArchive
+from fedrs.errors import InputError
+from fedrs.settings import RunSettings
+
+LOCAL_STATE_KEY = "fedrs-local"
+
+
+class InjectedClientFailure(RuntimeError):
+    """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """The patches a client trains on."""
+
+    client_id: int
+    archive: CachedArchive
+    rows: np.ndarray
+    modalities: tuple[str, ...]
+
+
+def load_client_data(config: ExperimentConfig, node_config: dict[str, Any]) -> ClientData:
+    """The shard of this node (see the module docstring)."""
+    from fedrs.data.archive import check_modalities
+    from fedrs.pipeline import load_run_data
+
+    if "data-path" in node_config:
+        data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
+        run = load_run_data(data_config)
+        text = str(node_config.get("modalities", "s1,s2"))
+        modalities = check_modalities([m.strip() for m in text.split(",") if m.strip()])
+        client_id = int(node_config.get("partition-id", 0))
+        return ClientData(client_id, run.archive, run.train_rows, modalities)
+    if "partition-id" not in node_config:
+        raise InputError("node config has neither 'data-path' nor 'partition-id'")
+    from fedrs.partitions import partition
+
+    client_id = int(node_config["partition-id"])
+    clients = int(node_config.get("num-partitions", config.partition.clients))
+    run = load_run_data(config.data)
+    train_meta = run.archive.metadata.iloc[run.train_rows]
+    shards = partition(
+        config.partition.name,
+        train_meta,
+        clients,
+        seed=config.partition.seed,
+        **config.partition.options,
+    )
+    shard = shards[client_id]
+    wanted = set(shard.patch_ids)
+    ids = train_meta["patch_id"].to_numpy(dtype=object)
+    rows = run.train_rows[np.fromiter((p in wanted for p in ids), bool, count=len(ids))]
+    return ClientData(client_id, run.archive, rows, tuple(shard.modalities))
+
+
+def _is_local(patterns: list[str]) -> Any:
+    compiled = [re.compile(p) for p in patterns]
+    return lambda key: any(p.search(key) for p in compiled)
+
+
+def train(msg: Message, context: Context, settings: RunSettings) -> Message:
+    """Train on the local shard from the received global model; reply with what was trained."""
+    from fedrs.train import build_model, train_local
+
+    config = settings.experiment()
+    data = load_client_data(config, dict(context.node_config))
+    if data.client_id in config.federation.fail_clients:
+        raise InjectedClientFailure(f"client {data.client_id} is set to fail")
+    received = msg.content.array_records["arrays"].to_torch_state_dict()
+    cfg = msg.content.config_records["config"]
+    global_round = int(cfg.get("round-offset", 0)) + int(cfg["server-round"])
+    local_keys = [str(p) for p in cfg.get("local-keys", [])]
+    is_local = _is_local(local_keys)
+
+    model = build_model(config)
+    state = model.state_dict()
+    state.update(received)
+    if LOCAL_STATE_KEY in context.state.array_records:
+        state.update(context.state.array_records[LOCAL_STATE_KEY].to_torch_state_dict())
+    model.load_state_dict(state)
+    stage = 1 if global_round <= config.federation.stage1_rounds else 2
+    metrics = train_local(
+        model,
+        data.archive,
+        data.rows,
+        config,
+        modalities=data.modalities,
+        stage=stage,
+        epochs=config.federation.local_epochs,
+        seed=(config.seed, global_round, data.client_id),
+        proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+        reference={k: v for k, v in received.items() if not is_local(k)},
+    )
+    trained = model.state_dict()
+    keys = [k for k in model.keys_for_modalities(data.modalities) if not is_local(k)]
+    local = {k: v for k, v in trained.items() if is_local(k)}
+    if local:
+        context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(
+            {k: v.detach().cpu().contiguous() for k, v in local.items()}
+        )
+    reply = ArrayRecord({k: trained[k].detach().cpu().contiguous() for k in keys})
+    record = MetricRecord({k: float(v) for k, v in metrics.items()} | {"client-id": data.client_id})
+    return Message(RecordDict({"arrays": reply, "metrics": record}), reply_to=msg)
+
+
+def make_client_app(settings: RunSettings | None = None) -> ClientApp:
+    """A ClientApp bound to ``settings`` (simulation), or reading the run config (deployment)."""
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        run = settings if settings is not None else RunSettings.from_run_config(context.run_config)
+        return train(msg, context, run)
+
+    return app
+
+
+app = make_client_app()
+"""The ClientApp of ``flwr run`` (``[tool.flwr.app.components] clientapp``)."""

@@ -1,0 +1,196 @@
+"""Experiment configuration: pydantic models, TOML loading and overrides.
+
+An experiment is validated once, at the boundary: a TOML file (``experiments/*.toml``) merged with
+dotted overrides from the command line (``train.lr=0.001``) or from a Flower run config, into an
+:class:`ExperimentConfig`.  Everything inside fedrs reads typed attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedrs.errors import InputError
+from fedrs.losses import LossConfig
+from fedrs.models.config import ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the archive comes from; with no ``path`` a cached synthetic archive is used."""
+
+    path: Path | None = None
+    metadata: Path | None = None
+    patches: int = Field(2000, ge=20, description="size of the synthetic archive")
+    seed: int = 0
+    s1_only_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    s2_only_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    modalities: tuple[Literal["s1", "s2"], ...] = ("s1", "s2")
+    cache_dir: Path | None = Field(None, description="default: $FEDRS_CACHE_DIR or ~/.cache/fedrs")
+    max_train: int | None = Field(None, ge=1, description="use at most this many training patches")
+    max_queries: int | None = Field(None, ge=1, description="cap on queries (test split)")
+    max_database: int | None = Field(None, ge=1, description="cap on database (train split)")
+
+
+class TrainConfig(_Section):
+    """Local training: the same for a centralized run and for each federated client."""
+
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    codec_lr_scale: float = Field(0.1, gt=0, description="stage 2: codec lr = lr * this")
+    stage1_epochs: int = Field(1, ge=0, description="codec only (rate-distortion)")
+    stage2_epochs: int = Field(1, ge=0, description="codec and hash head jointly")
+    max_batches: int | None = Field(None, ge=1, description="cap on batches per epoch")
+    pcgrad: bool = True
+    mgda: bool = True
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+    threads: int = Field(1, ge=1, description="torch threads per trainer")
+    device: str = "cpu"
+
+
+class EvalConfig(_Section):
+    """Retrieval and compression evaluation (queries: test split; database: train split)."""
+
+    ks: tuple[int, ...] = (10, 20, 100)
+    random_seed: int = 0
+
+    @field_validator("ks")
+    @classmethod
+    def _has_20(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be positive")
+        return tuple(sorted(set(ks) | {20}))
+
+
+class PartitionConfig(_Section):
+    name: str = "modality"
+    clients: int = Field(10, ge=1)
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FederationConfig(_Section):
+    rounds: int = Field(3, ge=1)
+    strategy: str = "modality-aware"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_clients: int = Field(1, ge=1, description="fewer successful replies fail the round")
+    stage1_rounds: int = Field(1, ge=0, description="rounds of codec-only training first")
+    local_epochs: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per simulated client (Ray)")
+    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per simulated client (Ray)")
+    round_timeout_s: float = Field(600.0, gt=0)
+    ray_address: str | None = None
+    fail_clients: tuple[int, ...] = Field(
+        (), description="client ids that raise when training (fault-tolerance tests)"
+    )
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="default: sqlite file under the output folder")
+    experiment: str = "fedrs"
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment: data, model, losses, training, evaluation, federation, tracking."""
+
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)  # type: ignore[arg-type]
+    federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able nested dict (paths as strings)."""
+        return json.loads(self.model_dump_json())
+
+    def to_toml(self) -> str:
+        """The configuration as TOML text (round-trips through :func:`load_config`)."""
+        import tomli_w
+
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", value)``; the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise InputError(f"override {text!r} is not of the form key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key:
+        raise InputError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys of a nested dict (a copy); intermediate tables are created."""
+    out = json.loads(json.dumps(values, default=str))
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"override {key!r}: {part!r} is not a table")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> ExperimentConfig:
+    """Build an experiment from a TOML file (optional) and overrides, validated once.
+
+    Raises:
+        InputError: unreadable TOML, an unknown key, or a value of the wrong type (the message
+            names the file and the key).
+    """
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: invalid TOML ({exc})") from None
+    if overrides is not None:
+        pairs = (
+            dict(overrides)
+            if isinstance(overrides, Mapping)
+            else dict(parse_override(o) for o in overrides)
+        )
+        values = apply_overrides(values, pairs)
+    try:
+        return ExperimentConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise InputError(f"{source}: {problems}") from None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: leave None values out (every field that may be None defaults to it)."""
+    return {
+        k: _drop_none(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None
+    }

@@ -1,0 +1,136 @@
+"""From a data config to ready-to-train rows: archive (synthetic when none), cache, splits.
+
+Used by centralized runs, by the Flower apps and by the CLI, so that all of them see the same
+patches: the training rows (train split), the evaluation queries (test split) and the evaluation
+database (train split), each capped and subsampled deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedrs.config import DataConfig
+from fedrs.data.archive import PatchArchive, open_archive
+from fedrs.data.cache import MARKER, CachedArchive, prepare_cache
+from fedrs.errors import InputError
+
+Progress = Callable[[str, int], Callable[[int], None]]
+"""``progress(description, total)`` returns an ``advance(n)`` callback."""
+
+
+def cache_base(config: DataConfig) -> Path:
+    """Folder of fedrs' cached data: ``data.cache_dir``, ``$FEDRS_CACHE_DIR`` or ~/.cache/fedrs."""
+    if config.cache_dir is not None:
+        return Path(config.cache_dir).expanduser()
+    env = os.environ.get("FEDRS_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedrs"
+
+
+def _synthetic_name(config: DataConfig) -> str:
+    name = f"synthetic-{config.patches}-{config.seed}"
+    if config.s1_only_fraction or config.s2_only_fraction:
+        name += f"-s1o{config.s1_only_fraction:g}-s2o{config.s2_only_fraction:g}"
+    return name
+
+
+def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Path:
+    """Return a fedrs cache for the configured data, building what is missing (once).
+
+    With no ``data.path``: a synthetic archive of ``data.patches`` patches under the cache
+    folder, then its memory-mapped cache.  With a path: the path itself when it is a cache, else
+    a cache of it under the cache folder (rebuilt when the source path differs).
+    """
+    base = cache_base(config)
+    if config.path is None:
+        from fedrs.data.synth import ensure_synthetic_archive
+
+        source = base / _synthetic_name(config)
+        total = config.patches
+        ensure_synthetic_archive(
+            source,
+            patches=config.patches,
+            seed=config.seed,
+            s1_only_fraction=config.s1_only_fraction,
+            s2_only_fraction=config.s2_only_fraction,
+            progress=progress("synthesising archive", total) if progress else None,
+        )
+        cache = source.with_name(source.name + "-cache")
+    else:
+        source = Path(config.path).expanduser()
+        if (source / MARKER).is_file():
+            return source
+        digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
+        cache = base / "caches" / f"{source.name}-{digest}"
+    if _cache_is_of(cache, source):
+        return cache
+    archive = open_archive(source, metadata=config.metadata)
+    advance = progress("caching archive", len(archive)) if progress else None
+    prepare_cache(archive, cache, overwrite=True, on_progress=advance)
+    return cache
+
+
+def _cache_is_of(cache: Path, source: Path) -> bool:
+    import json
+
+    marker = cache / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(info.get("source") == str(source.resolve()))
+
+
+@dataclass(frozen=True)
+class RunData:
+    """An opened cache and the rows each part of a run uses."""
+
+    archive: CachedArchive
+    train_rows: np.ndarray
+    query_rows: np.ndarray
+    database_rows: np.ndarray
+
+
+def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
+    """Training rows (train split), queries (test split), database (train split), capped.
+
+    Archives without split information get a deterministic 80/20 train/test split.
+    """
+    if not isinstance(archive, CachedArchive):
+        raise InputError(f"{archive.root}: runs read a fedrs cache (fedrs prepare)")
+    rng = np.random.default_rng(seed)
+    split = archive.metadata["split"].to_numpy(dtype=object)
+    if all(s is None for s in split):
+        split = np.where(rng.random(len(split)) < 0.8, "train", "test").astype(object)
+    train = np.flatnonzero(split == "train")
+    test = np.flatnonzero(split == "test")
+    if len(test) == 0:
+        test = np.flatnonzero(split == "validation")
+    if len(train) == 0 or len(test) == 0:
+        raise InputError(f"{archive.root}: needs patches in both the train and test splits")
+
+    def cap(rows: np.ndarray, limit: int | None) -> np.ndarray:
+        if limit is None or len(rows) <= limit:
+            return rows
+        return np.sort(rng.choice(rows, size=limit, replace=False))
+
+    return RunData(
+        archive=archive,
+        train_rows=cap(train, config.max_train),
+        query_rows=cap(test, config.max_queries),
+        database_rows=cap(train, config.max_database),
+    )
+
+
+def load_run_data(config: DataConfig, *, progress: Progress | None = None) -> RunData:
+    """:func:`resolve_cache` then :func:`split_rows` (modalities from the config)."""
+    cache = resolve_cache(config, progress=progress)
+    archive = open_archive(cache, modalities=config.modalities)
+    return split_rows(archive, config, config.seed)

@@ -1,0 +1,309 @@
+"""Local training and evaluation of the joint model: used by centralized runs and by clients.
+
+No Flower here.  ``train_local`` runs the two-stage schedule's stage on some rows of a fedrs
+cache: stage 1 trains the codecs on rate-distortion; stage 2 trains codecs (at a smaller learning
+rate) and the hash head jointly, with PCGrad over the hashing sub-losses and MGDA between the
+rate-distortion and hashing objectives on the shared analysis transforms (each switchable).
+``evaluate`` measures what the product promises: mAP@k of hash codes read from real bitstreams,
+bits per pixel from the bitstream sizes, and PSNR of the decoded images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedrs.config import ExperimentConfig
+from fedrs.data.archive import MODALITIES
+from fedrs.data.cache import CachedArchive
+from fedrs.data.transforms import denormalize, normalize
+from fedrs.errors import InputError
+from fedrs.models import JointModel
+
+if TYPE_CHECKING:
+    from fedrs.pipeline import RunData
+
+PEAK = {"s2": 10000.0, "s1": 60.0}
+"""PSNR peak per modality in physical units: S2 reflectance x 10000 (0..1 reflectance), S1
+backscatter over a 60 dB range."""
+
+
+def build_model(config: ExperimentConfig) -> JointModel:
+    """The joint model of an experiment, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return JointModel(config.model)
+
+
+def _seed_value(seed: int | Sequence[int]) -> int:
+    values = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    return int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def trainable_rows(
+    archive: CachedArchive, rows: np.ndarray, modalities: Sequence[str]
+) -> np.ndarray:
+    """The rows that hold at least one of ``modalities``."""
+    meta = archive.metadata
+    keep = np.zeros(len(rows), dtype=bool)
+    for modality in modalities:
+        keep |= meta[f"has_{modality}"].to_numpy(dtype=bool)[rows]
+    return np.asarray(rows)[keep]
+
+
+def load_batch(
+    archive: CachedArchive, rows: np.ndarray, modalities: Sequence[str], device: str = "cpu"
+) -> dict[str, Any]:
+    """A normalised batch of ``rows`` restricted to ``modalities`` (others left out)."""
+    raw = archive.get_batch(rows)
+    batch: dict[str, Any] = {"labels": raw["labels"].to(device), "patch_id": raw["patch_id"]}
+    for modality in MODALITIES:
+        has = raw[f"has_{modality}"]
+        if modality in modalities and raw[modality] is not None and bool(has.any()):
+            batch[modality] = normalize(raw[modality], modality).to(device)
+            batch[f"has_{modality}"] = has.to(device)
+    return batch
+
+
+def iterate_batches(
+    archive: CachedArchive,
+    rows: np.ndarray,
+    modalities: Sequence[str],
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    device: str = "cpu",
+) -> Iterator[dict[str, Any]]:
+    """Batches of ``rows`` (shuffled when ``rng`` is given)."""
+    order = np.asarray(rows) if rng is None else rng.permutation(rows)
+    for start in range(0, len(order), batch_size):
+        yield load_batch(archive, order[start : start + batch_size], modalities, device)
+
+
+def _proximal(model: JointModel, reference: Mapping[str, Tensor], mu: float) -> Tensor | None:
+    """FedProx term ``mu / 2 * ||w - w_global||^2`` over the parameters in ``reference``."""
+    if mu <= 0 or not reference:
+        return None
+    terms = [
+        (param - reference[name].to(param)).pow(2).sum()
+        for name, param in model.named_parameters()
+        if name in reference and param.requires_grad
+    ]
+    return 0.5 * mu * torch.stack(terms).sum() if terms else None
+
+
+def train_local(
+    model: JointModel,
+    archive: CachedArchive,
+    rows: np.ndarray,
+    config: ExperimentConfig,
+    *,
+    modalities: Sequence[str] | None = None,
+    stage: int,
+    epochs: int,
+    seed: int | Sequence[int] = 0,
+    proximal_mu: float = 0.0,
+    reference: Mapping[str, Tensor] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place on ``rows`` of ``archive`` for ``epochs`` epochs of ``stage``.
+
+    Args:
+        modalities: what this trainer holds (default: the model's); others are never read.
+        stage: 1 (codec, rate-distortion) or 2 (codec at ``codec_lr_scale`` x lr + hash head).
+        seed: shuffling and quantisation-noise seed (e.g. ``(seed, round, client)``), so a run
+            is reproducible wherever it executes.
+        proximal_mu, reference: FedProx term towards ``reference`` (the received global model).
+
+    Returns:
+        Mean loss terms over the batches seen (``loss`` is the total), ``num-examples`` (patches
+        per epoch), ``batches`` and ``train_s``.
+    """
+    from fedrs.losses import compute_losses, weighted_hash_terms
+    from fedrs.optim import GradientManipulator
+
+    if stage not in (1, 2):
+        raise InputError(f"stage must be 1 or 2, not {stage}")
+    tc = config.train
+    torch.set_num_threads(tc.threads)
+    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    rows = trainable_rows(archive, np.asarray(rows), held)
+    if len(rows) == 0:
+        raise InputError(f"no patch with any of the modalities {held} to train on")
+    seed_value = _seed_value(seed)
+    rng = np.random.default_rng(seed_value)
+    torch.manual_seed(seed_value)
+    device = tc.device
+    model.to(device).train()
+
+    codec_params = [p for m in held for p in model.codec(m).parameters()]
+    hash_params = model.hash_parameters()
+    if stage == 1:
+        groups = [{"params": codec_params, "lr": tc.lr}]
+        params = codec_params
+    else:
+        groups = [
+            {"params": codec_params, "lr": tc.lr * tc.codec_lr_scale},
+            {"params": hash_params, "lr": tc.lr},
+        ]
+        params = codec_params + hash_params
+    optimizer = torch.optim.Adam(groups)
+    manipulator = GradientManipulator(
+        params,
+        shared=[p for m in held for p in model.codec(m).encoder_parameters()],
+        use_pcgrad=tc.pcgrad,
+        use_mgda=tc.mgda,
+        generator=torch.Generator().manual_seed(seed_value),
+    )
+    reference = dict(reference or {})
+    sums: dict[str, float] = {}
+    batches = 0
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for i, batch in enumerate(
+            iterate_batches(archive, rows, held, tc.batch_size, rng=rng, device=device)
+        ):
+            if tc.max_batches is not None and i >= tc.max_batches:
+                break
+            out = model(batch)
+            terms = compute_losses(out, batch, batch["labels"], config.loss, stage)
+            optimizer.zero_grad(set_to_none=True)
+            prox = _proximal(model, reference, proximal_mu)
+            rd = config.loss.rd_weight * terms["rd"] if stage == 2 else terms["rd"]
+            if prox is not None:
+                rd = rd + prox
+            hash_terms = weighted_hash_terms(terms, config.loss) if stage == 2 else {}
+            manipulator.backward(rd, hash_terms)
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            batches += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+    if batches == 0:
+        raise InputError("no batch was trained (check train.max_batches and the data)")
+    metrics = {("loss" if k == "total" else k): v / batches for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"training diverged: {metrics}")
+    per_epoch = (
+        len(rows) if tc.max_batches is None else min(len(rows), tc.max_batches * tc.batch_size)
+    )
+    metrics |= {
+        "num-examples": float(per_epoch),
+        "batches": float(batches),
+        "train_s": time.perf_counter() - started,
+    }
+    model.eval()
+    return metrics
+
+
+def encode_rows(
+    model: JointModel,
+    archive: CachedArchive,
+    rows: np.ndarray,
+    *,
+    batch_size: int = 32,
+    decode: bool = False,
+    modalities: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Compress ``rows``, hash them from their bitstreams, optionally decode them.
+
+    Returns ``codes`` (N, K) +-1, ``labels`` (N, 19), ``bits`` {modality: total bits},
+    ``patches`` {modality: count}, and with ``decode`` ``sq_error`` {modality: per-band sum of
+    squared physical errors} and ``values`` {modality: count of values}.
+    """
+    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    model.eval()
+    model.update()
+    codes, labels = [], []
+    bits = dict.fromkeys(held, 0)
+    patches = dict.fromkeys(held, 0)
+    sq_error: dict[str, float] = dict.fromkeys(held, 0.0)
+    values = dict.fromkeys(held, 0)
+    with torch.no_grad():
+        for batch in iterate_batches(archive, rows, held, batch_size):
+            size = len(batch["labels"])
+            compressed: dict[str, list[Any]] = {}
+            for modality in held:
+                if modality not in batch:
+                    continue
+                has = batch[f"has_{modality}"]
+                index = torch.nonzero(has).flatten()
+                x = batch[modality][index]
+                streams = model.compress({modality: x})[modality]
+                full: list[Any] = [None] * size
+                for k, patch in zip(index.tolist(), streams, strict=True):
+                    full[k] = patch
+                compressed[modality] = full
+                bits[modality] += 8 * sum(p.num_bytes for p in streams)
+                patches[modality] += len(streams)
+                if decode:
+                    x_hat = model.decompress({modality: streams})["x_hat"][modality]
+                    error = denormalize(x_hat, modality) - denormalize(x, modality)
+                    sq_error[modality] += float(error.double().pow(2).sum())
+                    values[modality] += error.numel()
+            codes.append(model.hash_from_bitstreams(compressed))
+            labels.append(batch["labels"])
+    out: dict[str, Any] = {
+        "codes": torch.cat(codes).cpu().numpy(),
+        "labels": torch.cat(labels).cpu().numpy(),
+        "bits": bits,
+        "patches": patches,
+    }
+    if decode:
+        out |= {"sq_error": sq_error, "values": values}
+    return out
+
+
+def evaluate(
+    model: JointModel,
+    data: RunData,
+    config: ExperimentConfig,
+) -> dict[str, Any]:
+    """Retrieval and compression figures of ``model`` on a run's queries and database.
+
+    Queries (test split) are compressed, hashed from their bitstreams and decoded; the database
+    (train split) is compressed and hashed from its bitstreams.  Returns ``map@k`` for
+    ``config.eval.ks``, ``map@20_random`` (random codes, same data), ``p@20``, ``r@20``,
+    ``ndcg@20``, ``bpp`` and ``psnr`` per modality (None where absent), ``eval_s``.
+    """
+    from fedrs.retrieval import evaluate_retrieval, random_codes_baseline
+
+    started = time.perf_counter()
+    queries = encode_rows(model, data.archive, data.query_rows, decode=True)
+    database = encode_rows(model, data.archive, data.database_rows)
+    ks = tuple(config.eval.ks)
+    retrieval = evaluate_retrieval(
+        queries["codes"], database["codes"], queries["labels"], database["labels"], ks=ks
+    )
+    baseline = random_codes_baseline(
+        queries["labels"],
+        database["labels"],
+        20,
+        bits=config.model.hash_bits,
+        seed=config.eval.random_seed,
+    )
+    pixels = 120 * 120
+    bpp: dict[str, float | None] = {}
+    psnr: dict[str, float | None] = {}
+    for modality in MODALITIES:
+        count = queries["patches"].get(modality, 0) + database["patches"].get(modality, 0)
+        total = queries["bits"].get(modality, 0) + database["bits"].get(modality, 0)
+        bpp[modality] = total / (count * pixels) if count else None
+        n = queries["values"].get(modality, 0)
+        if n:
+            mse = queries["sq_error"][modality] / n
+            psnr[modality] = 10 * math.log10(PEAK[modality] ** 2 / max(mse, 1e-12))
+        else:
+            psnr[modality] = None
+    return {
+        **{k: float(v) for k, v in retrieval.items()},
+        "map@20_random": float(baseline),
+        "bpp": bpp,
+        "psnr": psnr,
+        "eval_s": time.perf_counter() - started,
+    }
