@@ -7,6 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread per test process: two threads on two busy cores run many small ops far slower.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(

@@ -1,0 +1,610 @@
+"""Entropy models: factorized bottleneck, Gaussian (mean-scale) and Gaussian-mixture conditionals.
+
+The design follows CompressAI (Ballé et al. 2018; Minnen et al. 2018; Cheng et al. 2020):
+
+* in training the latents get additive uniform noise and the models return their likelihoods;
+* at evaluation (and when coding) a latent is quantised as ``round(x - mean) + mean``
+  ("dequantize with means"); the coded symbols are the integers ``round(x - mean)``;
+* ``update()`` builds quantised CDF tables (16-bit precision, last interval the escape symbol)
+  for ``fedrs.coder.encode_with_indexes`` / ``decode_with_indexes``.
+
+Differences from CompressAI: the factorized bottleneck finds its median and tail quantiles by
+bisection of its cumulative in ``update()`` (no auxiliary loss and optimiser); the tables are
+non-persistent buffers (pickled with the module, absent from ``state_dict``) rebuilt whenever the
+density's parameters change, so they are a pure function of the weights.  The Gaussian mixture
+builds one table per coded symbol.  All tables are built vectorised in float64.
+
+Bitstreams decode only on the same software stack that wrote them (the entropy parameters come
+from a float network); within it, every per-patch computation runs with batch size one so the
+decoder reproduces the encoder's tables bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedrs.errors import FedrsError, InputError
+from fedrs.models.layers import lower_bound
+
+__all__ = [
+    "LIKELIHOOD_BOUND",
+    "PRECISION",
+    "ConditionalEntropyModel",
+    "EntropyBottleneck",
+    "EntropyModel",
+    "EntropyModelError",
+    "GaussianConditional",
+    "GaussianMixtureConditional",
+    "default_scale_table",
+    "quantized_cdf_table",
+]
+
+PRECISION = 16
+"""Bits of precision of the quantised CDFs (CompressAI's ``entropy_coder_precision``)."""
+LIKELIHOOD_BOUND = 1e-9
+"""Lower bound of every likelihood (keeps the rate finite)."""
+SCALES_MIN = 0.11
+SCALES_MAX = 256.0
+SCALES_LEVELS = 64
+
+
+class EntropyModelError(FedrsError, RuntimeError):
+    """An entropy model cannot code the given data (e.g. a stream that does not decode)."""
+
+
+def default_scale_table(
+    minimum: float = SCALES_MIN, maximum: float = SCALES_MAX, levels: int = SCALES_LEVELS
+) -> Tensor:
+    """Log-spaced scales of the Gaussian conditional's tables (CompressAI's default)."""
+    return torch.exp(torch.linspace(math.log(minimum), math.log(maximum), levels))
+
+
+def _coder() -> ModuleType:
+    """The native range coder (imported on use so that models import and pickle without it)."""
+    import importlib
+
+    return importlib.import_module("fedrs.coder")
+
+
+def _std_cumulative(x: Tensor) -> Tensor:
+    """Standard normal CDF."""
+    return 0.5 * torch.erfc(x * (-(2.0**-0.5)))
+
+
+def _tail_multiplier(tail_mass: float) -> float:
+    """``-Phi^-1(tail_mass / 2)``: the half-width of a table in units of the scale."""
+    from statistics import NormalDist
+
+    return -NormalDist().inv_cdf(tail_mass / 2)
+
+
+@torch.no_grad()
+def quantized_cdf_table(
+    pmf: Tensor, lengths: Tensor, tail: Tensor, precision: int = PRECISION
+) -> tuple[Tensor, Tensor]:
+    """Quantise many pmfs at once into CDF tables with an escape symbol.
+
+    Row ``t`` codes ``lengths[t]`` symbols with probabilities ``pmf[t, :lengths[t]]`` and one
+    escape symbol with probability ``tail[t]``.  Every symbol gets a frequency of at least one;
+    the frequencies sum to ``2**precision``.
+
+    Args:
+        pmf: (T, L) probabilities (entries past a row's length are ignored).
+        lengths: (T,) number of symbols per row, 1 <= lengths[t] <= L.
+        tail: (T,) probability of the escape symbol.
+        precision: bits of the CDF (16 for ``fedrs.coder``).
+
+    Returns:
+        ``cdfs`` (T, L + 2) int32 (row t valid up to ``lengths[t] + 2``, starting at 0 and ending
+        at ``2**precision``) and ``cdf_lengths`` (T,) int32 = ``lengths + 2``.
+    """
+    num_tables, width = pmf.shape
+    lengths = lengths.to(torch.long)
+    positions = torch.arange(width + 1, device=pmf.device)
+    probs = torch.cat([pmf.to(torch.float64), pmf.new_zeros(num_tables, 1, dtype=torch.float64)], 1)
+    probs = torch.where(positions[None, :] < lengths[:, None], probs, 0.0).clamp_min(0.0)
+    probs[torch.arange(num_tables, device=pmf.device), lengths] = tail.to(torch.float64).clamp_min(
+        0.0
+    )
+    valid = positions[None, :] <= lengths[:, None]
+    total = probs.sum(1, keepdim=True)
+    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), valid.to(torch.float64))
+    count = (lengths + 1).to(torch.float64)[:, None]
+    scale = float(1 << precision)
+    freq = torch.where(valid, torch.floor(probs * (scale - count)) + 1.0, 0.0).to(torch.long)
+    deficit = (1 << precision) - freq.sum(1)
+    top = torch.where(valid, probs, -1.0).argmax(1)
+    freq[torch.arange(num_tables, device=pmf.device), top] += deficit
+    cdf = torch.cat([freq.new_zeros(num_tables, 1), torch.cumsum(freq, 1)], 1)
+    return cdf.to(torch.int32), (lengths + 2).to(torch.int32)
+
+
+def _np32(x: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy().astype(np.int32, copy=False))
+
+
+class EntropyModel(nn.Module):
+    """Base of the entropy models: quantisation helpers and the calls into ``fedrs.coder``."""
+
+    def __init__(self, tail_mass: float = 1e-9, likelihood_bound: float = LIKELIHOOD_BOUND) -> None:
+        super().__init__()
+        if not 0.0 < tail_mass < 1.0:
+            raise InputError(f"tail_mass must lie in (0, 1), got {tail_mass}")
+        self.tail_mass = float(tail_mass)
+        self.likelihood_bound = float(likelihood_bound)
+
+    def update(self, force: bool = False) -> bool:
+        """Build the CDF tables the coder needs; True when they were (re)built."""
+        return False
+
+    def _bound_likelihood(self, likelihood: Tensor) -> Tensor:
+        if self.likelihood_bound <= 0:
+            return likelihood
+        return lower_bound(likelihood, self.likelihood_bound)
+
+    @staticmethod
+    def quantize(inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+        """``"noise"``: add U(-0.5, 0.5); ``"dequantize"``: ``round(x - m) + m``;
+        ``"symbols"``: ``round(x - m)`` as int32."""
+        if mode == "noise":
+            return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5)
+        shifted = inputs if means is None else inputs - means
+        rounded = torch.round(shifted)
+        if mode == "symbols":
+            return rounded.to(torch.int32)
+        if mode == "dequantize":
+            return rounded if means is None else rounded + means
+        raise InputError(f"unknown quantisation mode {mode!r}")
+
+    @staticmethod
+    def dequantize(symbols: Tensor, means: Tensor | None = None) -> Tensor:
+        """Symbols back to latent values: ``symbols + means``."""
+        values = symbols.to(torch.float32 if means is None else means.dtype)
+        return values if means is None else values + means
+
+    @staticmethod
+    def _encode(
+        symbols: Tensor, indexes: Tensor, cdfs: Tensor, cdf_lengths: Tensor, offsets: Tensor
+    ) -> bytes:
+        stream: bytes = _coder().encode_with_indexes(
+            _np32(symbols.reshape(-1)),
+            _np32(indexes.reshape(-1)),
+            _np32(cdfs),
+            _np32(cdf_lengths),
+            _np32(offsets),
+        )
+        return stream
+
+    @staticmethod
+    def _decode(
+        stream: bytes, indexes: Tensor, cdfs: Tensor, cdf_lengths: Tensor, offsets: Tensor
+    ) -> Tensor:
+        values = _coder().decode_with_indexes(
+            stream, _np32(indexes.reshape(-1)), _np32(cdfs), _np32(cdf_lengths), _np32(offsets)
+        )
+        return torch.from_numpy(np.asarray(values, dtype=np.int32).copy()).reshape(indexes.shape)
+
+
+class EntropyBottleneck(EntropyModel):
+    """Factorized (fully learned, per-channel) density for the hyper-latent ``z``.
+
+    The density of channel ``c`` is the derivative of a monotone cumulative built from a small
+    per-channel network (Ballé et al. 2018, appendix 6.1).  ``forward`` returns ``(z_hat,
+    likelihoods)`` with noise in training and ``round(z - median) + median`` at evaluation.
+    """
+
+    _medians: Tensor
+    _quantized_cdf: Tensor
+    _cdf_length: Tensor
+    _offset: Tensor
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        tail_mass: float = 1e-9,
+        init_scale: float = 10.0,
+        filters: Sequence[int] = (3, 3, 3),
+        max_table_length: int = 4096,
+    ) -> None:
+        super().__init__(tail_mass=tail_mass)
+        if channels < 1:
+            raise InputError(f"channels must be positive, got {channels}")
+        self.channels = int(channels)
+        self.max_table_length = int(max_table_length)
+        dims = (1, *(int(f) for f in filters), 1)
+        scale = float(init_scale) ** (1.0 / (len(dims) - 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(dims) - 1):
+            init = math.log(math.expm1(1.0 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(dims) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+        self.register_buffer("_medians", torch.zeros(channels), persistent=False)
+        self.register_buffer("_quantized_cdf", torch.zeros(0, 0, dtype=torch.int32), False)
+        self.register_buffer("_cdf_length", torch.zeros(0, dtype=torch.int32), False)
+        self.register_buffer("_offset", torch.zeros(0, dtype=torch.int32), False)
+        self._fingerprint = ""
+
+    def _logits_cumulative(self, inputs: Tensor) -> Tensor:
+        """Logit of the cumulative at ``inputs`` (C, 1, L), in the dtype of ``inputs``."""
+        logits = inputs
+        for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases, strict=True)):
+            logits = torch.matmul(F.softplus(matrix.to(inputs.dtype)), logits) + bias.to(
+                inputs.dtype
+            )
+            if i < len(self.factors):
+                logits = logits + torch.tanh(self.factors[i].to(inputs.dtype)) * torch.tanh(logits)
+        return logits
+
+    def _likelihood(self, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lower = self._logits_cumulative(values - 0.5)
+        upper = self._logits_cumulative(values + 0.5)
+        sign = torch.where(lower + upper > 0, -1.0, 1.0).to(values.dtype)
+        likelihood = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return likelihood, lower, upper
+
+    def likelihood(self, z: Tensor) -> Tensor:
+        """Probability mass of the unit interval around each value of ``z`` (B, C, ...)."""
+        perm = [1, 0, *range(2, z.dim())]
+        values = z.permute(*perm).reshape(self.channels, 1, -1)
+        likelihood, _, _ = self._likelihood(values)
+        shape = [z.shape[1], z.shape[0], *z.shape[2:]]
+        inverse = [1, 0, *range(2, z.dim())]
+        return self._bound_likelihood(likelihood.reshape(shape).permute(*inverse).contiguous())
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Quantise (noise in training, rounding with medians at evaluation) and return
+        ``(z_hat, likelihoods)``."""
+        if z.dim() < 2 or z.shape[1] != self.channels:
+            raise InputError(f"expected {self.channels} channels, got shape {tuple(z.shape)}")
+        if self.training:
+            z_hat = self.quantize(z, "noise")
+        else:
+            z_hat = self.quantize(z, "dequantize", self.medians(z.dim()))
+        return z_hat, self.likelihood(z_hat)
+
+    def medians(self, dims: int = 4) -> Tensor:
+        """Per-channel medians shaped (1, C, 1, ...) for ``dims``-dimensional latents."""
+        self.update()
+        return self._medians.view(1, -1, *([1] * (dims - 2)))
+
+    def fingerprint(self) -> str:
+        """Digest of the density's parameters (the tables are rebuilt when it changes)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for p in self.parameters():
+            digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def _quantiles(self) -> Tensor:
+        """(C, 3) lower tail point, median and upper tail point of each channel's density."""
+        target_value = math.log(2.0 / self.tail_mass - 1.0)
+        device = self._medians.device
+        target = torch.tensor([-target_value, 0.0, target_value], dtype=torch.float64)
+        target = target.to(device).expand(self.channels, 1, 3)
+        lo = torch.full((self.channels, 1, 3), -1.0, dtype=torch.float64, device=device)
+        hi = -lo
+        for _ in range(64):  # widen the bracket until it holds the target
+            low_out = self._logits_cumulative(lo) > target
+            high_out = self._logits_cumulative(hi) < target
+            if not (bool(low_out.any()) or bool(high_out.any())):
+                break
+            lo = torch.where(low_out, lo * 2.0, lo)
+            hi = torch.where(high_out, hi * 2.0, hi)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            below = self._logits_cumulative(mid) < target
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).reshape(self.channels, 3)
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """Recompute the medians and CDF tables if the parameters changed (or ``force``).
+
+        Returns:
+            True when the tables were rebuilt.
+        """
+        fingerprint = self.fingerprint()
+        if not force and fingerprint == self._fingerprint and self._quantized_cdf.numel() > 0:
+            return False
+        quantiles = self._quantiles()
+        medians = quantiles[:, 1].to(torch.float32)
+        limit = self.max_table_length // 2
+        minima = torch.ceil(medians.double() - quantiles[:, 0]).clamp(0, limit).to(torch.long)
+        maxima = torch.ceil(quantiles[:, 2] - medians.double()).clamp(0, limit).to(torch.long)
+        lengths = minima + maxima + 1
+        width = int(lengths.max())
+        start = medians.double() - minima.double()
+        samples = torch.arange(width, dtype=torch.float64, device=medians.device)
+        samples = (samples[None, :] + start[:, None]).unsqueeze(1)
+        pmf, lower, upper = self._likelihood(samples)
+        pmf = pmf[:, 0, :]
+        last = (lengths - 1)[:, None]
+        tail = torch.sigmoid(lower[:, 0, 0]) + torch.sigmoid(
+            -upper[:, 0, :].gather(1, last).squeeze(1)
+        )
+        cdf, cdf_lengths = quantized_cdf_table(pmf, lengths, tail)
+        self._medians = medians
+        self._quantized_cdf = cdf
+        self._cdf_length = cdf_lengths
+        self._offset = (-minima).to(torch.int32)
+        self._fingerprint = fingerprint
+        return True
+
+    def _indexes(self, shape: Sequence[int]) -> Tensor:
+        idx = torch.arange(self.channels, dtype=torch.int32).view(1, -1, *([1] * (len(shape) - 2)))
+        return idx.expand(*shape).contiguous()
+
+    @torch.no_grad()
+    def compress(self, z: Tensor) -> list[bytes]:
+        """Entropy-code ``z`` (B, C, ...) into one stream per item."""
+        medians = self.medians(z.dim())
+        symbols = self.quantize(z, "symbols", medians).cpu()
+        indexes = self._indexes((1, *symbols.shape[1:]))[0]
+        return [
+            self._encode(symbols[i], indexes, self._quantized_cdf, self._cdf_length, self._offset)
+            for i in range(symbols.shape[0])
+        ]
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[bytes], size: Sequence[int]) -> Tensor:
+        """Decode streams of :meth:`compress`; ``size`` is the spatial shape of one item."""
+        medians = self.medians(2 + len(size))
+        indexes = self._indexes((1, self.channels, *size))[0]
+        symbols = torch.stack(
+            [
+                self._decode(s, indexes, self._quantized_cdf, self._cdf_length, self._offset)
+                for s in strings
+            ]
+        )
+        return self.dequantize(symbols.to(medians.device), medians)
+
+
+class ConditionalEntropyModel(EntropyModel):
+    """Entropy model of ``y`` conditioned on parameters predicted by the hyper-synthesis.
+
+    Subclasses define how many channels the hyper-synthesis must output
+    (:meth:`hyper_channels`), how those channels split into named parameters
+    (:meth:`parameters_from`), the likelihood, the dequantisation means and the coding.
+    """
+
+    def hyper_channels(self, latent_channels: int) -> int:
+        """Channels of the hyper-synthesis output for ``latent_channels`` latent channels."""
+        raise NotImplementedError
+
+    def parameters_from(self, hyper: Tensor) -> dict[str, Tensor]:
+        """Split the hyper-synthesis output into named entropy parameters."""
+        raise NotImplementedError
+
+    def means(self, params: dict[str, Tensor]) -> Tensor:
+        """Dequantisation means (shape of ``y``): ``y_hat = round(y - means) + means``."""
+        raise NotImplementedError
+
+    def likelihood(self, y: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Probability mass of the unit interval around each value of ``y``."""
+        raise NotImplementedError
+
+    def forward(self, y: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(y_hat, likelihoods)``: noise in training, rounding with the means at evaluation."""
+        if self.training:
+            y_hat = self.quantize(y, "noise")
+        else:
+            y_hat = self.quantize(y, "dequantize", self.means(params))
+        return y_hat, self.likelihood(y_hat, params)
+
+    def compress(self, y: Tensor, params: dict[str, Tensor]) -> list[bytes]:
+        """Entropy-code ``y`` (B, M, h, w) into one stream per item."""
+        raise NotImplementedError
+
+    def decompress(self, strings: Sequence[bytes], params: dict[str, Tensor]) -> Tensor:
+        """Decode the streams of :meth:`compress` to ``y_hat`` given the same parameters."""
+        raise NotImplementedError
+
+
+class GaussianConditional(ConditionalEntropyModel):
+    """Gaussian conditional with predicted means and scales (Minnen et al. 2018).
+
+    Scales are bounded below by ``scale_bound``; coding uses the table of the smallest tabulated
+    scale not below the predicted one.
+    """
+
+    scale_table: Tensor
+    _quantized_cdf: Tensor
+    _cdf_length: Tensor
+    _offset: Tensor
+
+    def __init__(
+        self,
+        scale_table: Sequence[float] | Tensor | None = None,
+        *,
+        scale_bound: float = SCALES_MIN,
+        tail_mass: float = 1e-9,
+    ) -> None:
+        super().__init__(tail_mass=tail_mass)
+        table = default_scale_table() if scale_table is None else torch.as_tensor(scale_table)
+        table = table.to(torch.float32).flatten()
+        if table.numel() < 1 or bool((table <= 0).any()) or bool((table.diff() <= 0).any()):
+            raise InputError("scale_table must be positive and strictly increasing")
+        self.scale_bound = float(scale_bound)
+        self.register_buffer("scale_table", table, persistent=False)
+        self.register_buffer("_quantized_cdf", torch.zeros(0, 0, dtype=torch.int32), False)
+        self.register_buffer("_cdf_length", torch.zeros(0, dtype=torch.int32), False)
+        self.register_buffer("_offset", torch.zeros(0, dtype=torch.int32), False)
+        self.update()
+
+    def hyper_channels(self, latent_channels: int) -> int:
+        return 2 * latent_channels
+
+    def parameters_from(self, hyper: Tensor) -> dict[str, Tensor]:
+        scales, means = hyper.chunk(2, dim=1)
+        return {"scales": scales, "means": means}
+
+    def means(self, params: dict[str, Tensor]) -> Tensor:
+        return params["means"]
+
+    def likelihood(self, y: Tensor, params: dict[str, Tensor]) -> Tensor:
+        scales = lower_bound(params["scales"], self.scale_bound)
+        values = torch.abs(y - params["means"])
+        upper = _std_cumulative((0.5 - values) / scales)
+        lower = _std_cumulative((-0.5 - values) / scales)
+        return self._bound_likelihood(upper - lower)
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """Build the tables of the scale table (once; they depend on no weight)."""
+        if not force and self._quantized_cdf.numel() > 0:
+            return False
+        scales = self.scale_table.to(torch.float64)
+        multiplier = _tail_multiplier(self.tail_mass)
+        centers = torch.ceil(scales * multiplier).to(torch.long)
+        lengths = 2 * centers + 1
+        width = int(lengths.max())
+        samples = torch.arange(width, dtype=torch.float64, device=scales.device)
+        samples = torch.abs(samples[None, :] - centers[:, None].double())
+        upper = _std_cumulative((0.5 - samples) / scales[:, None])
+        lower = _std_cumulative((-0.5 - samples) / scales[:, None])
+        pmf = upper - lower
+        tail = 2.0 * _std_cumulative(-(centers.double() + 0.5) / scales)
+        cdf, cdf_lengths = quantized_cdf_table(pmf, lengths, tail)
+        self._quantized_cdf = cdf
+        self._cdf_length = cdf_lengths
+        self._offset = (-centers).to(torch.int32)
+        return True
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        """Index of the table used for each scale: the smallest tabulated scale >= it."""
+        bounded = torch.clamp(scales, min=self.scale_bound).contiguous()
+        idx = torch.bucketize(bounded, self.scale_table.to(bounded.dtype))
+        return idx.clamp(max=self.scale_table.numel() - 1).to(torch.int32)
+
+    @torch.no_grad()
+    def compress(self, y: Tensor, params: dict[str, Tensor]) -> list[bytes]:
+        self.update()
+        symbols = self.quantize(y, "symbols", params["means"]).cpu()
+        indexes = self.build_indexes(params["scales"]).cpu()
+        return [
+            self._encode(
+                symbols[i], indexes[i], self._quantized_cdf, self._cdf_length, self._offset
+            )
+            for i in range(symbols.shape[0])
+        ]
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[bytes], params: dict[str, Tensor]) -> Tensor:
+        self.update()
+        indexes = self.build_indexes(params["scales"]).cpu()
+        if len(strings) != indexes.shape[0]:
+            raise InputError(f"{len(strings)} streams for {indexes.shape[0]} parameter sets")
+        symbols = torch.stack(
+            [
+                self._decode(s, indexes[i], self._quantized_cdf, self._cdf_length, self._offset)
+                for i, s in enumerate(strings)
+            ]
+        )
+        means = params["means"]
+        return self.dequantize(symbols.to(means.device), means)
+
+
+class GaussianMixtureConditional(ConditionalEntropyModel):
+    """Mixture of ``components`` Gaussians per latent element (Cheng et al. 2020, K = 3).
+
+    The hyper-synthesis predicts, per component, a weight logit, a mean and a scale.  The
+    dequantisation mean is the mixture mean.  Coding builds one CDF table per symbol, covering
+    ``tail_mass`` of every component up to ``max_half_width`` symbols either side of the mean
+    (values further out are escaped and still round-trip).
+    """
+
+    def __init__(
+        self,
+        components: int = 3,
+        *,
+        scale_bound: float = SCALES_MIN,
+        tail_mass: float = 1e-9,
+        max_half_width: int = 128,
+    ) -> None:
+        super().__init__(tail_mass=tail_mass)
+        if components < 1:
+            raise InputError(f"components must be positive, got {components}")
+        self.components = int(components)
+        self.scale_bound = float(scale_bound)
+        self.max_half_width = int(max_half_width)
+
+    def hyper_channels(self, latent_channels: int) -> int:
+        return 3 * self.components * latent_channels
+
+    def parameters_from(self, hyper: Tensor) -> dict[str, Tensor]:
+        b, c = hyper.shape[:2]
+        k = self.components
+        m = c // (3 * k)
+        parts = hyper.reshape(b, 3, k, m, *hyper.shape[2:])
+        return {
+            "weights": torch.softmax(parts[:, 0], dim=1),
+            "means": parts[:, 1],
+            "scales": lower_bound(parts[:, 2], self.scale_bound),
+        }
+
+    def means(self, params: dict[str, Tensor]) -> Tensor:
+        return (params["weights"] * params["means"]).sum(1)
+
+    @staticmethod
+    def _mass(values: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+        v = torch.abs(values - means)
+        return _std_cumulative((0.5 - v) / scales) - _std_cumulative((-0.5 - v) / scales)
+
+    def likelihood(self, y: Tensor, params: dict[str, Tensor]) -> Tensor:
+        mass = self._mass(y.unsqueeze(1), params["means"], params["scales"])
+        return self._bound_likelihood((params["weights"] * mass).sum(1))
+
+    def _tables(self, params: dict[str, Tensor], index: int) -> tuple[Tensor, ...]:
+        """Tables of item ``index``: (cdfs, cdf_lengths, offsets, centre, table indexes)."""
+        w = params["weights"][index].detach().double().flatten(1)  # (K, n)
+        mu = params["means"][index].detach().double().flatten(1)
+        sigma = params["scales"][index].detach().double().flatten(1).clamp_min(self.scale_bound)
+        centre = (w * mu).sum(0)  # (n,)
+        reach = torch.abs(mu - centre) + _tail_multiplier(self.tail_mass) * sigma
+        half = torch.ceil(reach.max(0).values).clamp(1, self.max_half_width).to(torch.long)
+        width = int(2 * half.max() + 1)
+        offsets = torch.arange(width, dtype=torch.float64, device=w.device)[None, :] - half[:, None]
+        values = centre[:, None] + offsets  # (n, L)
+        mass = self._mass(values[None], mu[:, :, None], sigma[:, :, None])  # (K, n, L)
+        pmf = (w[:, :, None] * mass).sum(0)
+        lengths = 2 * half + 1
+        pmf = torch.where(offsets <= half[:, None], pmf, 0.0)
+        tail = (1.0 - pmf.sum(1)).clamp_min(0.0)
+        cdf, cdf_lengths = quantized_cdf_table(pmf, lengths, tail)
+        table_idx = torch.arange(cdf.shape[0], dtype=torch.int32)
+        return cdf.cpu(), cdf_lengths.cpu(), (-half).to(torch.int32).cpu(), centre, table_idx
+
+    @torch.no_grad()
+    def compress(self, y: Tensor, params: dict[str, Tensor]) -> list[bytes]:
+        symbols = self.quantize(y, "symbols", self.means(params)).cpu()
+        streams = []
+        for i in range(y.shape[0]):
+            cdf, lengths, offsets, _, idx = self._tables(params, i)
+            streams.append(self._encode(symbols[i], idx, cdf, lengths, offsets))
+        return streams
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[bytes], params: dict[str, Tensor]) -> Tensor:
+        means = self.means(params)
+        if len(strings) != means.shape[0]:
+            raise InputError(f"{len(strings)} streams for {means.shape[0]} parameter sets")
+        out = []
+        for i, s in enumerate(strings):
+            cdf, lengths, offsets, _, idx = self._tables(params, i)
+            out.append(self._decode(s, idx, cdf, lengths, offsets).reshape(means.shape[1:]))
+        symbols = torch.stack(out).to(means.device)
+        return self.dequantize(symbols, means)

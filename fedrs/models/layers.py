@@ -1,0 +1,230 @@
+"""Building blocks of the learned codecs: GDN/IGDN, strided and sub-pixel convolutions, residual and
+attention blocks (the layers of Ballé et al. 2018 and Cheng et al. 2020, after CompressAI's design).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "GDN",
+    "AttentionBlock",
+    "NonNegativeParametrizer",
+    "ResidualBlock",
+    "ResidualBlockUpsample",
+    "ResidualBlockWithStride",
+    "conv",
+    "conv1x1",
+    "conv3x3",
+    "deconv",
+    "lower_bound",
+    "ste_round",
+    "subpel_conv3x3",
+]
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient passes through where it pushes ``x`` back above the bound."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, bound: Tensor) -> Tensor:
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        x, bound = ctx.saved_tensors
+        pass_through = (x >= bound) | (grad_output < 0)
+        return pass_through.to(grad_output.dtype) * grad_output, None
+
+
+def lower_bound(x: Tensor, bound: float | Tensor) -> Tensor:
+    """Lower-bound ``x`` by ``bound`` keeping a useful gradient below the bound."""
+    b = bound if isinstance(bound, Tensor) else torch.tensor(bound, dtype=x.dtype, device=x.device)
+    out: Tensor = _LowerBound.apply(x, b.to(dtype=x.dtype, device=x.device))
+    return out
+
+
+def ste_round(x: Tensor) -> Tensor:
+    """Round with a straight-through (identity) gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+class NonNegativeParametrizer(nn.Module):
+    """Re-parametrisation ``v = max(p, bound)^2 - pedestal`` keeping a parameter non-negative."""
+
+    pedestal: Tensor
+    bound: Tensor
+
+    def __init__(self, minimum: float = 0.0, reparam_offset: float = 2.0**-18) -> None:
+        super().__init__()
+        self.minimum = float(minimum)
+        pedestal = float(reparam_offset) ** 2
+        self.register_buffer("pedestal", torch.tensor(pedestal), persistent=False)
+        self.register_buffer(
+            "bound", torch.tensor((self.minimum + pedestal) ** 0.5), persistent=False
+        )
+
+    def init(self, x: Tensor) -> Tensor:
+        """Parameter value representing ``x``."""
+        return torch.sqrt(torch.clamp(x + self.pedestal, min=float(self.pedestal)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lower_bound(x, self.bound) ** 2 - self.pedestal
+
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation (Ballé et al. 2016); ``inverse=True`` gives IGDN.
+
+    ``y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)`` (IGDN multiplies instead of dividing).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        inverse: bool = False,
+        beta_min: float = 1e-6,
+        gamma_init: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
+        self.gamma_reparam = NonNegativeParametrizer()
+        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(channels)))
+        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(channels)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = x.shape[1]
+        beta = self.beta_reparam(self.beta)
+        gamma = self.gamma_reparam(self.gamma).view(channels, channels, 1, 1)
+        norm = F.conv2d(x * x, gamma, beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
+    """Convolution with "same" padding (downsamples by ``stride``)."""
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2
+    )
+
+
+def deconv(
+    in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2
+) -> nn.ConvTranspose2d:
+    """Transposed convolution upsampling exactly by ``stride``."""
+    return nn.ConvTranspose2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        output_padding=stride - 1,
+        padding=kernel_size // 2,
+    )
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride)
+
+
+def subpel_conv3x3(in_channels: int, out_channels: int, r: int = 1) -> nn.Sequential:
+    """3x3 convolution followed by a pixel shuffle upsampling by ``r``."""
+    return nn.Sequential(conv3x3(in_channels, out_channels * r**2), nn.PixelShuffle(r))
+
+
+class ResidualBlockWithStride(nn.Module):
+    """Residual block downsampling by ``stride`` (conv, LeakyReLU, conv, GDN + 1x1 skip)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride=stride)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.gdn = GDN(out_channels)
+        self.skip: nn.Module | None = (
+            conv1x1(in_channels, out_channels, stride=stride)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.skip is None else self.skip(x)
+        out = self.gdn(self.conv2(self.leaky_relu(self.conv1(x))))
+        return out + identity
+
+
+class ResidualBlockUpsample(nn.Module):
+    """Residual block upsampling by ``upsample`` (sub-pixel conv, LeakyReLU, conv, IGDN)."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: int = 2) -> None:
+        super().__init__()
+        self.subpel_conv = subpel_conv3x3(in_channels, out_channels, upsample)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv = conv3x3(out_channels, out_channels)
+        self.igdn = GDN(out_channels, inverse=True)
+        self.upsample = subpel_conv3x3(in_channels, out_channels, upsample)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.igdn(self.conv(self.leaky_relu(self.subpel_conv(x))))
+        return out + self.upsample(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with LeakyReLU and an identity (or 1x1) skip."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.skip: nn.Module | None = (
+            conv1x1(in_channels, out_channels) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.skip is None else self.skip(x)
+        out = self.leaky_relu(self.conv2(self.leaky_relu(self.conv1(x))))
+        return out + identity
+
+
+class _ResidualUnit(nn.Module):
+    """Bottleneck residual unit of the attention block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = max(channels // 2, 1)
+        self.conv = nn.Sequential(
+            conv1x1(channels, half),
+            nn.ReLU(inplace=True),
+            conv3x3(half, half),
+            nn.ReLU(inplace=True),
+            conv1x1(half, channels),
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv(x) + x)
+
+
+class AttentionBlock(nn.Module):
+    """Simplified attention module of Cheng et al. 2020: ``a * sigmoid(b) + x``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_a = nn.Sequential(*(_ResidualUnit(channels) for _ in range(3)))
+        self.conv_b = nn.Sequential(
+            *(_ResidualUnit(channels) for _ in range(3)), conv1x1(channels, channels)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_a(x) * torch.sigmoid(self.conv_b(x)) + x
