@@ -92,7 +92,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     if data.client_id in config.federation.fail_clients:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
     received = msg.content.array_records["arrays"].to_torch_state_dict()
-    cfg = msg.content.config_records["config"]
+    cfg: dict[str, Any] = dict(msg.content.config_records["config"])
     global_round = int(cfg.get("round-offset", 0)) + int(cfg["server-round"])
     local_keys = [str(p) for p in cfg.get("local-keys", [])]
     is_local = _is_local(local_keys)
@@ -124,7 +124,11 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
             {k: v.detach().cpu().contiguous() for k, v in local.items()}
         )
     reply = ArrayRecord({k: trained[k].detach().cpu().contiguous() for k in keys})
-    record = MetricRecord({k: float(v) for k, v in metrics.items()} | {"client-id": data.client_id})
+    values: dict[str, int | float | list[int] | list[float]] = {
+        k: float(v) for k, v in metrics.items()
+    }
+    values["client-id"] = data.client_id
+    record = MetricRecord(values)
     return Message(RecordDict({"arrays": reply, "metrics": record}), reply_to=msg)
 
 

@@ -81,6 +81,11 @@ class FederationConfig(_Section):
     rounds: int = Field(3, ge=1)
     strategy: str = "modality-aware"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
+    local_keys: tuple[str, ...] = Field(
+        (),
+        description="regexes of keys that never leave a client (FedBN-style), e.g. "
+        "['running_', 'whiten']; empty: every key is shared",
+    )
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1, description="fewer successful replies fail the round")
     stage1_rounds: int = Field(1, ge=0, description="rounds of codec-only training first")

@@ -51,14 +51,24 @@ def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Pa
         from fedrs.data.synth import ensure_synthetic_archive
 
         source = base / _synthetic_name(config)
-        total = config.patches
+        synth_progress: Callable[[int, int], None] | None = None
+        if progress is not None:
+            advance = progress("synthesising archive", config.patches)
+            seen = [0]
+
+            def advance_to(done: int, total: int) -> None:
+                advance(done - seen[0])
+                seen[0] = done
+
+            synth_progress = advance_to
+
         ensure_synthetic_archive(
             source,
             patches=config.patches,
             seed=config.seed,
             s1_only_fraction=config.s1_only_fraction,
             s2_only_fraction=config.s2_only_fraction,
-            progress=progress("synthesising archive", total) if progress else None,
+            progress=synth_progress,
         )
         cache = source.with_name(source.name + "-cache")
     else:
@@ -70,8 +80,8 @@ def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Pa
     if _cache_is_of(cache, source):
         return cache
     archive = open_archive(source, metadata=config.metadata)
-    advance = progress("caching archive", len(archive)) if progress else None
-    prepare_cache(archive, cache, overwrite=True, on_progress=advance)
+    on_cached = progress("caching archive", len(archive)) if progress else None
+    prepare_cache(archive, cache, overwrite=True, on_progress=on_cached)
     return cache
 
 

@@ -65,6 +65,7 @@ def strategy_for(config: ExperimentConfig, num_clients: int) -> Any:
         "min_evaluate_nodes": 0,
         "min_available_nodes": num_clients,
         "min_successful": fed.min_clients,
+        "local_keys": list(fed.local_keys),
     }
     options.update(fed.strategy_options)
     return build_strategy(fed.strategy, **options)

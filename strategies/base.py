@@ -207,6 +207,18 @@ _ERROR_CODE_NAMES = {
 }
 
 
+def _reply_order(msg: Message) -> tuple[float, int]:
+    """Sort key of a reply: its ``client-id`` metric when it reports one, then its node id."""
+    client = math.inf
+    if msg.has_content():
+        for record in msg.content.metric_records.values():
+            value = record.get("client-id")
+            if isinstance(value, int | float):
+                client = float(value)
+                break
+    return (client, int(msg.metadata.src_node_id))
+
+
 def _describe_error(error: Error) -> tuple[str, str]:
     """Return a one-line reason and the full text of an error reply."""
     text = error.reason or ""
@@ -541,7 +553,9 @@ class AccountedFedAvg(FedAvg):
         global_arrays = self._train_globals.pop(server_round, None)
         if global_arrays is None:
             raise RuntimeError(f"aggregate_train for round {server_round} without configure_train")
-        replies = list(replies)
+        # A fixed order makes the floating-point sums, hence the global model, independent of
+        # the order in which replies arrive.
+        replies = sorted(replies, key=_reply_order)
         stats = self._stats(server_round)
         stats.failures.clear()
         if stats.sampled == 0 and not replies:

@@ -16,7 +16,7 @@ import click
 import typer
 
 from fedrs.cli._common import error_line
-from fedrs.errors import InputError
+from fedrs.errors import FedrsError, InputError
 
 app = typer.Typer(
     name="fedrs",
@@ -65,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         error_line(str(exc))
         return 2
+    except FedrsError as exc:
+        error_line(str(exc))
+        return 1
     return 0
 
 

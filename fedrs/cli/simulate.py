@@ -43,6 +43,19 @@ def experiment_overrides(
     return overrides
 
 
+def validate_components(experiment: Any) -> None:
+    """Refuse unknown strategy/partition names and bad options before anything starts."""
+    from fedrs.errors import InputError
+    from fedrs.partitions import PARTITIONS
+    from fedrs.server.app import strategy_for
+
+    if experiment.partition.name not in PARTITIONS:
+        raise InputError(
+            f"unknown partition {experiment.partition.name!r}; known: {', '.join(PARTITIONS)}"
+        )
+    strategy_for(experiment, experiment.partition.clients)
+
+
 def prepare_data_with_progress(settings: Any) -> None:
     """Build the synthetic archive and the cache once, here, before any client starts."""
     from fedrs.pipeline import resolve_cache
@@ -124,6 +137,7 @@ def main(
         raise InputError(f"{out}: holds a finished run; choose another --out or --resume")
     fed = experiment.federation
     check_resources(fed.num_cpus, fed.num_gpus, fed.ray_address)
+    validate_components(experiment)
     prepare_data_with_progress(settings)
     console.print(
         f"simulating [bold]{experiment.partition.clients}[/] clients "

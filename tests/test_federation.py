@@ -1,0 +1,189 @@
+"""End-to-end federations on Flower's simulation engine (Ray), on a tiny synthetic archive.
+
+Each simulation starts Ray and trains a smoke model: these tests take a minute or so each and
+guard the main job's promises (summary, MLflow history, failures, resume, GPU refusal).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fedrs.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fedrs-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    monkeypatch.setenv("FEDRS_CACHE_DIR", str(cache_dir))
+
+
+def simulate(out: Path, *args: str) -> int:
+    return cli(["simulate", "--config", str(SMOKE), "--out", str(out), *args])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """An uninterrupted 2-round, 3-client modality-aware federation."""
+    out = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDRS_CACHE_DIR", str(cache_dir))
+        assert simulate(out) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_simulation_summary_and_mlflow_history(full_run: Path) -> None:
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    assert summary["clients_ok"] == 2 * 3
+    assert summary["clients_failed"] == 0
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+    assert [h["round"] for h in summary["history"]] == [1, 2]
+    assert summary["bytes_up"] == sum(h["comm/bytes_up"] for h in summary["history"])
+    assert 0.0 <= summary["map@20"] <= 1.0
+    assert summary["bpp"]["s1"] > 0 and summary["bpp"]["s2"] > 0
+    assert summary["map@20"] == summary["history"][-1]["eval/map@20"]
+    assert summary["tracking_uri"] == f"sqlite:///{full_run / 'mlflow.db'}"
+    for name in ("model.pt", "config.toml", "rounds.png", "checkpoints/round-0002.pt"):
+        assert (full_run / name).is_file(), name
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["federation.strategy"] == "modality-aware"
+    for key in ("eval/map_at_20", "eval/bpp_s1", "eval/psnr_s2", "train/loss", "clients/ok"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(p.step for p in history) == [1, 2], key
+    ok = client.get_metric_history(run.info.run_id, "clients/ok")
+    assert [p.value for p in sorted(ok, key=lambda p: p.step)] == [3.0, 3.0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.toml", "summary.json", "model.pt", "rounds.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tmp_path: Path, full_run: Path) -> None:
+    out = tmp_path / "resumed"
+    assert simulate(out, "--rounds", "1") == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert first["rounds"] == 1
+    assert simulate(out, "--rounds", "2", "--resume") == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert [h["round"] for h in resumed["history"]] == [1, 2]
+    assert resumed["mlflow_run_id"] == first["mlflow_run_id"]
+    a = torch.load(full_run / "model.pt", weights_only=True)
+    b = torch.load(out / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_failing_client_is_counted_and_run_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "faulty"
+    assert simulate(out, "--rounds", "1", "--set", "federation.fail_clients=[1]") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients_ok"] == 2
+    assert summary["clients_failed"] == 1
+
+
+@pytest.mark.slow
+def test_too_few_clients_fails_loudly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "too-few"
+    code = simulate(
+        out,
+        "--rounds",
+        "1",
+        "--set",
+        "federation.fail_clients=[0, 1]",
+        "--set",
+        "federation.min_clients=2",
+    )
+    assert code == 1
+    assert "round 1" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+    import mlflow
+
+    runs = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    found = runs.search_runs([runs.get_experiment_by_name("fedrs").experiment_id])
+    assert [r.info.status for r in found] == ["FAILED"]
+
+
+def test_gpu_request_refused_without_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import fedrs.server.simulation as simulation
+
+    monkeypatch.setattr(simulation, "visible_gpus", lambda address: 0.0)
+    assert simulate(tmp_path / "gpu", "--num-gpus", "0.25") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--num-gpus 0.25 asked for, but this machine has no GPU" in err[0]
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert simulate(tmp_path / "x", "--strategy", "nope", "--rounds", "1") == 2
+    assert "unknown strategy" in capsys.readouterr().err.lower()
+    assert simulate(tmp_path / "y", "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def _train_message(arrays: Any, server_round: int) -> Any:
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's reply: model arrays of its modalities and scalar metrics, nothing else."""
+    from flwr.app import ArrayRecord, Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedrs.clients.app import train
+    from fedrs.settings import RunSettings
+    from fedrs.train import build_model
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", "t", raising=False)
+    settings = RunSettings(config_path=str(SMOKE))
+    config = settings.experiment()
+    model = build_model(config)
+    message = _train_message(ArrayRecord(model.state_dict()), 1)
+    for client in range(config.partition.clients):
+        context = Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": client, "num-partitions": config.partition.clients},
+            state=RecordDict(),
+            run_config={},
+        )
+        reply = train(message, context, settings)
+        content = reply.content
+        assert set(content.keys()) == {"arrays", "metrics"}
+        arrays = content.array_records["arrays"]
+        state = model.state_dict()
+        for key, array in arrays.items():
+            assert key in state, key
+            assert tuple(array.shape) == tuple(state[key].shape), key
+            assert not (len(array.shape) >= 2 and tuple(array.shape[-2:]) == (120, 120)), key
+        metrics = content.metric_records["metrics"]
+        assert all(isinstance(v, int | float) for v in metrics.values())
+        assert metrics["num-examples"] > 0
+        sent = {k.split(".")[1] for k in arrays.keys() if k.startswith("codecs.")}
+        assert sent and sent <= {"s1", "s2"}
