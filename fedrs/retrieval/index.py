@@ -48,6 +48,7 @@ __all__ = [
     "unpack_codes",
 ]
 
+_COUNTING_MAX_BYTES = 64 * 2**20
 PAD_ID = -1
 """Id returned by :meth:`HashIndex.search` in slots beyond the size of the database."""
 
@@ -405,6 +406,10 @@ class HashIndex:
         q = packed.shape[0]
         if q == 0:
             return np.zeros((0, k), dtype=np.int32), np.zeros((0, k), dtype=np.int64)
+        # Counting k-selection (faiss hammings_knn_mc): exact, ties in insertion order, and
+        # its cost does not grow when an archive is split into several indexes; its buffer is
+        # 32 * (bits + 1) * k int64 per query batch, so a large k keeps the heap.
+        self._flat.use_heap = 32 * (self._bits + 1) * k * 8 > _COUNTING_MAX_BYTES
         distances, positions = self._flat.search(packed, k)
         distances = distances.astype(np.int32, copy=False)
         positions = positions.astype(np.int64, copy=False)
