@@ -35,9 +35,9 @@ class DataConfig(_Section):
     s2_only_fraction: float = Field(0.0, ge=0.0, le=1.0)
     modalities: tuple[Literal["s1", "s2"], ...] = ("s1", "s2")
     cache_dir: Path | None = Field(None, description="default: $FEDRS_CACHE_DIR or ~/.cache/fedrs")
-    max_train: int | None = Field(None, ge=1, description="use at most this many training patches")
-    max_queries: int | None = Field(None, ge=1, description="cap on queries (test split)")
-    max_database: int | None = Field(None, ge=1, description="cap on database (train split)")
+    max_train: int = Field(0, ge=0, description="cap on training patches; 0: all")
+    max_queries: int = Field(200, ge=0, description="cap on queries (test split); 0: all")
+    max_database: int = Field(800, ge=0, description="cap on database (train split); 0: all")
 
 
 class TrainConfig(_Section):

@@ -126,8 +126,8 @@ def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
     if len(train) == 0 or len(test) == 0:
         raise InputError(f"{archive.root}: needs patches in both the train and test splits")
 
-    def cap(rows: np.ndarray, limit: int | None) -> np.ndarray:
-        if limit is None or len(rows) <= limit:
+    def cap(rows: np.ndarray, limit: int) -> np.ndarray:
+        if limit == 0 or len(rows) <= limit:
             return rows
         return np.sort(rng.choice(rows, size=limit, replace=False))
 
