@@ -7,7 +7,8 @@ Where a client's data comes from:
 * deployment: ``node_config`` has ``data-path`` (its own archive or fedrs cache) and optionally
   ``modalities`` (``"s1,s2"``, ``"s1"`` or ``"s2"``); it trains on that archive's train split.
 
-A client sends back only what it trained: the codecs of its modalities and the shared parts,
+Under modality-aware aggregation a client sends back only what it trained: the codecs of its
+modalities and the shared parts (strategies that average whole models get the whole model),
 never the keys the server marks local (``local-keys``), which stay in the node's state between
 rounds.  No pixels leave the client: replies hold model arrays and scalar metrics only.
 """
@@ -78,6 +79,17 @@ def load_client_data(config: ExperimentConfig, node_config: dict[str, Any]) -> C
     return ClientData(client_id, run.archive, rows, tuple(shard.modalities))
 
 
+def sent_modalities(config: ExperimentConfig, data: ClientData) -> tuple[str, ...]:
+    """Modalities whose codecs a client sends: its own, or every codec where the strategy
+    averages whole models (FedAvg, FedProx: untrained codecs are sent back unchanged)."""
+    from fedrs.strategies import STRATEGIES
+
+    strategy = STRATEGIES.get(config.federation.strategy)
+    if getattr(strategy, "requires_all_shared_keys", False):
+        return tuple(config.model.codecs)
+    return data.modalities
+
+
 def _is_local(patterns: list[str]) -> Any:
     compiled = [re.compile(p) for p in patterns]
     return lambda key: any(p.search(key) for p in compiled)
@@ -117,7 +129,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         reference={k: v for k, v in received.items() if not is_local(k)},
     )
     trained = model.state_dict()
-    keys = [k for k in model.keys_for_modalities(data.modalities) if not is_local(k)]
+    keys = [k for k in model.keys_for_modalities(sent_modalities(config, data)) if not is_local(k)]
     local = {k: v for k, v in trained.items() if is_local(k)}
     if local:
         context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(

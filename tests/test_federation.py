@@ -187,3 +187,25 @@ def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
         assert metrics["num-examples"] > 0
         sent = {k.split(".")[1] for k in arrays.keys() if k.startswith("codecs.")}
         assert sent and sent <= {"s1", "s2"}
+
+
+@pytest.mark.slow
+def test_compare_runs_then_reads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "compare"
+    args = ["compare", "--config", str(SMOKE), "--out", str(out), "--set", "federation.rounds=1"]
+    assert cli(args) == 0
+    table = json.loads((out / "comparison.json").read_text())
+    assert list(table) == ["centralized", "fedavg", "modality-aware"]
+    for row in table.values():
+        assert 0.0 <= row["mAP@20"] <= 1.0
+    central = json.loads((out / "centralized" / "summary.json").read_text())
+    assert central["epochs"] == 1  # the federation's 1 round x 1 local epoch
+    fedavg = json.loads((out / "fedavg" / "summary.json").read_text())
+    aware = json.loads((out / "modality-aware" / "summary.json").read_text())
+    # whole models travel under FedAvg, only the trained parts under modality-aware
+    assert fedavg["bytes_up"] > aware["bytes_up"]
+    assert fedavg["clients_failed"] == aware["clients_failed"] == 0
+    assert (out / "comparison.png").is_file()
+    capsys.readouterr()
+    assert cli(args) == 0  # second time: reads the three summaries
+    assert capsys.readouterr().out.count("reading") == 3

@@ -409,7 +409,7 @@ class HashIndex:
         # Counting k-selection (faiss hammings_knn_mc): exact, ties in insertion order, and
         # its cost does not grow when an archive is split into several indexes; its buffer is
         # 32 * (bits + 1) * k int64 per query batch, so a large k keeps the heap.
-        self._flat.use_heap = 32 * (self._bits + 1) * k * 8 > _COUNTING_MAX_BYTES
+        self._flat.use_heap = 32 * (self._bits + 1) * k * 8 > _COUNTING_MAX_BYTES  # type: ignore[attr-defined]
         distances, positions = self._flat.search(packed, k)
         distances = distances.astype(np.int32, copy=False)
         positions = positions.astype(np.int64, copy=False)
