@@ -1,8 +1,9 @@
 """Build of the native entropy coder ``fedrs._coder`` (C++17 + pybind11).
 
 Every ``*.cpp`` under ``native/coder/`` is compiled into the extension, so a new source file needs
-no change here.  ``FEDRS_DEBUG_BUILD=1`` builds with AddressSanitizer and UBSan (load the ASan
-runtime first: ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``).
+no change here.  ``FEDRS_DEBUG_BUILD=1`` builds with AddressSanitizer and UBSan (load the ASan and
+libstdc++ runtimes first: ``LD_PRELOAD="$(gcc -print-file-name=libasan.so)
+$(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0``).
 """
 
 from __future__ import annotations

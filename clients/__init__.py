@@ -1,0 +1,1 @@
+"""The Flower ClientApp of fedrs (``fedrs.clients.app:app``)."""

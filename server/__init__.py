@@ -1,0 +1,1 @@
+"""The Flower ServerApp of fedrs (``fedrs.server.app:app``) and the simulation runner."""
