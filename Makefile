@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-OUT ?= runs/demo
+OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: install demo test lint clean
 
@@ -18,9 +18,7 @@ $(BIN)/fedrs: pyproject.toml setup.py $(wildcard native/coder/*.cpp native/coder
 install: $(BIN)/fedrs
 
 demo: install
-	$(BIN)/fedrs synth --out $(OUT)/archive --patches 500 --seed 1
-	$(BIN)/fedrs prepare $(OUT)/archive --out $(OUT)/cache
-	$(BIN)/fedrs partitions $(OUT)/cache --clients 10 --partition modality
+	$(BIN)/fedrs simulate --clients 10 --partition modality --out $(OUT)
 
 lint: install
 	$(BIN)/ruff check .
