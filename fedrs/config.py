@@ -47,7 +47,7 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     codec_lr_scale: float = Field(0.1, gt=0, description="stage 2: codec lr = lr * this")
     stage1_epochs: int = Field(1, ge=0, description="codec only (rate-distortion)")
-    stage2_epochs: int = Field(1, ge=0, description="codec and hash head jointly")
+    stage2_epochs: int = Field(2, ge=0, description="codec and hash head jointly")
     max_batches: int | None = Field(None, ge=1, description="cap on batches per epoch")
     pcgrad: bool = True
     mgda: bool = True
@@ -92,7 +92,7 @@ class FederationConfig(_Section):
     local_epochs: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, gt=0, description="CPUs per simulated client (Ray)")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per simulated client (Ray)")
-    round_timeout_s: float = Field(600.0, gt=0)
+    round_timeout_s: float = Field(900.0, gt=0)
     ray_address: str | None = None
     fail_clients: tuple[int, ...] = Field(
         (), description="client ids that raise when training (fault-tolerance tests)"
