@@ -356,9 +356,9 @@ def _plan(stats: SynthStats, patches: int, seed: int, s1_only: float, s2_only: f
     s2_product = np.array([p.s2 for p in products], dtype=object)[product_index]
     tiles = np.array([p.tile for p in products], dtype=object)[product_index]
     suffix = pd.Series(col.astype(str)) + "_" + pd.Series(row.astype(str))
-    s2_names = pd.Series(s2_product) + "_" + suffix
-    s1_names = pd.Series(s1_product) + "_" + pd.Series(tiles) + "_" + suffix
-    v1_names = pd.Series(s2_product).str.slice(0, 26) + "_" + suffix
+    s2_names = pd.Series(s2_product, dtype=str) + "_" + suffix
+    s1_names = pd.Series(s1_product, dtype=str) + "_" + pd.Series(tiles, dtype=str) + "_" + suffix
+    v1_names = pd.Series(s2_product, dtype=str).str.slice(0, 26) + "_" + suffix
     patch_id = s2_names.where(has_s2, s1_names)
     country_names = np.array([c.name for c in stats.countries], dtype=object)[country_index]
     metadata = pd.DataFrame(
