@@ -1,0 +1,57 @@
+"""Decompress a .fedrs archive into GeoTIFFs (v2 layout) that read as an archive again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedrs.cli._common import console, progress
+
+
+def main(
+    container: Path = typer.Argument(..., help="The .fedrs file."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="The model that wrote it: run folder or model.pt (checked by fingerprint).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write (new or empty)."),
+    batch_size: int = typer.Option(16, min=1, help="Records decoded together."),
+    overwrite: bool = typer.Option(False, help="Replace a previous decompression in --out."),
+    skip_bad: bool = typer.Option(False, help="Leave out damaged records (reported)."),
+    threads: int = typer.Option(
+        1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
+    ),
+) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from fedrs.retrieval.compress import decompress_archive
+
+    with progress() as bar:
+
+        def track(description: str, total: int) -> Any:
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        report = decompress_archive(
+            container,
+            model,
+            out,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            skip_bad=skip_bad,
+            progress=track,
+        )
+    for record, why in report.skipped:
+        console.print(f"[yellow]skipped[/] {record}: {why}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{m.upper()} {n}" for m, n in sorted(report.written.items()))
+    console.print(
+        f"archive [bold]{report.out}[/]: {report.patches} patches ({counts or 'none'}), "
+        f"{report.georeferenced} georeferenced"
+        + (f", {len(report.skipped)} damaged records skipped" if report.skipped else ""),
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,123 @@
+"""Search .fedrs archives by content: a federated top-k over every archive given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedrs.cli._common import console, fail
+
+
+def main(
+    archive: list[Path] = typer.Option(
+        ..., "--archive", help="A .fedrs archive to search (repeat for several)."
+    ),
+    query_patch: list[Path] | None = typer.Option(
+        None,
+        "--query-patch",
+        help="Patch folder (v1 or v2 layout) with S2 band files and/or S1 VV/VH files; repeat "
+        "to combine the S2 and the S1 folder of one patch. Needs --model.",
+    ),
+    query_id: str | None = typer.Option(
+        None, "--query-id", help="Patch id of a record in one of the archives (its stored code)."
+    ),
+    k: int = typer.Option(20, "--k", min=1, help="Hits to return."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Run folder or model.pt of the archives' model (for --query-patch)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    threads: int = typer.Option(
+        1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
+    ),
+) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    import numpy as np
+
+    from fedrs.retrieval.compress import (
+        hash_query_patch,
+        model_for_archives,
+        open_archives,
+        patch_code,
+    )
+    from fedrs.retrieval.federated import federated_search
+
+    if bool(query_patch) == (query_id is not None):
+        fail("give exactly one of --query-patch and --query-id")
+    archives = open_archives(archive)
+    query: dict[str, Any]
+    if query_id is not None:
+        found, code = patch_code(archives, query_id)
+        query = {"patch_id": query_id, "archive": archives[found].name}
+    else:
+        if model is None:
+            fail("--query-patch needs --model (the model that wrote the archives)")
+        trained = model_for_archives(archives, model)
+        meta = archives[0].meta
+        resample = meta.get("resample", "bilinear") if isinstance(meta, dict) else "bilinear"
+        hashed = hash_query_patch(list(query_patch or []), trained, resample=str(resample))
+        code = hashed.code
+        query = {
+            "patch": hashed.patch.name,
+            "folders": [str(f) for f in hashed.patch.folders.values()],
+            "modalities": sorted(hashed.patch.images),
+        }
+    query["code"] = bytes(np.asarray(code, dtype=np.uint8)).hex()
+    result = federated_search(archives, code[None, :], k)
+    hits = []
+    for rank, hit in enumerate(result[0], start=1):
+        labels = archives[hit.archive].labels[hit.position]
+        names = archives[hit.archive].label_names
+        hits.append(
+            {
+                "rank": rank,
+                "patch_id": hit.patch_id,
+                "archive": hit.archive_name,
+                "archive_path": str(archives[hit.archive].path),
+                "distance": hit.distance,
+                "labels": [names[i] for i in np.flatnonzero(labels > 0)],
+            }
+        )
+    if json_output:
+        payload = {
+            "query": query,
+            "k": k,
+            "archives": [
+                {"name": a.name, "path": str(a.path), "records": len(a)} for a in archives
+            ],
+            "hits": hits,
+        }
+        typer.echo(json.dumps(payload))
+        return
+    _print_table(query, hits, archives)
+
+
+def _print_table(query: dict[str, Any], hits: list[dict[str, Any]], archives: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    what = query.get("patch_id") or query.get("patch")
+    title = f"top {len(hits)} for {what} over {len(archives)} archive(s)"
+    table = Table(title=title, title_justify="left")
+    width = max((len(h["patch_id"]) for h in hits), default=5)
+    table.add_column("rank", justify="right")
+    table.add_column("patch", no_wrap=True, min_width=width)
+    table.add_column("archive", no_wrap=True)
+    table.add_column("distance", justify="right")
+    table.add_column("labels")
+    for hit in hits:
+        table.add_row(
+            str(hit["rank"]),
+            hit["patch_id"],
+            hit["archive"],
+            str(hit["distance"]),
+            "; ".join(hit["labels"]),
+        )
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or a file: no terminal width to respect, keep rows on one line
+        Console(file=console.file, width=max(console.width, 200)).print(table)
