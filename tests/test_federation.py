@@ -209,3 +209,92 @@ def test_compare_runs_then_reads(tmp_path: Path, capsys: pytest.CaptureFixture) 
     capsys.readouterr()
     assert cli(args) == 0  # second time: reads the three summaries
     assert capsys.readouterr().out.count("reading") == 3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_flwr_run_runs_the_same_apps(tmp_path: Path, cache_dir: Path) -> None:
+    """``flwr run .`` against a SuperLink (simulation runtime, no per-run dependency install)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = os.environ | {
+        "FLWR_HOME": str(home),
+        "FEDRS_CACHE_DIR": str(cache_dir),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    superlink = subprocess.Popen(
+        [
+            str(bin_dir / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the SuperLink did not open its port within 60 s")
+        out = tmp_path / "out"
+        run_config = f'config="{SMOKE}" out="{out}" num-clients=2'
+        done = subprocess.run(
+            [
+                str(bin_dir / "flwr"),
+                "run",
+                str(REPO),
+                "test",
+                "--run-config",
+                run_config,
+                "--stream",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=480,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rounds"] == 2
+        assert summary["clients_ok"] == 2 * 2
+        assert summary["clients_failed"] == 0
+    finally:
+        os.killpg(superlink.pid, signal.SIGTERM)
+        try:
+            superlink.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(superlink.pid, signal.SIGKILL)
