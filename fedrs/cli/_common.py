@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from rich.console import Console
@@ -41,3 +42,13 @@ def progress(*, transient: bool = False) -> Progress:
         console=console,
         transient=transient,
     )
+
+
+def tracker(bar: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    """``track(description, total)`` adds a task to ``bar`` and returns its ``advance(n)``."""
+
+    def track(description: str, total: int) -> Callable[[int], None]:
+        task = bar.add_task(description, total=total)
+        return lambda n: bar.advance(task, n)
+
+    return track

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from fedrs.cli._common import console, progress
+from fedrs.cli._common import console, progress, tracker
 
 
 def main(
@@ -24,10 +23,7 @@ def main(
     overrides = experiment_overrides(data=data, tracking_uri=tracking_uri, sets=set_)
     experiment = load_config(config, overrides)
     with progress() as bar:
-
-        def track(description: str, total: int) -> Any:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
+        track = tracker(bar)
 
         def on_epoch(stage: int, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
             bar.console.print(

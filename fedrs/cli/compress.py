@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from fedrs.cli._common import console, fail, progress
+from fedrs.cli._common import console, fail, progress, tracker
 
 
 def parse_modalities(text: str | None) -> list[str] | None:
@@ -54,10 +53,7 @@ def main(
     from fedrs.retrieval.compress import compress_archive
 
     with progress() as bar:
-
-        def track(description: str, total: int) -> Any:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
+        track = tracker(bar)
 
         report = compress_archive(
             archive,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from fedrs.cli._common import console, progress
+from fedrs.cli._common import console, progress, tracker
 
 
 def main(
@@ -31,10 +30,7 @@ def main(
     from fedrs.retrieval.compress import decompress_archive
 
     with progress() as bar:
-
-        def track(description: str, total: int) -> Any:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
+        track = tracker(bar)
 
         report = decompress_archive(
             container,

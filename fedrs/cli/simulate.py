@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from fedrs.cli._common import console, progress
+from fedrs.cli._common import console, progress, tracker
 
 
 def experiment_overrides(
@@ -62,10 +62,7 @@ def prepare_data_with_progress(settings: Any) -> None:
 
     config = settings.experiment()
     with progress() as bar:
-
-        def track(description: str, total: int) -> Any:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
+        track = tracker(bar)
 
         resolve_cache(config.data, progress=track)
 
