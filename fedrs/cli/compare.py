@@ -129,7 +129,7 @@ def main(
         rows[name] = run_simulation(run_settings)
 
     table = Table(title=f"fedrs compare: {base.name} ({base.partition.name} partition)")
-    table.add_column("run")
+    table.add_column("run", no_wrap=True)
     for title, _ in COLUMNS:
         table.add_column(title, justify="right")
     for name, summary in rows.items():
