@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,18 +63,6 @@ def _bench_module(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> tuple[dict[str, float], Any]:
-    """Best wall time of each function over ``repeat`` rounds run in turn (load hits all alike)."""
-    best = dict.fromkeys(fns, float("inf"))
-    results: dict[str, Any] = {}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best, results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +221,7 @@ def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) ->
     batches = [{m: v for m, v in b.items() if any(p is not None for p in v)} for b in batches]
     n = len(records)
     with torch.no_grad():
-        times, results = interleaved(
+        times, results = _bench_module("search.py").interleaved(
             {
                 "bits": lambda: torch.cat([model.hash_from_bitstreams(b) for b in batches]),
                 "decode": lambda: torch.cat([decode_then_hash(model, b) for b in batches]),
