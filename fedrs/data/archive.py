@@ -18,7 +18,6 @@ Citation: Sumbul et al., "BigEarthNet-MM", IEEE GRSM 2021; Clasen et al., "reBEN
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -402,22 +401,4 @@ def open_archive(
     raise ArchiveNotFoundError(
         f"{path}: no BigEarthNet layout found (expected BigEarthNet-S2/ or BigEarthNet-S1/ "
         "(v2), BigEarthNet-v1.0/ or BigEarthNet-S1-v1.0/ (v1), or a fedrs cache)"
-    )
-
-
-def archive_info(archive: PatchArchive) -> dict[str, Any]:
-    """A small JSON-able description of an archive (layout, counts)."""
-    meta = archive.metadata
-    return json.loads(
-        json.dumps(
-            {
-                "layout": archive.layout,
-                "root": str(archive.root),
-                "patches": len(meta),
-                "with_s1": int(meta["has_s1"].sum()),
-                "with_s2": int(meta["has_s2"].sum()),
-                "splits": meta["split"].value_counts(dropna=False).to_dict(),
-            },
-            default=str,
-        )
     )

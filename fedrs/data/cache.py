@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from fedrs.data.archive import PatchArchive
-from fedrs.data.errors import ArchiveNotFoundError, CorruptPatchError
+from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS
 from fedrs.data.metadata import normalize_metadata, read_parquet
 from fedrs.errors import InputError
@@ -200,11 +200,3 @@ def prepare_cache(
     }
     (out / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return out
-
-
-def require_cache(root: str | Path) -> Path:
-    """Return ``root`` if it is a complete fedrs cache, else raise ArchiveNotFoundError."""
-    path = Path(root)
-    if not (path / MARKER).is_file():
-        raise ArchiveNotFoundError(f"{path}: not a fedrs cache (no {MARKER})")
-    return path
