@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs.config import ExperimentConfig
 from fedrs.data.cache import CachedArchive
 from fedrs.errors import InputError

@@ -18,6 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
 from fedrs.settings import RunSettings

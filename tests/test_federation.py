@@ -243,6 +243,7 @@ def test_flwr_run_runs_the_same_apps(tmp_path: Path, cache_dir: Path) -> None:
         "FEDRS_CACHE_DIR": str(cache_dir),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    log = (tmp_path / "superlink.log").open("w")
     superlink = subprocess.Popen(
         [
             str(bin_dir / "flower-superlink"),
@@ -287,7 +288,12 @@ def test_flwr_run_runs_the_same_apps(tmp_path: Path, cache_dir: Path) -> None:
             text=True,
             timeout=480,
         )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        told = done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.returncode == 0, told
+        log.flush()
+        assert (out / "summary.json").is_file(), (
+            told + (tmp_path / "superlink.log").read_text()[-4000:]
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert summary["rounds"] == 2
         assert summary["clients_ok"] == 2 * 2
