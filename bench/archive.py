@@ -8,9 +8,10 @@ One run, one model, the same patches for every comparison:
    decoding of the latents, then the hash head; (b) what a codec without hash-from-bits must do:
    decode the image (``JointModel.decompress``: entropy decoding + synthesis), re-encode it with
    the model's encoder (analysis, hyper-analysis, hyper-synthesis, quantisation) and hash.
-   Reported in patches/s and as a ratio; with a breakdown of (a): entropy decoding of z, the
-   hyper-synthesis ``h_s`` run per item (as decoding requires) vs batched, entropy decoding of y,
-   and the hash head run per item (what it does at evaluation) vs batched.
+   Both run ``h_s`` and the hash head in fixed-size pieces, as the model does at evaluation (so
+   that codes do not depend on the batch).  Reported in patches/s and as a ratio; with a
+   breakdown of (a): entropy decoding of z, the hyper-synthesis ``h_s``, entropy decoding of y
+   and the hash head.
 2. **Size.** The ``.fedrs`` file against the source GeoTIFFs of the same patches (sum of file
    sizes), and against JPEG 2000 (GDAL's JP2OpenJPEG through rasterio, one file per band at its
    native resolution, S1 dB mapped linearly from [-50, 10] dB to uint16 as in bench/rd.py) at the
@@ -105,31 +106,7 @@ def train_here(batches: int, threads: int, tmp: Path) -> Any:
 # 1. Hash from bits vs decode-then-hash
 
 
-def _head(model: Any, y_hat: dict[str, Any], masks: dict[str, Any], batched: bool) -> Any:
-    """Codes from latents: the model's hash head as it runs at evaluation (one item at a time),
-    or the same layers applied to the whole batch at once (``batched``)."""
-    head = model.hash_head
-    return (head._forward(y_hat, masks) if batched else head(y_hat, masks))["codes"]
-
-
-def hash_from_bits_batched_head(model: Any, batch: dict[str, list[Any]]) -> Any:
-    """``JointModel.hash_from_bitstreams`` with the hash head run on the whole batch."""
-    import torch
-
-    y_hat, masks = {}, {}
-    for modality, patches in batch.items():
-        present = [p for p in patches if p is not None]
-        latent = model.codec(modality).decompress_latents(present)
-        mask = torch.tensor([p is not None for p in patches])
-        full = latent.new_zeros(len(patches), *latent.shape[1:])
-        full[torch.nonzero(mask).flatten()] = latent
-        y_hat[modality], masks[modality] = full, mask
-    return _head(model, y_hat, masks, batched=True)
-
-
-def hash_from_images(
-    model: Any, x_hat: dict[str, Any], masks: dict[str, Any], batched: bool = False
-) -> Any:
+def hash_from_images(model: Any, x_hat: dict[str, Any], masks: dict[str, Any]) -> Any:
     """Codes of decoded images: re-encode with the model's encoder, quantise, hash."""
     import torch
 
@@ -140,16 +117,16 @@ def hash_from_images(
         z = codec.h_a(y)
         eb = codec.entropy_bottleneck
         z_hat = eb.quantize(z, "dequantize", eb.medians(z.dim()))
-        params = codec.entropy_parameters(z_hat, per_item=True)
+        params = codec.entropy_parameters(z_hat, invariant=True)
         latent = codec.conditional.quantize(y, "dequantize", codec.conditional.means(params))
         count = len(masks[modality])
         full = latent.new_zeros(count, *latent.shape[1:])
         full[torch.nonzero(masks[modality]).flatten()] = latent
         y_hat[modality] = full
-    return _head(model, y_hat, masks, batched)
+    return model.hash_head(y_hat, masks)["codes"]
 
 
-def decode_then_hash(model: Any, batch: dict[str, list[Any]], batched: bool = False) -> Any:
+def decode_then_hash(model: Any, batch: dict[str, list[Any]]) -> Any:
     import torch
 
     x_hat, masks = {}, {}
@@ -159,18 +136,14 @@ def decode_then_hash(model: Any, batch: dict[str, list[Any]], batched: bool = Fa
             continue
         x_hat[modality] = model.decompress({modality: present})["x_hat"][modality]
         masks[modality] = torch.tensor([p is not None for p in patches])
-    return hash_from_images(model, x_hat, masks, batched)
+    return hash_from_images(model, x_hat, masks)
 
 
 def hash_breakdown(model: Any, batches: list[dict[str, list[Any]]]) -> dict[str, float]:
     """Seconds spent in each step of hash-from-bits over all batches (one pass each)."""
     import torch
 
-    times = dict.fromkeys(
-        ("z_decode", "h_s_per_item", "h_s_batched", "y_decode", "head_per_item", "head_batched"),
-        0.0,
-    )
-    same = True
+    times = dict.fromkeys(("z_decode", "h_s", "y_decode", "head"), 0.0)
     for batch in batches:
         y_hat, masks = {}, {}
         for modality, patches in batch.items():
@@ -182,11 +155,8 @@ def hash_breakdown(model: Any, batches: list[dict[str, list[Any]]]) -> dict[str,
             z_hat = codec.entropy_bottleneck.decompress([p.z for p in present], present[0].z_shape)
             times["z_decode"] += time.perf_counter() - t
             t = time.perf_counter()
-            params = codec.entropy_parameters(z_hat, per_item=True)
-            times["h_s_per_item"] += time.perf_counter() - t
-            t = time.perf_counter()
-            codec.entropy_parameters(z_hat, per_item=False)
-            times["h_s_batched"] += time.perf_counter() - t
+            params = codec.entropy_parameters(z_hat, invariant=True)
+            times["h_s"] += time.perf_counter() - t
             t = time.perf_counter()
             latent = codec.conditional.decompress([p.y for p in present], params)
             times["y_decode"] += time.perf_counter() - t
@@ -194,17 +164,10 @@ def hash_breakdown(model: Any, batches: list[dict[str, list[Any]]]) -> dict[str,
             full = latent.new_zeros(len(patches), *latent.shape[1:])
             full[torch.nonzero(mask).flatten()] = latent
             y_hat[modality], masks[modality] = full, mask
-        head = model.hash_head
         t = time.perf_counter()
-        per_item = head(y_hat, masks)["codes"]
-        times["head_per_item"] += time.perf_counter() - t
-        t = time.perf_counter()
-        batched = head._forward(y_hat, masks)["codes"]  # the same layers on the whole batch
-        times["head_batched"] += time.perf_counter() - t
-        same &= bool(torch.equal(per_item, batched))
-    out = {k: round(v, 4) for k, v in times.items()}
-    out["head_batched_codes_identical"] = same
-    return out
+        model.hash_head(y_hat, masks)
+        times["head"] += time.perf_counter() - t
+    return {k: round(v, 4) for k, v in times.items()}
 
 
 def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) -> dict[str, Any]:
@@ -225,12 +188,6 @@ def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) ->
             {
                 "bits": lambda: torch.cat([model.hash_from_bitstreams(b) for b in batches]),
                 "decode": lambda: torch.cat([decode_then_hash(model, b) for b in batches]),
-                "bits_batched_head": lambda: torch.cat(
-                    [hash_from_bits_batched_head(model, b) for b in batches]
-                ),
-                "decode_batched_head": lambda: torch.cat(
-                    [decode_then_hash(model, b, batched=True) for b in batches]
-                ),
             },
             repeat,
         )
@@ -247,14 +204,6 @@ def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) ->
         "hash_from_bits_equals_stored_codes": bool(np.array_equal(bits, stored)),
         "decode_then_hash_bit_agreement": round(float((bits == decoded).mean()), 4),
         "hash_from_bits_breakdown_s": breakdown,
-        "batched_head_hash_from_bits_patches_per_s": round(n / times["bits_batched_head"], 1),
-        "batched_head_decode_then_hash_patches_per_s": round(n / times["decode_batched_head"], 1),
-        "batched_head_hash_from_bits_ratio": round(
-            times["decode_batched_head"] / times["bits_batched_head"], 2
-        ),
-        "batched_head_codes_identical": bool(
-            np.array_equal(results["bits_batched_head"].numpy() > 0, bits)
-        ),
         "hash_from_bits_total_s": round(times["bits"], 4),
     }
 
@@ -578,14 +527,8 @@ def main() -> None:
                 f"hash from bits {figures['hash_from_bits_ratio']}x faster "
                 f"(codes agree on {100 * figures['decode_then_hash_bit_agreement']:.1f} % "
                 "of bits)\n"
-                f"  hash from bits, s: z decode {b['z_decode']}, h_s per item {b['h_s_per_item']} "
-                f"(batched {b['h_s_batched']}), y decode {b['y_decode']}, hash head per item "
-                f"{b['head_per_item']} (batched {b['head_batched']}, identical codes: "
-                f"{b['head_batched_codes_identical']})\n"
-                f"with the hash head batched: hash from bits "
-                f"{figures['batched_head_hash_from_bits_patches_per_s']} patches/s, decode then "
-                f"hash {figures['batched_head_decode_then_hash_patches_per_s']} patches/s, "
-                f"ratio {figures['batched_head_hash_from_bits_ratio']}",
+                f"  hash from bits, s: z decode {b['z_decode']}, h_s {b['h_s']}, "
+                f"y decode {b['y_decode']}, hash head {b['head']}",
                 flush=True,
             )
             figures |= size_figures(trained, source, archive, path, args.jp2_patches)

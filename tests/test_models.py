@@ -91,7 +91,7 @@ def test_eval_latents_are_quantised_with_means() -> None:
     out = model({"s2": batch["s2"]})
     y = codec.analysis(batch["s2"])
     z_hat, _ = codec.entropy_bottleneck(codec.h_a(y))
-    means = codec.conditional.means(codec.entropy_parameters(z_hat, per_item=True))
+    means = codec.conditional.means(codec.entropy_parameters(z_hat, invariant=True))
     residual = out["y_hat"]["s2"] - means
     assert torch.allclose(residual, residual.round(), atol=1e-4)
     assert torch.equal(out["y_hat"]["s2"], torch.round(y - means) + means)
@@ -114,6 +114,43 @@ def test_codes_do_not_depend_on_the_batch_at_eval() -> None:
     single = model({m: t[2:] for m, t in batch.items()})
     assert torch.equal(whole["codes"][2:], single["codes"])
     assert torch.equal(whole["y_hat"]["s2"][2:], single["y_hat"]["s2"])
+
+
+def test_codes_and_bitstreams_do_not_depend_on_the_batch_across_pieces() -> None:
+    # 19 items (more than one fixed-size piece) against each item alone: a plain batched
+    # convolution rounds differently for batch 1 and batch 16+ on common CPUs
+    model = model_for("hyperprior").eval()
+    batch = make_batch(19, seed=3, scale=4.0)
+    whole = model(batch)
+    alone = [model({m: t[i : i + 1] for m, t in batch.items()}) for i in range(19)]
+    assert torch.equal(whole["codes"], torch.cat([a["codes"] for a in alone]))
+    assert torch.equal(whole["y_hat"]["s2"], torch.cat([a["y_hat"]["s2"] for a in alone]))
+    z_hat = torch.randn(19, 8, 2, 2, generator=torch.Generator().manual_seed(1)).round()
+    codec = model.codec("s2")
+    params = codec.entropy_parameters(z_hat, invariant=True)["scales"]
+    singles = [codec.entropy_parameters(z_hat[i : i + 1], invariant=True) for i in range(19)]
+    assert torch.equal(params, torch.cat([p["scales"] for p in singles]))
+    streams = model.compress(batch)
+    codes = model.hash_from_bitstreams({m: v[7:] for m, v in streams.items()})
+    assert torch.equal(codes, whole["codes"][7:])
+
+
+def test_in_fixed_chunks_pads_splits_and_trims() -> None:
+    from fedrs.models.layers import in_fixed_chunks
+
+    calls: list[int] = []
+
+    def fn(piece: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        calls.append(int(piece["a"].shape[0]))
+        return {"out": {"sum": piece["a"] + piece["b"].sum(1)}}
+
+    a = torch.arange(10.0)
+    b = torch.ones(10, 3)
+    result = in_fixed_chunks(fn, {"a": a, "b": b}, chunk=4)
+    assert calls == [4, 4, 4]
+    assert torch.equal(result["out"]["sum"], a + 3.0)
+    with pytest.raises(ValueError, match="different batch sizes"):
+        in_fixed_chunks(fn, {"a": a, "b": b[:3]}, chunk=4)
 
 
 def test_bad_inputs_raise_typed_errors() -> None:

@@ -41,6 +41,7 @@ from fedrs.models.layers import (
     conv1x1,
     conv3x3,
     deconv,
+    in_fixed_chunks,
     ste_round,
     subpel_conv3x3,
 )
@@ -229,23 +230,21 @@ class Codec(nn.Module):
         x_hat: Tensor = self.g_s(y_hat)
         return x_hat[..., : image_size[0], : image_size[1]]
 
-    def entropy_parameters(self, z_hat: Tensor, *, per_item: bool) -> dict[str, Tensor]:
+    def entropy_parameters(self, z_hat: Tensor, *, invariant: bool) -> dict[str, Tensor]:
         """Parameters of the conditional model from ``h_s(z_hat)``.
 
-        With ``per_item`` each item goes through ``h_s`` alone, so that the result does not
+        With ``invariant`` ``h_s`` runs on fixed-size pieces of the batch
+        (:func:`~fedrs.models.layers.in_fixed_chunks`), so that an item's parameters do not
         depend on the batch it came in (encoder and decoder then agree bit for bit).
         """
-        if per_item:
-            hyper = torch.cat([self.h_s(z_hat[i : i + 1]) for i in range(z_hat.shape[0])])
-        else:
-            hyper = self.h_s(z_hat)
+        hyper = in_fixed_chunks(self.h_s, z_hat) if invariant else self.h_s(z_hat)
         return self.conditional.parameters_from(hyper)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
         y = self.analysis(x)
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        params = self.entropy_parameters(z_hat, per_item=not self.training)
+        params = self.entropy_parameters(z_hat, invariant=not self.training)
         y_tilde, y_likelihoods = self.conditional(y, params)
         if self.training:
             means = self.conditional.means(params)
@@ -273,7 +272,7 @@ class Codec(nn.Module):
         z_hat = self.entropy_bottleneck.quantize(
             z, "dequantize", self.entropy_bottleneck.medians(z.dim())
         )
-        params = self.entropy_parameters(z_hat, per_item=True)
+        params = self.entropy_parameters(z_hat, invariant=True)
         y_strings = self.conditional.compress(y, params)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         z_shape = (int(z.shape[-2]), int(z.shape[-1]))
@@ -294,7 +293,7 @@ class Codec(nn.Module):
         if len(shapes) != 1:
             raise InputError(f"patches of different latent shapes in one batch: {sorted(shapes)}")
         z_hat = self.entropy_bottleneck.decompress([p.z for p in patches], patches[0].z_shape)
-        params = self.entropy_parameters(z_hat.to(self._device()), per_item=True)
+        params = self.entropy_parameters(z_hat.to(self._device()), invariant=True)
         return self.conditional.decompress([p.y for p in patches], params)
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,6 +141,33 @@ class EntropyModel(nn.Module):
             raise InputError(f"tail_mass must lie in (0, 1), got {tail_mass}")
         self.tail_mass = float(tail_mass)
         self.likelihood_bound = float(likelihood_bound)
+        self._prepared: tuple[tuple[tuple[int, int, tuple[int, ...]], ...], Any] | None = None
+
+    def _table_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's one set of coding tables ``(cdfs, cdf_lengths, offsets)``, as last built
+        by :meth:`update` (callers update first)."""
+        raise NotImplementedError
+
+    def _coder_tables(self) -> Any:
+        """:class:`fedrs.coder.CdfTables` of :meth:`_table_tensors`, validated once and kept
+        until the tables change (preparing them costs more than coding one latent)."""
+        tensors = self._table_tensors()
+        key = tuple((int(t.data_ptr()), int(t._version), tuple(t.shape)) for t in tensors)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, _coder().CdfTables(*(_np32(t) for t in tensors)))
+        return self._prepared[1]
+
+    def _encode_symbols(self, symbols: Tensor, indexes: Tensor) -> bytes:
+        """One stream of ``symbols`` coded with the tables ``indexes`` of :meth:`_coder_tables`."""
+        stream: bytes = self._coder_tables().encode(
+            _np32(symbols.reshape(-1)), _np32(indexes.reshape(-1))
+        )
+        return stream
+
+    def _decode_symbols(self, stream: bytes, indexes: Tensor) -> Tensor:
+        """Symbols of a stream of :meth:`_encode_symbols`, shaped like ``indexes``."""
+        values = self._coder_tables().decode(stream, _np32(indexes.reshape(-1)))
+        return torch.from_numpy(np.asarray(values, dtype=np.int32).copy()).reshape(indexes.shape)
 
     def update(self, force: bool = False) -> bool:
         """Build the CDF tables the coder needs; True when they were (re)built."""
@@ -280,6 +308,9 @@ class EntropyBottleneck(EntropyModel):
         self.update()
         return self._medians.view(1, -1, *([1] * (dims - 2)))
 
+    def _table_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._quantized_cdf, self._cdf_length, self._offset
+
     def fingerprint(self) -> str:
         """Digest of the density's parameters (the tables are rebuilt when it changes)."""
         digest = hashlib.blake2b(digest_size=16)
@@ -354,22 +385,14 @@ class EntropyBottleneck(EntropyModel):
         medians = self.medians(z.dim())
         symbols = self.quantize(z, "symbols", medians).cpu()
         indexes = self._indexes((1, *symbols.shape[1:]))[0]
-        return [
-            self._encode(symbols[i], indexes, self._quantized_cdf, self._cdf_length, self._offset)
-            for i in range(symbols.shape[0])
-        ]
+        return [self._encode_symbols(symbols[i], indexes) for i in range(symbols.shape[0])]
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[bytes], size: Sequence[int]) -> Tensor:
         """Decode streams of :meth:`compress`; ``size`` is the spatial shape of one item."""
         medians = self.medians(2 + len(size))
         indexes = self._indexes((1, self.channels, *size))[0]
-        symbols = torch.stack(
-            [
-                self._decode(s, indexes, self._quantized_cdf, self._cdf_length, self._offset)
-                for s in strings
-            ]
-        )
+        symbols = torch.stack([self._decode_symbols(s, indexes) for s in strings])
         return self.dequantize(symbols.to(medians.device), medians)
 
 
@@ -484,6 +507,9 @@ class GaussianConditional(ConditionalEntropyModel):
         self._offset = (-centers).to(torch.int32)
         return True
 
+    def _table_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._quantized_cdf, self._cdf_length, self._offset
+
     def build_indexes(self, scales: Tensor) -> Tensor:
         """Index of the table used for each scale: the smallest tabulated scale >= it."""
         bounded = torch.clamp(scales, min=self.scale_bound).contiguous()
@@ -495,12 +521,7 @@ class GaussianConditional(ConditionalEntropyModel):
         self.update()
         symbols = self.quantize(y, "symbols", params["means"]).cpu()
         indexes = self.build_indexes(params["scales"]).cpu()
-        return [
-            self._encode(
-                symbols[i], indexes[i], self._quantized_cdf, self._cdf_length, self._offset
-            )
-            for i in range(symbols.shape[0])
-        ]
+        return [self._encode_symbols(symbols[i], indexes[i]) for i in range(symbols.shape[0])]
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[bytes], params: dict[str, Tensor]) -> Tensor:
@@ -508,12 +529,7 @@ class GaussianConditional(ConditionalEntropyModel):
         indexes = self.build_indexes(params["scales"]).cpu()
         if len(strings) != indexes.shape[0]:
             raise InputError(f"{len(strings)} streams for {indexes.shape[0]} parameter sets")
-        symbols = torch.stack(
-            [
-                self._decode(s, indexes[i], self._quantized_cdf, self._cdf_length, self._offset)
-                for i, s in enumerate(strings)
-            ]
-        )
+        symbols = torch.stack([self._decode_symbols(s, indexes[i]) for i, s in enumerate(strings)])
         means = params["means"]
         return self.dequantize(symbols.to(means.device), means)
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fedrs.errors import InputError
+from fedrs.models.layers import in_fixed_chunks
 
 __all__ = ["FeatureWhitening", "HashHead", "binarize"]
 
@@ -100,7 +101,7 @@ class HashHead(nn.Module):
     MLP to ``hash_bits`` code logits (tanh in training, sign at evaluation) and a linear
     classifier.
 
-    At evaluation each item is processed alone, so codes do not depend on the batch.
+    At evaluation the batch is processed in fixed-size pieces, so codes do not depend on it.
     """
 
     def __init__(
@@ -199,21 +200,9 @@ class HashHead(nn.Module):
         }
         if self.training:
             return self._forward(y_hat, full)
-        parts = [
-            self._forward(
-                {m: t[i : i + 1] for m, t in y_hat.items()},
-                {m: k[i : i + 1] for m, k in full.items()},
-            )
-            for i in range(batch)
-        ]
-        out: dict[str, Tensor | dict[str, Tensor]] = {}
-        for key in parts[0]:
-            first = parts[0][key]
-            if isinstance(first, dict):
-                out[key] = {
-                    m: torch.cat([p[key][m] for p in parts])  # type: ignore[index]
-                    for m in first
-                }
-            else:
-                out[key] = torch.cat([p[key] for p in parts])  # type: ignore[misc]
+        # at evaluation an item's code must not depend on the batch it came in
+        out: dict[str, Tensor | dict[str, Tensor]] = in_fixed_chunks(
+            lambda piece: self._forward(piece["y_hat"], piece["masks"]),
+            {"y_hat": dict(y_hat), "masks": full},
+        )
         return out

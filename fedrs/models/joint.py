@@ -117,12 +117,14 @@ class JointModel(nn.Module):
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
-        was_training = self.training
+        if not self.training:  # already: switching walks every submodule twice
+            yield
+            return
         self.eval()
         try:
             yield
         finally:
-            self.train(was_training)
+            self.train()
 
     def update(self, force: bool = False) -> bool:
         """Rebuild the CDF tables of every codec if needed; True if any was rebuilt."""

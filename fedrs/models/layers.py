@@ -4,6 +4,7 @@ attention blocks (the layers of Ballé et al. 2018 and Cheng et al. 2020, after 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "EVAL_CHUNK",
     "GDN",
     "AttentionBlock",
     "NonNegativeParametrizer",
@@ -21,10 +23,70 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "deconv",
+    "in_fixed_chunks",
     "lower_bound",
     "ste_round",
     "subpel_conv3x3",
 ]
+
+
+EVAL_CHUNK = 16
+"""Items per call of the layers whose results must not depend on the batch an item came in."""
+
+Batch = Tensor | Mapping[str, "Batch"]
+"""A tensor with a leading batch dimension, or a (nested) mapping of them."""
+
+
+def _map(fn: Callable[[Tensor], Tensor], tree: Batch) -> Any:
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    return {key: _map(fn, value) for key, value in tree.items()}
+
+
+def _cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    return {key: _cat([part[key] for part in parts]) for key in first}
+
+
+def _batch_size(tree: Batch) -> int:
+    if isinstance(tree, Tensor):
+        return int(tree.shape[0])
+    sizes = {_batch_size(value) for value in tree.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs with different batch sizes: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _rows(start: int, count: int) -> Callable[[Tensor], Tensor]:
+    return lambda t: t[start : start + count]
+
+
+def in_fixed_chunks(fn: Callable[[Any], Any], inputs: Batch, chunk: int = EVAL_CHUNK) -> Any:
+    """``fn(inputs)`` computed on pieces of exactly ``chunk`` items, the last one zero-padded.
+
+    A convolution or matrix product may round differently for different batch sizes (the
+    library picks its kernels and blocking by shape), but for a fixed shape each item's result
+    depends on that item alone.  Running ``fn`` on fixed-size pieces therefore gives every item
+    the same bits whatever batch it arrives in, which the entropy coder and the hash codes need
+    (the encoder and the decoder must agree exactly), at nearly the speed of a whole batch.
+
+    Args:
+        fn: maps a batch (a tensor or a nested mapping of tensors, batch dimension first) to a
+            result of the same kind.
+        inputs: the batch.
+        chunk: items per call.
+
+    Returns:
+        The pieces' results concatenated, trimmed to the batch size.
+    """
+    total = _batch_size(inputs)
+    pad = (-total) % chunk
+    if pad:
+        inputs = _map(lambda t: torch.cat([t, t.new_zeros(pad, *t.shape[1:])]), inputs)
+    parts = [fn(_map(_rows(start, chunk), inputs)) for start in range(0, total + pad, chunk)]
+    return _map(lambda t: t[:total], _cat(parts))
 
 
 class _LowerBound(torch.autograd.Function):
