@@ -39,7 +39,11 @@ def check_resample(resample: str) -> str:
 
 
 def read_band(path: Path, *, size: int, dtype: str) -> np.ndarray:
-    """Read a single-band GeoTIFF of ``size`` x ``size`` pixels and the given dtype."""
+    """Read a single-band GeoTIFF of ``size`` x ``size`` pixels and the given dtype.
+
+    Floating-point bands must hold finite values: a NaN or an infinity in S1 backscatter is
+    damage (one such pixel turns every loss of a training batch into NaN).
+    """
     try:
         with rasterio.open(path) as src:
             if src.count != 1:
@@ -50,12 +54,16 @@ def read_band(path: Path, *, size: int, dtype: str) -> np.ndarray:
                 )
             if src.dtypes[0] != dtype:
                 raise CorruptPatchError(path, f"expected dtype {dtype}, found {src.dtypes[0]}")
-            return src.read(1)
+            band = src.read(1)
     except CorruptPatchError:
         raise
     except (RasterioError, OSError) as exc:
         reason = "file not found" if not path.exists() else f"unreadable GeoTIFF ({exc})"
         raise CorruptPatchError(path, reason) from None
+    if band.dtype.kind == "f" and not np.isfinite(band).all():
+        bad = int(np.count_nonzero(~np.isfinite(band)))
+        raise CorruptPatchError(path, f"{bad} non-finite pixel value(s) (NaN or infinity)")
+    return band
 
 
 def read_s2_native(folder: Path, name: str) -> dict[int, np.ndarray]:
@@ -134,7 +142,9 @@ def read_json(path: Path) -> dict[str, Any]:
             data = json.load(fh)
     except FileNotFoundError:
         raise CorruptPatchError(path, "file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+    except RecursionError:
+        raise CorruptPatchError(path, "malformed JSON (nested too deeply)") from None
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
         raise CorruptPatchError(path, f"malformed JSON ({exc})") from None
     if not isinstance(data, dict):
         raise CorruptPatchError(path, "malformed JSON (expected an object)")

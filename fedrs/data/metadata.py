@@ -69,10 +69,19 @@ def labels_matrix(labels: Sequence[Iterable[str]] | pd.Series) -> np.ndarray:
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
-    """Read a metadata parquet file; any failure raises CorruptPatchError naming the file."""
+    """Read a metadata parquet file; any failure raises CorruptPatchError naming the file.
+
+    The table is validated in full before it becomes a DataFrame (string columns must hold
+    valid UTF-8, offsets must stay in bounds): pyarrow decodes string data lazily, and a damaged
+    page would otherwise fail much later, far from the file, with an ``ArrowException``.
+    """
+    import pyarrow.parquet as pq
+
     path = Path(path)
     try:
-        return pd.read_parquet(path)
+        table = pq.read_table(path, use_pandas_metadata=True)
+        table.validate(full=True)
+        return table.to_pandas()  # what pd.read_parquet does, after the validation
     except FileNotFoundError:
         raise CorruptPatchError(path, "metadata file not found") from None
     except Exception as exc:  # pyarrow raises several types for a malformed file
@@ -86,30 +95,29 @@ def normalize_metadata(df: pd.DataFrame, *, source: str | Path = "metadata") -> 
     as well as tables that already carry ``season``/``has_s1``/``has_s2``.  Missing ``has_s1`` /
     ``has_s2`` default to True where a name is present; a missing ``season`` is derived from the
     acquisition date in the patch name.
+
+    Raises:
+        CorruptPatchError: (naming ``source``) no ``patch_id`` column, or a column of the wrong
+            kind: names and text columns must hold strings (``patch_id`` without gaps),
+            ``labels`` lists of known 19-class names, ``has_s1`` / ``has_s2`` booleans.
     """
     if "patch_id" not in df.columns:
         raise CorruptPatchError(source, "metadata has no 'patch_id' column")
-    out = pd.DataFrame({"patch_id": df["patch_id"].astype(str).to_numpy()})
+    patch_ids = _strings(df["patch_id"], "patch_id", source)
+    if patch_ids.isna().any():
+        missing = int(patch_ids.isna().sum())
+        raise CorruptPatchError(source, f"'patch_id' is missing in {missing} row(s)")
+    out = pd.DataFrame({"patch_id": patch_ids.to_numpy(dtype=object)})
     if "s1_name" in df.columns:
-        s1 = _objects(df["s1_name"])
+        s1 = _strings(df["s1_name"], "s1_name", source)
         s1[s1 == ""] = None
         out["s1_name"] = s1
     else:
         out["s1_name"] = None
-    if "labels" in df.columns:
-        column = df["labels"]
-        names = column.explode().dropna().astype(str)
-        unknown = sorted(set(names.unique()) - set(LABELS_19))
-        if unknown:
-            raise CorruptPatchError(source, f"unknown 19-class label(s) {unknown}")
-        values = column.to_numpy(dtype=object, copy=True)
-        values[column.isna().to_numpy()] = ()
-        out["labels"] = values
-    else:
-        out["labels"] = [()] * len(df)
+    out["labels"] = _label_lists(df["labels"], source) if "labels" in df.columns else [()] * len(df)
     for column_name in ("split", "country", "season"):
         if column_name in df.columns:
-            out[column_name] = _objects(df[column_name])
+            out[column_name] = _strings(df[column_name], column_name, source)
         else:
             out[column_name] = None
     out["split"] = out["split"].replace(_SPLIT_ALIASES)
@@ -121,11 +129,11 @@ def normalize_metadata(df: pd.DataFrame, *, source: str | Path = "metadata") -> 
         index = np.where(months == 0, len(SEASONS), (months % 12) // 3)
         out["season"] = pd.Series(seasons[index], dtype=object)
     out["has_s1"] = (
-        df["has_s1"].astype(bool).to_numpy()
+        _flags(df["has_s1"], "has_s1", source)
         if "has_s1" in df.columns
         else out["s1_name"].notna().to_numpy()
     )
-    out["has_s2"] = df["has_s2"].astype(bool).to_numpy() if "has_s2" in df.columns else True
+    out["has_s2"] = _flags(df["has_s2"], "has_s2", source) if "has_s2" in df.columns else True
     return out[list(COLUMNS)].reset_index(drop=True)
 
 
@@ -134,6 +142,60 @@ def _objects(column: pd.Series) -> pd.Series:
     values = column.to_numpy(dtype=object, copy=True)
     values[column.isna().to_numpy()] = None
     return pd.Series(values, dtype=object)
+
+
+def _strings(column: pd.Series, name: str, source: str | Path) -> pd.Series:
+    """:func:`_objects` of a column that must hold strings (or gaps)."""
+    values = _objects(column)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind not in ("string", "empty"):
+        raise CorruptPatchError(source, f"{name!r} holds {kind} values, not strings")
+    return values
+
+
+def _label_lists(column: pd.Series, source: str | Path) -> np.ndarray:
+    """Object array of the ``labels`` cells: a list of known 19-class names each (None: none)."""
+    values = column.to_numpy(dtype=object, copy=True)
+    missing = column.isna().to_numpy()
+    empty = np.empty(int(missing.sum()), dtype=object)
+    empty.fill(())  # ``values[missing] = ()`` would broadcast the empty tuple, not store it
+    values[missing] = empty
+    sizes = np.fromiter(
+        (len(v) if isinstance(v, list | tuple | np.ndarray) else -1 for v in values),
+        dtype=np.int64,
+        count=len(values),
+    )
+    if (sizes < 0).any():
+        row = int(np.flatnonzero(sizes < 0)[0])
+        raise CorruptPatchError(
+            source,
+            f"'labels' of row {row} is {type(values[row]).__name__}, not a list of class names",
+        )
+    names = pd.Series(values, dtype=object).explode()
+    gaps = int(names.isna().sum()) - int(np.count_nonzero(sizes == 0))
+    names = names.dropna()
+    kind = pd.api.types.infer_dtype(names, skipna=False)
+    if gaps or kind not in ("string", "empty"):
+        what = "missing names" if gaps else f"{kind} values"
+        raise CorruptPatchError(source, f"'labels' holds {what}, not 19-class names")
+    unknown = sorted(set(names.unique()) - set(LABELS_19))
+    if unknown:
+        raise CorruptPatchError(source, f"unknown 19-class label(s) {unknown}")
+    return values
+
+
+def _flags(column: pd.Series, name: str, source: str | Path) -> np.ndarray:
+    """A boolean column (bool, nullable boolean without gaps, Python bools, or 0/1) as bool."""
+    if column.isna().any():
+        raise CorruptPatchError(source, f"{name!r} is missing in {int(column.isna().sum())} row(s)")
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.to_numpy(dtype=bool)
+    if pd.api.types.is_integer_dtype(column.dtype) and column.isin((0, 1)).all():
+        return column.to_numpy(dtype=bool)
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) in ("boolean", "empty"):
+        return values.astype(bool)
+    raise CorruptPatchError(source, f"{name!r} is not a column of booleans ({column.dtype})")
 
 
 def load_metadata(path: str | Path) -> pd.DataFrame:
