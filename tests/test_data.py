@@ -341,3 +341,24 @@ def test_normalize_round_trip_and_collate(v1_sample: Path) -> None:
     s2 = batch["s2"][batch["has_s2"]]
     z = normalize(s2, "s2")
     assert torch.allclose(denormalize(z, "s2"), s2, rtol=1e-5, atol=1e-2)
+
+
+def test_damaged_cache_index_and_arrays_name_the_file(tmp_path: Path, v1_sample: Path) -> None:
+    source = open_archive(v1_sample, modalities=("s1", "s2"))
+    out = prepare_cache(source, tmp_path / "cache")
+    index = pd.read_parquet(out / "index.parquet")
+    bad = index.copy()
+    bad.loc[bad.index[bad["has_s2"]][0], "s2_row"] = 10_000
+    bad.to_parquet(out / "index.parquet", index=False)
+    with pytest.raises(CorruptPatchError, match="s2_row values outside") as info:
+        open_archive(out)
+    assert "index.parquet" in str(info.value)
+    index.drop(columns=["s1_row"]).to_parquet(out / "index.parquet", index=False)
+    with pytest.raises(CorruptPatchError, match="s1_row"):
+        open_archive(out)
+    index.to_parquet(out / "index.parquet", index=False)
+    assert len(open_archive(out)) == len(source)
+    np.save(out / "s1.npy", np.zeros((3, 2, 4, 4), np.float64))
+    with pytest.raises(CorruptPatchError, match="expected float32") as info:
+        open_archive(out)
+    assert "s1.npy" in str(info.value)

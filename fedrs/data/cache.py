@@ -56,10 +56,15 @@ class CachedArchive(PatchArchive):
                 f"{kwargs['resample']}; prepare another with --resample {kwargs['resample']}"
             )
         kwargs["resample"] = info["resample"]
-        index = normalize_metadata(read_parquet(root / "index.parquet"), source=root)
-        raw = read_parquet(root / "index.parquet")
-        index["s2_row"] = raw["s2_row"].to_numpy(dtype=np.int64)
-        index["s1_row"] = raw["s1_row"].to_numpy(dtype=np.int64)
+        path = root / "index.parquet"
+        raw = read_parquet(path)
+        rows = {}
+        for column in ("s2_row", "s1_row"):
+            if column not in raw.columns or raw[column].dtype.kind not in "iu":
+                raise CorruptPatchError(path, f"no integer column {column!r}")
+            rows[column] = raw[column].to_numpy(dtype=np.int64)
+        index = normalize_metadata(raw.drop(columns=list(rows)), source=root)
+        index["s2_row"], index["s1_row"] = rows["s2_row"], rows["s1_row"]
         archive = cls(root, index, **kwargs)
         archive.info = info
         return archive
@@ -73,6 +78,17 @@ class CachedArchive(PatchArchive):
         super()._index_columns()
         self._s2_rows = self.metadata["s2_row"].to_numpy(dtype=np.int64)
         self._s1_rows = self.metadata["s1_row"].to_numpy(dtype=np.int64)
+        for modality, rows, has in (
+            ("s2", self._s2_rows, self._has_s2),
+            ("s1", self._s1_rows, self._has_s1),
+        ):
+            used = rows[has]
+            count = len(self._arrays[modality])
+            if used.size and (used.min() < 0 or used.max() >= count):
+                raise CorruptPatchError(
+                    self.root / "index.parquet",
+                    f"{modality}_row values outside the {count} rows of {modality}.npy",
+                )
 
     def _read_s2(self, row: int) -> torch.Tensor:
         return torch.from_numpy(np.array(self._arrays["s2"][self._s2_rows[row]]))
@@ -128,6 +144,13 @@ def _open_arrays(root: Path) -> dict[str, np.ndarray]:
             arrays[key] = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CorruptPatchError(path, f"unreadable cache array ({exc})") from None
+        shape = (_CHANNELS[key], PATCH_SIZE, PATCH_SIZE)
+        if arrays[key].dtype != np.float32 or arrays[key].shape[1:] != shape:
+            raise CorruptPatchError(
+                path,
+                f"expected float32 (N, {', '.join(map(str, shape))}), got "
+                f"{arrays[key].dtype} {arrays[key].shape}",
+            )
     return arrays
 
 
