@@ -7,6 +7,7 @@ are refused before anything starts: Ray would otherwise wait for them until the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -60,6 +61,14 @@ def run_simulation(
     config = settings.experiment()
     fed = config.federation
     check_resources(fed.num_cpus, fed.num_gpus, fed.ray_address)
+    if fed.ray_address and config.data.cache_dir is None:
+        # a cluster's workers run with the environment of `ray start`, not this process':
+        # name the cache folder ($FEDRS_CACHE_DIR or the default) in the run's own settings
+        from fedrs.pipeline import cache_base
+
+        overrides = settings.overrides | {"data.cache_dir": str(cache_base(config.data).resolve())}
+        settings = dataclasses.replace(settings, overrides=overrides)
+        config = settings.experiment()
     num_clients = config.partition.clients
     results: dict[str, Any] = {}
     server_app = make_server_app(

@@ -53,7 +53,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="fedrs", standalone_mode=False)
+        code = app(
+            args=list(argv) if argv is not None else None, prog_name="fedrs", standalone_mode=False
+        )
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.ClickException as exc:
@@ -68,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedrsError as exc:
         error_line(str(exc))
         return 1
+    if code == 130:  # typer's answer to Ctrl-C without standalone mode
+        error_line("interrupted")
+        return 130
     return 0
 
 

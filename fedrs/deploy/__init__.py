@@ -1,0 +1,1 @@
+"""Real Flower processes: certificates and keys, and a whole deployment on this machine."""
