@@ -11,6 +11,15 @@ Under modality-aware aggregation a client sends back only what it trained: the c
 modalities and the shared parts (strategies that average whole models get the whole model),
 never the keys the server marks local (``local-keys``), which stay in the node's state between
 rounds.  No pixels leave the client: replies hold model arrays and scalar metrics only.
+
+Update codec (``federation.update_codec``): the reply's arrays are encoded by the configured
+:class:`fedrs.comm.UpdateCodec` against the global model received in the same message
+(``"entropy"``: quantised, entropy-coded differences), with the codec's error-feedback residual
+kept in the node's state between rounds.  When the server sends its model coded as a difference
+to the previous one, the client rebuilds it from the previous global model it kept in its state
+(the server asks a client to keep it by naming its fingerprint in the ConfigRecord); a client
+that no longer holds that model fails the round with :class:`MissingGlobalModelError`, and the
+server sends it the full model next time.
 """
 
 from __future__ import annotations
@@ -20,20 +29,38 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
+from fedrs.comm import (
+    GLOBAL_BASE_KEY,
+    GLOBAL_FINGERPRINT_KEY,
+    UPDATE_PAYLOAD_KEY,
+    UpdateCodecError,
+    decode_update,
+    fingerprint,
+)
 from fedrs.config import ExperimentConfig
 from fedrs.data.cache import CachedArchive
 from fedrs.errors import InputError
 from fedrs.settings import RunSettings
 
 LOCAL_STATE_KEY = "fedrs-local"
+GLOBAL_STATE_KEY = "fedrs-global"
+"""Node state: the last global model received (reference of coded broadcasts)."""
+GLOBAL_META_KEY = "fedrs-global-meta"
+"""Node state: ConfigRecord with the ``fingerprint`` of :data:`GLOBAL_STATE_KEY`."""
+RESIDUAL_STATE_KEY = "fedrs-residual"
+"""Node state: the update codec's error-feedback residual."""
 
 
 class InjectedClientFailure(RuntimeError):
     """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
+
+
+class MissingGlobalModelError(UpdateCodecError):
+    """A coded broadcast refers to a global model this node does not hold."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,50 @@ def _is_local(patterns: list[str]) -> Any:
     return lambda key: any(p.search(key) for p in compiled)
 
 
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def receive_global(
+    record: ArrayRecord, cfg: dict[str, Any], state: RecordDict
+) -> dict[str, np.ndarray]:
+    """The global model a training message carries, rebuilt when it is sent coded.
+
+    Keeps the model in ``state`` when the message names its fingerprint.
+
+    Raises:
+        MissingGlobalModelError: The message is a coded difference to a model this node does
+            not hold.
+        UpdateCodecError: The coded difference is damaged, or the model rebuilt differs from
+            the one the server sent.
+    """
+    arrays = _numpy(record)
+    if UPDATE_PAYLOAD_KEY in arrays:
+        base = str(cfg.get(GLOBAL_BASE_KEY, ""))
+        meta = state.config_records.get(GLOBAL_META_KEY)
+        held = None if meta is None else meta.get("fingerprint")
+        if held != base or GLOBAL_STATE_KEY not in state.array_records:
+            raise MissingGlobalModelError(
+                GLOBAL_BASE_KEY,
+                f"the server sent a difference to global model {base[:12]}, this node holds "
+                f"{str(held)[:12] if held else 'none'}; it gets the full model next round",
+            )
+        arrays = decode_update(arrays, _numpy(state.array_records[GLOBAL_STATE_KEY]))
+    expected = cfg.get(GLOBAL_FINGERPRINT_KEY)
+    if expected is not None:
+        if fingerprint(arrays) != str(expected):
+            raise UpdateCodecError(
+                GLOBAL_FINGERPRINT_KEY, "the global model received differs from the server's"
+            )
+        state.array_records[GLOBAL_STATE_KEY] = _record(arrays)
+        state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": str(expected)})
+    return arrays
+
+
 def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     """Train on the local shard from the received global model; reply with what was trained."""
     from fedrs.train import build_model, train_local
@@ -104,8 +175,11 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     data = load_client_data(config, dict(context.node_config))
     if data.client_id in config.federation.fail_clients:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
-    received = msg.content.array_records["arrays"].to_torch_state_dict()
+    import torch
+
     cfg: dict[str, Any] = dict(msg.content.config_records["config"])
+    global_arrays = receive_global(msg.content.array_records["arrays"], cfg, context.state)
+    received = {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()}
     global_round = int(cfg.get("round-offset", 0)) + int(cfg["server-round"])
     local_keys = [str(p) for p in cfg.get("local-keys", [])]
     is_local = _is_local(local_keys)
@@ -136,7 +210,17 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(
             {k: v.detach().cpu().contiguous() for k, v in local.items()}
         )
-    reply = ArrayRecord({k: trained[k].detach().cpu().contiguous() for k in keys})
+    codec = config.federation.build_update_codec(config.seed)
+    residual = context.state.array_records.get(RESIDUAL_STATE_KEY)
+    encoded = codec.encode(
+        {k: trained[k].detach().cpu().numpy() for k in keys},
+        global_arrays,
+        residual=None if residual is None else _numpy(residual),
+        rng=np.random.default_rng([config.seed, global_round, data.client_id, 2]),
+    )
+    if encoded.residual or residual is not None:
+        context.state.array_records[RESIDUAL_STATE_KEY] = _record(encoded.residual)
+    reply = _record(encoded.payload)
     values: dict[str, int | float | list[int] | list[float]] = {
         k: float(v) for k, v in metrics.items()
     }

@@ -11,13 +11,16 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedrs.errors import InputError
 from fedrs.losses import LossConfig
 from fedrs.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from fedrs.comm import UpdateCodec
 
 
 class _Section(BaseModel):
@@ -77,6 +80,29 @@ class PartitionConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class UpdateCodecConfig(_Section):
+    """Options of the ``entropy`` update codec (:class:`fedrs.comm.EntropyCodec`)."""
+
+    step: float = Field(
+        0.25, gt=0, description="quantisation step as a fraction of each tensor's update RMS"
+    )
+    bits: int | None = Field(
+        None, ge=2, le=16, description="bit budget per element instead of step (2**bits-1 levels)"
+    )
+    stochastic: bool = Field(False, description="stochastic (unbiased) rounding")
+    topk: float | None = Field(
+        None, gt=0, le=1, description="fraction of each tensor's elements sent (largest first)"
+    )
+    error_feedback: bool = Field(True, description="carry what was not sent into the next round")
+    broadcast: bool = Field(
+        True, description="send the global model as a coded difference where clients hold the last"
+    )
+    raw_keys: tuple[str, ...] = Field(
+        ("num_batches_tracked", "_quantized_cdf", "_cdf_length", "_offset", "scale_table"),
+        description="regexes of floating-point keys always sent unchanged",
+    )
+
+
 class FederationConfig(_Section):
     rounds: int = Field(3, ge=1)
     strategy: str = "modality-aware"
@@ -97,6 +123,29 @@ class FederationConfig(_Section):
     fail_clients: tuple[int, ...] = Field(
         (), description="client ids that raise when training (fault-tolerance tests)"
     )
+    update_codec: str = Field(
+        "none", description="how updates travel: 'none' (plain arrays) or 'entropy' (coded)"
+    )
+    codec: UpdateCodecConfig = Field(default_factory=UpdateCodecConfig)  # type: ignore[arg-type]
+
+    @field_validator("update_codec")
+    @classmethod
+    def _known_codec(cls, name: str) -> str:
+        from fedrs.comm import update_codec_names
+
+        if name not in update_codec_names():
+            raise ValueError(f"unknown update codec {name!r}; known: {update_codec_names()}")
+        return name
+
+    def build_update_codec(self, seed: int = 0) -> UpdateCodec:
+        """The configured update codec, given the ``codec`` options it takes and ``seed``."""
+        from fedrs.comm import build_update_codec, update_codec_options
+
+        accepted = update_codec_options(self.update_codec)
+        options = self.codec.model_dump() | {"seed": seed}
+        return build_update_codec(
+            self.update_codec, **{k: v for k, v in options.items() if k in accepted}
+        )
 
 
 class TrackingConfig(_Section):

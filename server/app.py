@@ -58,18 +58,30 @@ def strategy_for(config: ExperimentConfig, num_clients: int) -> Any:
     from fedrs.strategies import build_strategy
 
     fed = config.federation
-    sampled = max(1, round(fed.fraction_train * num_clients))
+    # a node lost mid-run must not make later rounds wait for it: rounds need only as many
+    # nodes as must succeed (the first round waits for all of them, see wait_for_nodes)
+    least = min(fed.min_clients, num_clients)
     options: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": min(sampled, num_clients),
+        "min_train_nodes": least,
         "min_evaluate_nodes": 0,
-        "min_available_nodes": num_clients,
+        "min_available_nodes": least,
         "min_successful": fed.min_clients,
         "local_keys": list(fed.local_keys),
+        "update_codec": fed.build_update_codec(config.seed),
     }
     options.update(fed.strategy_options)
     return build_strategy(fed.strategy, **options)
+
+
+def wait_for_nodes(grid: Grid, count: int, *, timeout: float) -> None:
+    """Wait until ``count`` nodes are connected (the first round starts with all of them)."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        if time.monotonic() > deadline:
+            raise FedrsError(f"only {connected} of {count} nodes connected within {timeout:g} s")
+        time.sleep(1.0)
 
 
 def serve(
@@ -130,9 +142,9 @@ def serve(
             if "loss" in stats.train_metrics:
                 logged["train/loss"] = stats.train_metrics["loss"]
         tracker.log_metrics(logged, step=round_)
-        _save_checkpoint(out, round_, arrays, tracker.run_id)
         history.append({"round": round_, **logged})
-        _save_history(out, history)
+        _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
+        _save_checkpoint(out, round_, arrays, tracker.run_id)
         if on_round is not None:
             on_round(round_, rounds, logged)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
@@ -140,6 +152,7 @@ def serve(
     status = "FAILED"
     try:
         if done < rounds:
+            wait_for_nodes(grid, num_clients, timeout=config.federation.round_timeout_s)
             strategy.start(
                 grid,
                 ArrayRecord(model.state_dict()),
@@ -212,6 +225,7 @@ def _summary(
         "clients_failed": int(sum(h.get("clients/failed", 0) for h in history)),
         "bytes_up": int(sum(h.get("comm/bytes_up", 0) for h in history)),
         "bytes_down": int(sum(h.get("comm/bytes_down", 0) for h in history)),
+        "update_codec": config.federation.update_codec,
         "history": history,
         "config": config.to_dict(),
     }

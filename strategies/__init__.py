@@ -19,6 +19,8 @@ from .base import (
     RoundStats,
     aggregate_metrics_per_key,
     array_bytes,
+    message_bytes,
+    messages_bytes,
 )
 from .errors import ClientFailure, NoSuccessfulClientsError, RoundFailedError
 from .fedavg import FedAvgStrategy
@@ -49,6 +51,8 @@ __all__ = [
     "aggregate_metrics_per_key",
     "array_bytes",
     "build_strategy",
+    "message_bytes",
+    "messages_bytes",
     "register_strategy",
     "strategy_names",
     "strategy_options",

@@ -22,6 +22,17 @@ training replies with a checked one:
 * **Merging**: aggregated keys replace those of the previous global model; every other key
   (local-only keys, keys no client returned) is kept, so ``aggregate_train`` always returns the
   full global ArrayRecord, in the same key order, dtypes and shapes.
+* **Coded updates**: a reply whose ArrayRecord holds :data:`fedrs.comm.UPDATE_PAYLOAD_KEY` is
+  decoded against the global model sent in this round (:func:`fedrs.comm.decode_payload`)
+  before the checks above, so every strategy aggregates coded and plain replies alike; a
+  payload that cannot be decoded makes a failed reply.  With a codec that ``codes_broadcast``
+  (``update_codec="entropy"``), the next global model is itself coded as a difference to the
+  current one (its shared float keys become ``current + step * symbols``, with server-side
+  error feedback), and ``configure_train`` sends that difference instead of the full model to
+  every node known to hold the current one (it replied successfully to the last round), the
+  full model to the others.  The ConfigRecord tells the clients the fingerprint of the model
+  they get (:data:`fedrs.comm.GLOBAL_FINGERPRINT_KEY`) and, for a difference, of the model it
+  applies to (:data:`fedrs.comm.GLOBAL_BASE_KEY`).
 * **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
   (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
   metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``.
@@ -31,20 +42,22 @@ training replies with a checked one:
   (``accept_failures=False``) when any sampled client failed.  A round in which no client was
   sampled (``fraction_train=0``) returns ``(None, None)`` as in Flower.
 
-Bytes are the serialised array payloads (``len(Array.data)``: the ``.npy`` bytes, header
-included) summed over the messages; record keys and configs are not counted.
+Bytes are measured on the messages themselves (:func:`message_bytes`): the objects Flower
+transfers for a message (the message, its RecordDict, records, arrays and array chunks, each
+deflated as Flower pushes and pulls them, each distinct object once), summed over messages.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -58,7 +71,19 @@ from flwr.common import log
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedrs.comm import (
+    GLOBAL_BASE_KEY,
+    GLOBAL_FINGERPRINT_KEY,
+    UPDATE_PAYLOAD_KEY,
+    PlainCodec,
+    UpdateCodec,
+    UpdateCodecError,
+    build_update_codec,
+    decode_payload,
+    fingerprint,
+)
 from fedrs.errors import InputError
 
 from .errors import ClientFailure, NoSuccessfulClientsError, RoundFailedError
@@ -81,8 +106,68 @@ MetricsAggregationFn = Callable[[list[RecordDict], str], MetricRecord]
 
 
 def array_bytes(record: ArrayRecord) -> int:
-    """Return the serialised size of the arrays of ``record`` in bytes."""
+    """Return the serialised size of the arrays of ``record`` in bytes (``.npy`` data only)."""
     return sum(len(array.data) for array in record.values())
+
+
+def _tree_bytes(obj: Any) -> int:
+    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
+
+
+def message_bytes(msg: Message) -> int:
+    """Return the bytes Flower transfers for ``msg``.
+
+    Flower sends a message as a tree of objects, each deflated to bytes (protobuf or JSON
+    head, raw body): the message (metadata, error), its RecordDict, each record, each Array
+    (dtype, shape) and the chunks of each array's data.  Distinct objects are sent once, so
+    this sums the deflated size of each distinct object of the tree.
+    """
+    return _tree_bytes(msg)
+
+
+def messages_bytes(messages: Iterable[Message]) -> int:
+    """Return the sum of :func:`message_bytes` over ``messages`` (shared contents measured once)."""
+    content_bytes: dict[int, int] = {}
+    total = 0
+    for msg in messages:
+        total += len(msg.deflate())
+        if msg.has_content():
+            content = msg.content
+            if id(content) not in content_bytes:
+                content_bytes[id(content)] = _tree_bytes(content)
+            total += content_bytes[id(content)]
+    return total
+
+
+class _NumpyView(Mapping[str, "npt.NDArray[Any]"]):
+    """The arrays of an ArrayRecord as numpy arrays, each converted once, when first read."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self._record = record
+        self._cache: dict[str, npt.NDArray[Any]] = {}
+
+    def __getitem__(self, key: str) -> npt.NDArray[Any]:
+        value = self._cache.get(key)
+        if value is None:
+            if key not in self._record:
+                raise KeyError(key)
+            value = self._cache[key] = self._record[key].numpy()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._record.keys()))
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+
+@dataclass(frozen=True)
+class _Transition:
+    """The coded step from one global model (``base``) to the next (``target``)."""
+
+    base: str
+    target: str
+    payload: dict[str, npt.NDArray[Any]]
 
 
 class LocalKeyMatcher:
@@ -146,12 +231,12 @@ class RoundStats:
         clients_failed: Sampled clients whose training reply was dropped or never came.
         clients_missing: Sampled clients that did not reply before the timeout (included in
             ``clients_failed``).
-        bytes_up: Array bytes of all training replies received (used or not).
-        bytes_down: Array bytes broadcast for training (per-message payload x messages).
+        bytes_up: Bytes of all training replies received, used or not (:func:`message_bytes`).
+        bytes_down: Bytes of the training messages sent (:func:`message_bytes`).
         eval_sampled: Clients sent an evaluation message.
         eval_ok: Evaluation replies used.
         eval_failed: Evaluation replies dropped or missing.
-        bytes_down_eval: Array bytes broadcast for evaluation.
+        bytes_down_eval: Bytes of the evaluation messages sent.
         failures: The dropped training replies with their reasons.
         train_metrics: The training metrics of the usable replies, aggregated.
     """
@@ -269,6 +354,11 @@ def _decode_checked(key: str, array: Array, reference: Array) -> np.ndarray:
         value = array.numpy()
     except (TypeError, ValueError, OSError, EOFError) as exc:
         raise _RejectedReplyError(f"array {key!r} cannot be decoded: {exc}") from exc
+    return _check_value(key, value, reference)
+
+
+def _check_value(key: str, value: np.ndarray, reference: Array) -> np.ndarray:
+    """Check a decoded array against the global ``reference`` (dtype, shape, finite values)."""
     if str(value.dtype) != reference.dtype or value.shape != tuple(reference.shape):
         raise _RejectedReplyError(
             f"array {key!r} decodes to {value.dtype}{value.shape}, "
@@ -277,6 +367,22 @@ def _decode_checked(key: str, array: Array, reference: Array) -> np.ndarray:
     if value.dtype.kind in "fc" and not np.isfinite(value).all():
         raise _RejectedReplyError(f"array {key!r} holds NaN or infinite values")
     return value
+
+
+def _decode_coded(array: Array, reference: Mapping[str, npt.NDArray[Any]]) -> dict[str, np.ndarray]:
+    """The arrays of a coded payload (:data:`fedrs.comm.UPDATE_PAYLOAD_KEY`), rebuilt."""
+    try:
+        blob = array.numpy()
+    except (TypeError, ValueError, OSError, EOFError) as exc:
+        raise _RejectedReplyError(f"array {UPDATE_PAYLOAD_KEY!r} cannot be decoded: {exc}") from exc
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise _RejectedReplyError(
+            f"array {UPDATE_PAYLOAD_KEY!r} must be 1-D uint8, got {blob.dtype}{blob.shape}"
+        )
+    try:
+        return decode_payload(blob.tobytes(), reference)
+    except UpdateCodecError as exc:
+        raise _RejectedReplyError(f"coded update cannot be decoded: {exc}") from exc
 
 
 def _cast_like(value: np.ndarray, dtype: str) -> np.ndarray:
@@ -372,6 +478,9 @@ class AccountedFedAvg(FedAvg):
         min_successful: Fewest usable training replies a round needs (>= 1).
         accept_failures: When ``False``, a round in which any sampled client failed raises
             :class:`~fedrs.strategies.errors.RoundFailedError`.
+        update_codec: How the global model travels to the clients: a
+            :class:`fedrs.comm.UpdateCodec` or its name; ``None`` is ``"none"``.  Coded
+            replies are decoded whatever this is.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -396,6 +505,7 @@ class AccountedFedAvg(FedAvg):
         local_keys: Sequence[str] | str | None = None,
         min_successful: int = 1,
         accept_failures: bool = True,
+        update_codec: UpdateCodec | str | None = None,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
@@ -416,6 +526,15 @@ class AccountedFedAvg(FedAvg):
             if fn is not None and not callable(fn):
                 raise InputError(f"{name} must be callable, got {fn!r}")
         self.local_keys = LocalKeyMatcher(local_keys)
+        if update_codec is None:
+            update_codec = PlainCodec()
+        elif isinstance(update_codec, str):
+            update_codec = build_update_codec(update_codec)
+        elif not isinstance(update_codec, UpdateCodec):
+            raise InputError(
+                f"update_codec must be an update codec or its name, got {update_codec!r}"
+            )
+        self.update_codec: UpdateCodec = update_codec
         super().__init__(
             fraction_train=float(fraction_train),
             fraction_evaluate=float(fraction_evaluate),
@@ -434,6 +553,10 @@ class AccountedFedAvg(FedAvg):
         self.round_stats: dict[int, RoundStats] = {}
         """Per-round counts, filled by configure/aggregate; keyed by server round."""
         self._train_globals: dict[int, ArrayRecord] = {}
+        self._sent_globals: dict[int, str] = {}
+        self._node_globals: dict[int, str] = {}
+        self._transition: _Transition | None = None
+        self._broadcast_residual: dict[str, npt.NDArray[np.float32]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -442,6 +565,7 @@ class AccountedFedAvg(FedAvg):
         log(INFO, "\t├──> fedrs settings:")
         log(INFO, "\t│\t├── Local-only keys: %s", list(self.local_keys.patterns) or "(none)")
         log(INFO, "\t│\t├── Every reply must carry every key: %s", self.requires_all_shared_keys)
+        log(INFO, "\t│\t├── Update codec: %s", self.update_codec.describe())
         log(
             INFO,
             "\t│\t└── Min successful replies: %d | accept failures: %s",
@@ -463,16 +587,42 @@ class AccountedFedAvg(FedAvg):
 
         Local-only keys are removed from the broadcast; their patterns are added to the
         ConfigRecord under :data:`LOCAL_KEYS_CONFIG_KEY`.  The full ``arrays`` are kept as the
-        base that ``aggregate_train`` of the same round merges into.
+        base that ``aggregate_train`` of the same round merges into.  With a codec that codes
+        broadcasts, nodes holding the previous global model get the coded difference to it.
         """
         shared = self.local_keys.shared(arrays)
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
         messages = list(super().configure_train(server_round, shared, config, grid))
         self._train_globals[server_round] = arrays
+        if messages and self.update_codec.codes_broadcast:
+            self._code_broadcast(server_round, shared, messages)
         stats = self._stats(server_round)
         stats.sampled = len(messages)
-        stats.bytes_down = len(messages) * array_bytes(shared)
+        stats.bytes_down = messages_bytes(messages)
         return messages
+
+    def _code_broadcast(
+        self, server_round: int, shared: ArrayRecord, messages: list[Message]
+    ) -> None:
+        """Give each training message the full model or the coded difference its node can use."""
+        held = fingerprint(_NumpyView(shared))
+        self._sent_globals[server_round] = held
+        config = ConfigRecord(dict(messages[0].content.config_records[self.configrecord_key]))
+        config[GLOBAL_FINGERPRINT_KEY] = held
+        full = RecordDict({self.arrayrecord_key: shared, self.configrecord_key: config})
+        coded: RecordDict | None = None
+        step = self._transition
+        if step is not None and step.target == held:
+            coded_config = ConfigRecord(dict(config))
+            coded_config[GLOBAL_BASE_KEY] = step.base
+            payload = ArrayRecord({k: Array(v) for k, v in step.payload.items()})
+            coded = RecordDict({self.arrayrecord_key: payload, self.configrecord_key: coded_config})
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            use_coded = step is not None and self._node_globals.get(node) == step.base
+            msg.content = coded if coded is not None and use_coded else full
+            # What the node holds is known again once it replies successfully.
+            self._node_globals.pop(node, None)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -483,7 +633,7 @@ class AccountedFedAvg(FedAvg):
         messages = list(super().configure_evaluate(server_round, shared, config, grid))
         stats = self._stats(server_round)
         stats.eval_sampled = len(messages)
-        stats.bytes_down_eval = len(messages) * array_bytes(shared)
+        stats.bytes_down_eval = messages_bytes(messages)
         return messages
 
     # ------------------------------------------------------------------ aggregation
@@ -496,17 +646,34 @@ class AccountedFedAvg(FedAvg):
         metrics = _pick_record(dict(msg.content.metric_records), METRICS_RECORD_KEY, "MetricRecord")
         return metrics, _reply_weight(metrics, self.weighted_by_key)
 
-    def _reply_arrays(self, msg: Message, global_arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    def _reply_arrays(
+        self,
+        msg: Message,
+        global_arrays: ArrayRecord,
+        global_numpy: Mapping[str, npt.NDArray[Any]] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Decode and check the shared arrays of a reply against the global model."""
         record = _pick_record(dict(msg.content.array_records), self.arrayrecord_key, "ArrayRecord")
+        items: dict[str, Array | np.ndarray] = {
+            k: a for k, a in record.items() if k != UPDATE_PAYLOAD_KEY
+        }
+        if UPDATE_PAYLOAD_KEY in record:
+            view = global_numpy if global_numpy is not None else _NumpyView(global_arrays)
+            for key, value in _decode_coded(record[UPDATE_PAYLOAD_KEY], view).items():
+                if key in items:
+                    raise _RejectedReplyError(f"key {key!r} is sent both coded and plain")
+                items[key] = value
         decoded: dict[str, np.ndarray] = {}
-        for key, array in record.items():
+        for key, item in items.items():
             if self.local_keys.is_local(key):
                 continue
             reference = global_arrays.get(key)
             if reference is None:
                 raise _RejectedReplyError(f"key {key!r} is not in the global model")
-            decoded[key] = _decode_checked(key, array, reference)
+            if isinstance(item, Array):
+                decoded[key] = _decode_checked(key, item, reference)
+            else:
+                decoded[key] = _check_value(key, item, reference)
         if not decoded:
             raise _RejectedReplyError("reply carries no shared arrays")
         if self.requires_all_shared_keys:
@@ -553,6 +720,8 @@ class AccountedFedAvg(FedAvg):
         global_arrays = self._train_globals.pop(server_round, None)
         if global_arrays is None:
             raise RuntimeError(f"aggregate_train for round {server_round} without configure_train")
+        sent = self._sent_globals.pop(server_round, None)
+        global_numpy = _NumpyView(global_arrays)
         # A fixed order makes the floating-point sums, hence the global model, independent of
         # the order in which replies arrive.
         replies = sorted(replies, key=_reply_order)
@@ -568,14 +737,15 @@ class AccountedFedAvg(FedAvg):
         bytes_up = 0
         for msg in replies:
             node_id = msg.metadata.src_node_id
-            if msg.has_content():
-                bytes_up += sum(array_bytes(r) for r in msg.content.array_records.values())
+            bytes_up += message_bytes(msg)
             try:
                 metrics, weight = self._reply_metrics(msg)
-                decoded = self._reply_arrays(msg, global_arrays)
+                decoded = self._reply_arrays(msg, global_arrays, global_numpy)
             except _RejectedReplyError as exc:
                 self._reject(server_round, stats, node_id, exc)
                 continue
+            if sent is not None:
+                self._node_globals[node_id] = sent
             for key, value in decoded.items():
                 contribution = weight * value.astype(np.float64)
                 if key in sums:
@@ -610,11 +780,43 @@ class AccountedFedAvg(FedAvg):
                 merged[key] = Array(_cast_like(sums[key] / totals[key], array.dtype))
             else:
                 merged[key] = array
+        if self.update_codec.codes_broadcast:
+            merged = self._code_next_global(server_round, merged, global_numpy, sent)
         metrics_out = self.train_metrics_aggr_fn(metric_records, self.weighted_by_key)
         stats.train_metrics = {
             k: float(v) for k, v in metrics_out.items() if isinstance(v, int | float)
         }
         return merged, metrics_out
+
+    def _code_next_global(
+        self,
+        server_round: int,
+        merged: ArrayRecord,
+        current: Mapping[str, npt.NDArray[Any]],
+        current_fingerprint: str | None,
+    ) -> ArrayRecord:
+        """Put the shared keys of ``merged`` on the codec's grid around the current model.
+
+        The result is exactly what a client holding the current model rebuilds from the coded
+        difference kept in :attr:`_transition`; what rounding left out is carried to the next
+        round (error feedback of the codec).
+        """
+        shared = {k: a.numpy() for k, a in merged.items() if not self.local_keys.is_local(k)}
+        reference = {k: current[k] for k in shared}
+        rng = np.random.default_rng([self.update_codec.seed, server_round, 1])
+        encoded = self.update_codec.encode(
+            shared, reference, residual=self._broadcast_residual, rng=rng
+        )
+        self._broadcast_residual = encoded.residual
+        self._transition = _Transition(
+            base=current_fingerprint or fingerprint(reference),
+            target=fingerprint(encoded.decoded),
+            payload=encoded.payload,
+        )
+        out = ArrayRecord()
+        for key, array in merged.items():
+            out[key] = Array(encoded.decoded[key]) if key in encoded.decoded else array
+        return out
 
     def _check_round(self, stats: RoundStats) -> None:
         if stats.clients_ok == 0:

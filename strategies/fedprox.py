@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from flwr.serverapp.strategy import FedProx
 
+from fedrs.comm import UpdateCodec
 from fedrs.errors import InputError
 
 from .base import AccountedFedAvg, MetricsAggregationFn
@@ -53,6 +54,7 @@ class FedProxStrategy(AccountedFedAvg, FedProx):
         local_keys: Sequence[str] | str | None = None,
         min_successful: int = 1,
         accept_failures: bool = True,
+        update_codec: UpdateCodec | str | None = None,
         proximal_mu: float = 0.0,
     ) -> None:
         if (
@@ -76,5 +78,6 @@ class FedProxStrategy(AccountedFedAvg, FedProx):
             local_keys=local_keys,
             min_successful=min_successful,
             accept_failures=accept_failures,
+            update_codec=update_codec,
             proximal_mu=float(proximal_mu),
         )

@@ -40,6 +40,8 @@ from fedrs.strategies import (
     RoundFailedError,
     array_bytes,
     build_strategy,
+    message_bytes,
+    messages_bytes,
     register_strategy,
     strategy_names,
 )
@@ -280,24 +282,25 @@ def test_reply_without_weight_is_failed() -> None:
     assert "num-examples" in strategy.round_stats[1].failures[0].reason
 
 
-def test_bytes_up_and_down_count_serialised_arrays() -> None:
+def test_bytes_up_and_down_are_measured_on_the_messages() -> None:
     strategy = ModalityAwareFedAvg()
     messages = instructions(strategy, 2)
     shared = ArrayRecord({k: v for k, v in global_model().items() if k not in LOCAL})
-    assert strategy.round_stats[1].bytes_down == 2 * array_bytes(shared)
+    down = strategy.round_stats[1].bytes_down
+    assert down == sum(message_bytes(m) for m in messages) == messages_bytes(messages)
+    # every message carries the arrays' data, plus a bounded overhead (keys, dtypes, ids)
+    assert 2 * array_bytes(shared) < down < 2 * (array_bytes(shared) + 4096)
     replies = [
         reply(messages[0], {S1: f32(1, 1), HEAD: head(1)}, 1),
         reply(messages[1], {S2: f32(1, 1, 1)}, 1),
     ]
-    expected_up = sum(
-        len(a.data)
-        for r in replies
-        for rec in r.content.array_records.values()
-        for a in rec.values()
-    )
     strategy.aggregate_train(1, replies)
+    expected_up = message_bytes(replies[0]) + message_bytes(replies[1])
     assert strategy.round_stats[1].bytes_up == expected_up > 0
     assert strategy.round_stats[1].as_metrics()["comm/bytes_up"] == expected_up
+    # a bigger array costs its data more
+    bigger = reply(messages[0], {S1: f32(1, 1), HEAD: np.zeros((40, 40), np.float32)}, 1)
+    assert message_bytes(bigger) - message_bytes(replies[0]) >= (1600 - 4) * 4
 
 
 # ---------------------------------------------------------------------------- local-only keys

@@ -22,6 +22,8 @@ def experiment_overrides(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     ray_address: str | None = None,
+    update_codec: str | None = None,
+    codec_step: float | None = None,
     sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Dotted overrides of an experiment from CLI options (``None`` leaves the file's value)."""
@@ -37,6 +39,8 @@ def experiment_overrides(
         "federation.num_cpus": num_cpus,
         "federation.num_gpus": num_gpus,
         "federation.ray_address": ray_address,
+        "federation.update_codec": update_codec,
+        "federation.codec.step": codec_step,
     }
     overrides = {k: v for k, v in named.items() if v is not None}
     overrides.update(dict(parse_override(s) for s in sets or []))
@@ -103,6 +107,12 @@ def main(
     num_cpus: float | None = typer.Option(None, help="CPUs per client (fractions allowed)."),
     num_gpus: float | None = typer.Option(None, help="GPUs per client (fractions allowed)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address ('auto' to join)."),
+    update_codec: str | None = typer.Option(
+        None, help="How updates travel: none (plain arrays) | entropy (quantised, entropy-coded)."
+    ),
+    codec_step: float | None = typer.Option(
+        None, help="Entropy codec: quantisation step as a fraction of each update's RMS."
+    ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
 ) -> None:
     from fedrs.errors import InputError
@@ -119,6 +129,8 @@ def main(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         ray_address=ray_address,
+        update_codec=update_codec,
+        codec_step=codec_step,
         sets=set_,
     )
     settings = RunSettings(
@@ -138,7 +150,8 @@ def main(
     prepare_data_with_progress(settings)
     console.print(
         f"simulating [bold]{experiment.partition.clients}[/] clients "
-        f"({experiment.partition.name} partition, {fed.strategy}) for {fed.rounds} rounds"
+        f"({experiment.partition.name} partition, {fed.strategy}, "
+        f"{fed.build_update_codec(experiment.seed).describe()} updates) for {fed.rounds} rounds"
     )
     with progress() as bar:
         task = bar.add_task("rounds", total=fed.rounds)

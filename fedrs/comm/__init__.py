@@ -1,0 +1,58 @@
+"""Communication of model updates: codecs that shrink what clients and server exchange.
+
+>>> from fedrs.comm import build_update_codec, decode_update
+>>> codec = build_update_codec("entropy", step=0.5)
+>>> sent = codec.encode(trained, reference=global_model)      # client
+>>> update = decode_update(sent.payload, reference=global_model)  # server
+
+Names: ``"none"`` (arrays as they are) and ``"entropy"`` (quantised differences to the
+reference, entropy-coded with :mod:`fedrs.coder`); see :mod:`fedrs.comm.codec`.  Framework-free:
+payloads are dicts of numpy arrays, which the Flower apps put into ``ArrayRecord`` s.
+"""
+
+from __future__ import annotations
+
+from .codec import (
+    DEFAULT_RAW_KEYS,
+    UPDATE_CODECS,
+    UPDATE_PAYLOAD_KEY,
+    EncodedUpdate,
+    EntropyCodec,
+    PlainCodec,
+    UpdateCodec,
+    build_update_codec,
+    decode_payload,
+    decode_update,
+    fingerprint,
+    register_update_codec,
+    update_codec_names,
+    update_codec_options,
+)
+from .errors import UpdateCodecError
+
+GLOBAL_FINGERPRINT_KEY = "global-fingerprint"
+"""Training ConfigRecord key: fingerprint of the global model the message carries; a client
+keeps that model (as the reference of later coded broadcasts) when the key is present."""
+
+GLOBAL_BASE_KEY = "global-base"
+"""Training ConfigRecord key: fingerprint of the model a coded broadcast is a difference to."""
+
+__all__ = [
+    "DEFAULT_RAW_KEYS",
+    "GLOBAL_BASE_KEY",
+    "GLOBAL_FINGERPRINT_KEY",
+    "UPDATE_CODECS",
+    "UPDATE_PAYLOAD_KEY",
+    "EncodedUpdate",
+    "EntropyCodec",
+    "PlainCodec",
+    "UpdateCodec",
+    "UpdateCodecError",
+    "build_update_codec",
+    "decode_payload",
+    "decode_update",
+    "fingerprint",
+    "register_update_codec",
+    "update_codec_names",
+    "update_codec_options",
+]
