@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from rich.console import Console
@@ -52,3 +53,25 @@ def tracker(bar: Progress) -> Callable[[str, int], Callable[[int], None]]:
         return lambda n: bar.advance(task, n)
 
     return track
+
+
+def print_skipped(skipped: Iterable[tuple[str, str]]) -> None:
+    """One line per item left out: ``skipped <name>: <why>``."""
+    for name, why in skipped:
+        console.print(f"[yellow]skipped[/] {name}: {why}", highlight=False, soft_wrap=True)
+
+
+def round_printer(
+    bar: Progress, total: int, keys: Iterable[str] = ("eval/map@20", "clients/ok")
+) -> Callable[[int, int, dict[str, float]], None]:
+    """``on_round(round, total, metrics)`` for a federation: advances a ``rounds`` task of
+    ``bar`` and prints the round's ``keys`` that are in ``metrics`` as one JSON line."""
+    task = bar.add_task("rounds", total=total)
+    keys = tuple(keys)
+
+    def on_round(round_: int, total: int, metrics: dict[str, float]) -> None:
+        bar.update(task, completed=round_)
+        shown = {k: metrics[k] for k in keys if k in metrics}
+        bar.console.print(f"round {round_}/{total}: " + json.dumps(shown))
+
+    return on_round

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, fail, progress, tracker
+from fedrs.cli._common import console, fail, print_skipped, progress, tracker
 
 
 def parse_modalities(text: str | None) -> list[str] | None:
@@ -68,8 +68,7 @@ def main(
             name=name,
             progress=track,
         )
-    for patch_id, why in report.skipped:
-        console.print(f"[yellow]skipped[/] {patch_id}: {why}", highlight=False, soft_wrap=True)
+    print_skipped(report.skipped)
     counts = ", ".join(f"{m.upper()} {n}" for m, n in report.patches.items())
     per_patch = report.file_bytes / report.records if report.records else 0.0
     console.print(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, progress, tracker
+from fedrs.cli._common import console, print_skipped, progress, tracker
 
 
 def main(
@@ -41,8 +41,7 @@ def main(
             skip_bad=skip_bad,
             progress=track,
         )
-    for record, why in report.skipped:
-        console.print(f"[yellow]skipped[/] {record}: {why}", highlight=False, soft_wrap=True)
+    print_skipped(report.skipped)
     counts = ", ".join(f"{m.upper()} {n}" for m, n in sorted(report.written.items()))
     console.print(
         f"archive [bold]{report.out}[/]: {report.patches} patches ({counts or 'none'}), "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, progress, tracker
+from fedrs.cli._common import console, progress, round_printer, tracker
 
 
 def main(
@@ -36,7 +36,6 @@ def main(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
 ) -> None:
-    import json
     import logging
 
     from fedrs.cli.simulate import experiment_overrides, print_summary, validate_components
@@ -108,17 +107,7 @@ def main(
         f"{', resuming' if resume else ''}; logs in {out / 'logs'}"
     )
     with progress() as bar:
-        task = bar.add_task("rounds", total=fed.rounds)
-
-        def on_round(round_: int, total: int, metrics: dict[str, float]) -> None:
-            bar.update(task, completed=round_)
-            shown = {
-                k: metrics[k]
-                for k in ("eval/map@20", "clients/ok", "clients/failed")
-                if k in metrics
-            }
-            bar.console.print(f"round {round_}/{total}: " + json.dumps(shown))
-
+        on_round = round_printer(bar, fed.rounds, ("eval/map@20", "clients/ok", "clients/failed"))
         summary = run_local_deployment(
             settings,
             nodes,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, progress
+from fedrs.cli._common import console, print_skipped, progress
 
 
 def main(
@@ -29,8 +29,7 @@ def main(
         modalities=[m.strip() for m in modalities.split(",") if m.strip()],
         on_error="skip" if skip_bad else "raise",
     )
-    for patch_id, why in source.skipped:
-        console.print(f"[yellow]skipped[/] {patch_id}: {why}")
+    print_skipped(source.skipped)
     with progress() as bar:
         task = bar.add_task("caching patches", total=len(source))
         prepare_cache(source, out, overwrite=overwrite, on_progress=lambda n: bar.advance(task, n))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from fedrs.cli._common import console, progress, tracker
+from fedrs.cli._common import console, progress, round_printer, tracker
 
 
 def experiment_overrides(
@@ -154,13 +153,6 @@ def main(
         f"{fed.build_update_codec(experiment.seed).describe()} updates) for {fed.rounds} rounds"
     )
     with progress() as bar:
-        task = bar.add_task("rounds", total=fed.rounds)
-
-        def on_round(round_: int, total: int, metrics: dict[str, float]) -> None:
-            bar.update(task, completed=round_)
-            shown = {k: metrics[k] for k in ("eval/map@20", "clients/ok") if k in metrics}
-            bar.console.print(f"round {round_}/{total}: " + json.dumps(shown))
-
-        summary = run_simulation(settings, on_round=on_round)
+        summary = run_simulation(settings, on_round=round_printer(bar, fed.rounds))
     print_summary(summary, f"fedrs simulate: {out}")
     console.print(f"summary: {out / 'summary.json'}; MLflow: {summary['tracking_uri']}")
