@@ -65,3 +65,16 @@ def v2_copy(tmp_path: Path, v2_sample: Path, v2_metadata: Path) -> Path:
     keep = meta["patch_id"].isin(names) | meta["s1_name"].isin(names)
     meta[keep].to_parquet(root / "metadata.parquet", index=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fedrs cache folder per test module (synthetic archives built once per module)."""
+    return tmp_path_factory.mktemp("fedrs-cache")
+
+
+@pytest.fixture
+def cache_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Path:
+    """``$FEDRS_CACHE_DIR`` pointing at :func:`cache_dir` (modules opt in with ``usefixtures``)."""
+    monkeypatch.setenv("FEDRS_CACHE_DIR", str(cache_dir))
+    return cache_dir

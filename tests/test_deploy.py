@@ -29,16 +29,7 @@ from fedrs.settings import RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.toml"
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fedrs-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
-    monkeypatch.setenv("FEDRS_CACHE_DIR", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 @pytest.fixture(scope="module")
