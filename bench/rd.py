@@ -1,11 +1,12 @@
 """Rate-distortion: the learned codec vs JPEG 2000 (GDAL's JP2OpenJPEG through rasterio).
 
-On the real BigEarthNet patches beside the repository (../shared/data/bigearthnet/v1-sample) and
-on synthetic ones, both coders compress the same patches; bits per pixel (bits of a patch over its
-120 x 120 pixels, all bands together) and PSNR per modality (S2: peak 10000 digital numbers; S1:
-60 dB range), measured against the items the reader returns.  JPEG 2000 codes every band at its
-native resolution (uint16; S1 dB mapped linearly from [-50, 10] dB to 0..65535) at several quality
-settings; its reconstruction is upsampled exactly as the reader does.
+On the real BigEarthNet patches in the repository (tests/data/bigearthnet/v1-sample, or
+$FEDRS_SHARED_DATA/v1-sample when that is set) and on synthetic ones, both coders compress the
+same patches; bits per pixel (bits of a patch over its 120 x 120 pixels, all bands together) and
+PSNR per modality (S2: peak 10000 digital numbers; S1: 60 dB range), measured against the items
+the reader returns.  JPEG 2000 codes every band at its native resolution (uint16; S1 dB mapped
+linearly from [-50, 10] dB to 0..65535) at several quality settings; its reconstruction is
+upsampled exactly as the reader does.
 
 With no ``--model`` the codec is trained here (stage 1 of experiments/default.toml, a few minutes
 on 2 cores).  A PNG of the curves is saved; the last line is a JSON object of the figures.
@@ -30,7 +31,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FEDRS_SHARED_DATA", REPO.parent / "shared" / "data" / "bigearthnet"))
+# The real BigEarthNet reference data: the copy in tests/data unless $FEDRS_SHARED_DATA names one.
+DATA_ROOT = Path(os.environ.get("FEDRS_SHARED_DATA") or REPO / "tests" / "data" / "bigearthnet")
 QUALITIES = (0.25, 0.5, 1, 2, 4, 8, 15, 30)
 S1_RANGE = (-50.0, 10.0)
 PEAK = {"s2": 10000.0, "s1": 60.0}
@@ -164,7 +166,7 @@ def main() -> None:
     models = load_or_train(args.model, args.train_batches)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        real = open_archive(SHARED / "v1-sample")
+        real = open_archive(DATA_ROOT / "v1-sample")
         prepare_cache(real, Path(tmp) / "real")
         data_config = load_config(REPO / "experiments" / "default.toml").data
         synth = load_run_data(data_config)

@@ -1,51 +1,46 @@
-"""Shared fixtures: the real BigEarthNet samples beside the repository (../shared/data)."""
+"""Fixtures: the real BigEarthNet samples in tests/data/bigearthnet (or ``$FEDRS_SHARED_DATA``)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from _data import DATA_ROOT
 
 # One thread per test process: two threads on two busy cores run many small ops far slower.
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(
-    os.environ.get("FEDRS_SHARED_DATA", REPO.parent / "shared" / "data" / "bigearthnet")
-)
 
-
-def _shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
+def _data(*parts: str) -> Path:
+    path = DATA_ROOT.joinpath(*parts)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: the BigEarthNet reference data is expected beside the repository "
-            "(../shared/data/bigearthnet) or at $FEDRS_SHARED_DATA"
+            f"{path}: the BigEarthNet reference data is expected in tests/data/bigearthnet "
+            "(or at $FEDRS_SHARED_DATA when that is set)"
         )
     return path
 
 
 @pytest.fixture(scope="session")
 def v1_sample() -> Path:
-    return _shared("v1-sample")
+    return _data("v1-sample")
 
 
 @pytest.fixture(scope="session")
 def v2_sample() -> Path:
-    return _shared("v2-sample")
+    return _data("v2-sample")
 
 
 @pytest.fixture(scope="session")
 def v2_metadata() -> Path:
-    return _shared("metadata", "v2-metadata.parquet")
+    return _data("metadata", "v2-metadata.parquet")
 
 
 @pytest.fixture(scope="session")
 def facts_json() -> Path:
-    return _shared("facts.json")
+    return _data("facts.json")
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _data import V1_SAMPLE, V2_METADATA, V2_SAMPLE
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -62,13 +63,6 @@ Mutator = Callable[[bytes, np.random.Generator], bytes]
 
 
 # -- the small archives ---------------------------------------------------------------------
-
-
-def shared_data() -> Path:
-    """The BigEarthNet reference data (as tests/conftest.py finds it)."""
-    return Path(
-        os.environ.get("FEDRS_SHARED_DATA", REPO.parent / "shared" / "data" / "bigearthnet")
-    )
 
 
 def build_small_archives(
@@ -941,13 +935,7 @@ def test_damaged_files_raise_corrupt_patch_error(pristine: dict[str, Path], tmp_
 
 def _replay(spec: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        data = shared_data()
-        roots = build_small_archives(
-            Path(tmp),
-            data / "v1-sample",
-            data / "v2-sample",
-            data / "metadata" / "v2-metadata.parquet",
-        )
+        roots = build_small_archives(Path(tmp), V1_SAMPLE, V2_SAMPLE, V2_METADATA)
         print(json.dumps(run_case(roots, spec), indent=2))
 
 

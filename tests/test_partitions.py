@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _data import V2_METADATA, V2_SAMPLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,11 +32,9 @@ from fedrs.partitions._grouping import clients_per_group
 from fedrs.partitions.dirichlet import primary_labels
 from fedrs.partitions.modality import client_counts, water_fill
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bigearthnet"
-V2_METADATA = DATA / "metadata" / "v2-metadata.parquet"
 NAMES = ("iid", "dirichlet", "modality", "country", "season")
 
-# Patches per country in BigEarthNet v2.0 (README of the shared data).
+# Patches per country in BigEarthNet v2.0 (the official v2.0 metadata).
 REAL_COUNTRIES = {
     "Finland": 155227,
     "Portugal": 89792,
@@ -723,7 +722,7 @@ def test_cli_real_v2_sample(
     tmp_path: Path, raw_v2: pd.DataFrame, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The real v2 sample patches, with their rows of the official metadata given apart."""
-    sample = DATA / "v2-sample"
+    sample = V2_SAMPLE
     s2 = {p.name for p in (sample / "BigEarthNet-S2").glob("*/*")}
     s1 = {p.name for p in (sample / "BigEarthNet-S1").glob("*/*")}
     rows = raw_v2[raw_v2["patch_id"].isin(s2) | raw_v2["s1_name"].isin(s1)]

@@ -11,9 +11,9 @@ not instrumented, but a crash in them still stops the fuzzer with the input that
 Start from the real files, so that mutations begin from valid structure::
 
     mkdir -p /tmp/readers-corpus
-    cp ../shared/data/bigearthnet/v1-sample/*/*/* /tmp/readers-corpus/
+    cp tests/data/bigearthnet/v1-sample/*/*/* /tmp/readers-corpus/
     .venv/bin/python -c "import pandas as pd; pd.read_parquet(
-        '../shared/data/bigearthnet/metadata/v2-metadata.parquet').head(20).to_parquet(
+        'tests/data/bigearthnet/metadata/v2-metadata.parquet').head(20).to_parquet(
         '/tmp/readers-corpus/metadata.parquet')"
     .venv/bin/python tests/fuzz/atheris_readers.py /tmp/readers-corpus -max_total_time=600 \\
         -rss_limit_mb=4096 -timeout=30

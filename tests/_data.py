@@ -1,0 +1,28 @@
+"""Where the tests find the real BigEarthNet reference data (one definition for every test).
+
+The data lives in the repository, ``tests/data/bigearthnet`` (see its README).  When
+``$FEDRS_SHARED_DATA`` is set, it names a folder of the same layout that is used instead
+(for example a larger copy); nothing requires it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+COMMITTED_DATA = TESTS / "data" / "bigearthnet"
+
+
+def data_root() -> Path:
+    """``$FEDRS_SHARED_DATA`` when set (and not empty), else the committed ``tests/data``."""
+    override = os.environ.get("FEDRS_SHARED_DATA")
+    return Path(override) if override else COMMITTED_DATA
+
+
+DATA_ROOT = data_root()
+V1_SAMPLE = DATA_ROOT / "v1-sample"
+V2_SAMPLE = DATA_ROOT / "v2-sample"
+V2_METADATA = DATA_ROOT / "metadata" / "v2-metadata.parquet"
+FACTS_JSON = DATA_ROOT / "facts.json"
