@@ -86,7 +86,8 @@ class Tracker:
             self._client.log_batch(self.run_id, params=batch[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
-        """Log numeric metrics at ``step`` (non-finite or non-numeric values are left out)."""
+        """Log numeric metrics at ``step`` (non-finite or non-numeric values are left out),
+        in batches of at most 1000 (MLflow's limit; a round logs 5 metrics a client)."""
         import math
         import time
 
@@ -98,11 +99,15 @@ class Tracker:
             for key, value in metrics.items()
             if isinstance(value, int | float) and math.isfinite(float(value))
         ]
-        if batch:
-            self._client.log_batch(self.run_id, metrics=batch)
+        for start in range(0, len(batch), 1000):
+            self._client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, values: Mapping[str, Any], name: str) -> None:
+        """Log ``values`` as the JSON artifact ``name``."""
+        self._client.log_dict(self.run_id, dict(values), name)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -134,12 +134,21 @@ Partitioner = Callable[..., Assignment]
 PARTITIONS: dict[str, Partitioner] = {}
 """Registered partitioners by name."""
 
+OptionCheck = Callable[..., object]
+"""``check(**options)``: raises InputError for an option value that is bad whatever the data."""
 
-def register_partition(name: str) -> Callable[[Partitioner], Partitioner]:
+_OPTION_CHECKS: dict[str, OptionCheck] = {}
+
+
+def register_partition(
+    name: str, *, check: OptionCheck | None = None
+) -> Callable[[Partitioner], Partitioner]:
     """Class-free registry decorator: ``@register_partition("country")``.
 
     Args:
         name: The name users give to ``partition()`` and ``fedrs partitions --partition``.
+        check: Checks the partitioner's option values without data (see
+            :func:`check_partition`); called with every keyword option, defaults filled in.
 
     Raises:
         ValueError: ``name`` is already registered.
@@ -149,6 +158,10 @@ def register_partition(name: str) -> Callable[[Partitioner], Partitioner]:
         if name in PARTITIONS:
             raise ValueError(f"partition {name!r} is already registered")
         PARTITIONS[name] = fn
+        if check is not None:
+            _OPTION_CHECKS[name] = check
+        else:
+            _OPTION_CHECKS.pop(name, None)
         return fn
 
     return decorator
@@ -249,6 +262,29 @@ def partition(
         InputError: Unknown name or option, bad option value, bad ``num_clients`` or ``seed``,
             or more clients than the data can fill.
     """
+    check_partition(name, num_clients, seed=seed, **options)
+    fn = PARTITIONS[name]
+    num_clients = int(num_clients)
+    table = prepare_metadata(metadata)
+    if num_clients > len(table):
+        raise InputError(
+            f"cannot make {num_clients} non-empty clients from {len(table)} usable patches"
+        )
+    rng = np.random.default_rng(int(seed))
+    assignment = fn(table, num_clients, rng, **options)
+    return build_shards(name, table, assignment, num_clients)
+
+
+def check_partition(name: str, num_clients: int, *, seed: int, **options: Any) -> None:
+    """Everything :func:`partition` checks before it reads the metadata.
+
+    The name, the option names, the option values the partitioner can judge without data (its
+    ``check``, see :func:`register_partition`), ``num_clients`` and ``seed``.  An experiment is
+    checked with this before any data is prepared.
+
+    Raises:
+        InputError: Unknown name or option, bad option value, bad ``num_clients`` or ``seed``.
+    """
     fn = _lookup(name)
     known = option_names(name)
     unknown = sorted(set(options) - set(known))
@@ -263,15 +299,14 @@ def partition(
         raise InputError(f"num_clients must be >= 1, got {num_clients}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    num_clients = int(num_clients)
-    table = prepare_metadata(metadata)
-    if num_clients > len(table):
-        raise InputError(
-            f"cannot make {num_clients} non-empty clients from {len(table)} usable patches"
-        )
-    rng = np.random.default_rng(int(seed))
-    assignment = fn(table, num_clients, rng, **options)
-    return build_shards(name, table, assignment, num_clients)
+    check = _OPTION_CHECKS.get(name)
+    if check is not None:
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty
+        }
+        check(**(defaults | options))
 
 
 def build_shards(

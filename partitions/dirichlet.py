@@ -76,7 +76,18 @@ def _repair(
     return clients
 
 
-@register_partition("dirichlet")
+def check_options(alpha: object, min_size: object) -> tuple[float, int]:
+    """``alpha`` (> 0) and ``min_size`` (>= 1) as numbers, else InputError."""
+    alpha = number_option("dirichlet", "alpha", alpha)
+    if alpha <= 0:
+        raise InputError(f"partition 'dirichlet': alpha must be > 0, got {alpha}")
+    min_size = int_option("dirichlet", "min_size", min_size)
+    if min_size < 1:
+        raise InputError(f"partition 'dirichlet': min_size must be >= 1, got {min_size}")
+    return alpha, min_size
+
+
+@register_partition("dirichlet", check=check_options)
 def dirichlet_partition(
     table: pd.DataFrame,
     num_clients: int,
@@ -86,12 +97,7 @@ def dirichlet_partition(
     min_size: int = 10,
 ) -> Assignment:
     """Label-skewed shards (see the module docstring)."""
-    alpha = number_option("dirichlet", "alpha", alpha)
-    if alpha <= 0:
-        raise InputError(f"partition 'dirichlet': alpha must be > 0, got {alpha}")
-    min_size = int_option("dirichlet", "min_size", min_size)
-    if min_size < 1:
-        raise InputError(f"partition 'dirichlet': min_size must be >= 1, got {min_size}")
+    alpha, min_size = check_options(alpha, min_size)
     need = min(min_size, len(table) // num_clients)
     primary = primary_labels(table["labels"])
     class_sizes = np.bincount(primary, minlength=20)

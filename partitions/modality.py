@@ -85,7 +85,7 @@ def _fractions(s1_only: object, s2_only: object, both: object) -> np.ndarray:
     return values
 
 
-@register_partition("modality")
+@register_partition("modality", check=_fractions)
 def modality_partition(
     table: pd.DataFrame,
     num_clients: int,

@@ -1,8 +1,19 @@
-"""Run the ServerApp and ClientApps on Flower's simulation engine (Ray actors).
+"""Run the ServerApp and ClientApps on Flower's simulation runtime (the one ``flwr run`` uses).
 
-Each simulated client is a Ray actor with ``federation.num_cpus`` CPUs and ``federation.num_gpus``
-GPUs (fractions allowed: 0.25 puts four clients on one GPU).  GPUs asked for where none is seen
-are refused before anything starts: Ray would otherwise wait for them until the round timeout.
+:func:`run_simulation` starts a private ``flower-superlink --simulation`` on a free loopback port
+(its own ``FLWR_HOME``, no per-run dependency installation: the installed fedrs runs), submits
+the fedrs apps with ``flwr run`` and a federation config (number of simulated SuperNodes, Ray
+resources per client), follows the rounds from ``<out>/history.json``, and stops every process
+it started (the SuperLink, the ``flwr-simulation`` process it spawns, Ray's workers) on success,
+failure, Ctrl-C and SIGTERM.  The outcome is judged from the run's final status and a fresh
+``<out>/summary.json``: a run whose ServerApp failed is an error here, even though Flower's CLI
+reports it as submitted.
+
+Each simulated client is a Ray actor with ``federation.num_cpus`` CPUs and
+``federation.num_gpus`` GPUs (fractions allowed: 0.25 puts four clients on one GPU).  GPUs asked
+for where none is seen are refused before anything starts: Ray would otherwise wait for them
+until the round timeout.  Flower's and Ray's logs go to ``<out>/logs/superlink.log``;
+``verbose`` also prints them as they come.
 """
 
 from __future__ import annotations
@@ -10,11 +21,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from fedrs.errors import FedrsError, InputError
-from fedrs.server.app import RoundCallback
+from fedrs.errors import InputError
 from fedrs.settings import RunSettings
+
+RoundCallback = Callable[[int, int, dict[str, float]], None]
+"""``on_round(round, total_rounds, metrics)``, called once for each round logged."""
+
+APP_COMPONENTS = {"serverapp": "fedrs.server.app:app", "clientapp": "fedrs.clients.app:app"}
+"""The Flower apps of fedrs (``[tool.flwr.app.components]``)."""
+APP_CONFIG: dict[str, Any] = {
+    "config": "",
+    "overrides": "",
+    "out": "",
+    "resume": False,
+    "num-clients": 0,
+}
+"""The run config the apps read (``[tool.flwr.app.config]``), with its defaults."""
+STARTUP_S = 300.0
+"""Seconds a run may take beyond its rounds' timeouts (Ray, model and data set-up)."""
 
 
 def visible_gpus(ray_address: str | None) -> float:
@@ -47,55 +75,137 @@ def check_resources(num_cpus: float, num_gpus: float, ray_address: str | None) -
         )
 
 
+def write_app(folder: Path) -> Path:
+    """A Flower app folder for ``flwr run``: a ``pyproject.toml`` naming the fedrs apps.
+
+    The bundle carries configuration only; the installed fedrs package runs (a bundled copy
+    of the sources would shadow it, see DESIGN's note on bundles).
+    """
+    import tomli_w
+
+    from fedrs import __version__
+
+    project = {
+        "project": {
+            "name": "fedrs",
+            "version": __version__,
+            "description": "fedrs federated simulation",
+            "license": "Apache-2.0",
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedrs",
+                    "components": APP_COMPONENTS,
+                    "config": APP_CONFIG,
+                }
+            }
+        },
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
+    return folder
+
+
+def federation_config(config: Any, *, verbose: bool = False) -> dict[str, Any]:
+    """``flwr run --federation-config`` values: SuperNodes and Ray resources of the experiment."""
+    fed = config.federation
+    cpus = os.cpu_count() or 1
+    client_cpus = int(fed.num_cpus)
+    if client_cpus != fed.num_cpus:
+        # Flower takes whole CPUs per client: a fraction f of this machine's n CPUs is
+        # 1 CPU of n / f logical ones (as many clients per machine)
+        if fed.ray_address:
+            raise InputError(
+                f"--num-cpus {fed.num_cpus:g}: a Ray cluster takes whole CPUs per client"
+            )
+        client_cpus, cpus = 1, max(1, round(cpus / fed.num_cpus))
+    values: dict[str, Any] = {
+        "num-supernodes": int(config.partition.clients),
+        "client-resources-num-cpus": client_cpus,
+        "client-resources-num-gpus": float(fed.num_gpus),
+        "init-args-logging-level": "INFO" if verbose else "ERROR",
+        "init-args-log-to-driver": True,
+        "verbose": False,
+    }
+    if not fed.ray_address:  # joining a cluster (RAY_ADDRESS) takes no resource counts
+        values["init-args-num-cpus"] = cpus
+        values["init-args-num-gpus"] = int(visible_gpus(None)) if fed.num_gpus > 0 else 0
+    return values
+
+
+class LogFollower:
+    """Prints the lines a log file gains (``--verbose``), called at each poll."""
+
+    def __init__(self, path: Path, write: Callable[[str], None]) -> None:
+        self.path = path
+        self.write = write
+        self.offset = 0
+
+    def __call__(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        if end:
+            self.offset += end
+            for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+                self.write(line)
+
+
 def run_simulation(
     settings: RunSettings,
     *,
     on_round: RoundCallback | None = None,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run a whole federated simulation; returns the summary written to ``<out>/summary.json``."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
+    """Run a whole federated simulation; returns the summary written to ``<out>/summary.json``.
 
-    from fedrs.clients.app import make_client_app
-    from fedrs.server.app import make_server_app
+    Args:
+        settings: the experiment, its overrides, the output folder and the resume flag.
+        on_round: called for each round logged.
+        verbose: print Flower's and Ray's log lines (``<out>/logs/superlink.log``) with ``echo``.
+        echo: where ``verbose`` lines go.
+
+    Raises:
+        InputError: resources nobody can serve.
+        DeploymentError: the run failed (the ServerApp's error, e.g. too few clients), a
+            process did not start, or the run did not end within its rounds' timeouts.
+    """
+    from fedrs.deploy.local import LocalDeployment
+    from fedrs.deploy.run import run_federation
 
     config = settings.experiment()
     fed = config.federation
     check_resources(fed.num_cpus, fed.num_gpus, fed.ray_address)
-    if fed.ray_address and config.data.cache_dir is None:
+    env: dict[str, str] = {}
+    if fed.ray_address:
         # a cluster's workers run with the environment of `ray start`, not this process':
         # name the cache folder ($FEDRS_CACHE_DIR or the default) in the run's own settings
         from fedrs.pipeline import cache_base
 
-        overrides = settings.overrides | {"data.cache_dir": str(cache_base(config.data).resolve())}
-        settings = dataclasses.replace(settings, overrides=overrides)
-        config = settings.experiment()
-    num_clients = config.partition.clients
-    results: dict[str, Any] = {}
-    server_app = make_server_app(
-        settings, num_clients=num_clients, on_round=on_round, results=results
-    )
-    client_app = make_client_app(settings)
-    init_args: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.ERROR,
-        "log_to_driver": True,
-    }
-    if fed.ray_address:
-        init_args["address"] = fed.ray_address
-    else:
-        init_args["num_cpus"] = os.cpu_count() or 1
-        init_args["num_gpus"] = int(visible_gpus(None)) if fed.num_gpus > 0 else 0
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": fed.num_cpus, "num_gpus": fed.num_gpus},
-        "init_args": init_args,
-    }
-    flwr_run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_clients,
-        backend_config=backend_config,  # type: ignore[arg-type]
-    )
-    if "summary" not in results:
-        raise FedrsError("the simulation ended without a result (see the log above)")
-    summary: dict[str, Any] = results["summary"]
-    return summary
+        if config.data.cache_dir is None:
+            overrides = settings.overrides | {
+                "data.cache_dir": str(cache_base(config.data).resolve())
+            }
+            settings = dataclasses.replace(settings, overrides=overrides)
+            config = settings.experiment()
+        env["RAY_ADDRESS"] = fed.ray_address
+    out = settings.out_dir
+    app = write_app(out / "flower-app")
+    timeout = STARTUP_S + fed.rounds * fed.round_timeout_s
+    with LocalDeployment(out, [], simulation=True, env=env) as deployment:
+        follow = LogFollower(deployment.logs / "superlink.log", echo) if verbose else None
+        return run_federation(
+            deployment,
+            settings,
+            app=app,
+            timeout=timeout,
+            on_round=on_round,
+            on_poll=follow,
+            federation_config=federation_config(config, verbose=verbose),
+        )

@@ -7,6 +7,10 @@ guard the main job's promises (summary, MLflow history, failures, resume, GPU re
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import pytest
 import torch
 
 from fedrs.cli import main as cli
+from fedrs.deploy.processes import is_running
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.toml"
@@ -24,14 +29,43 @@ def simulate(out: Path, *args: str) -> int:
     return cli(["simulate", "--config", str(SMOKE), "--out", str(out), *args])
 
 
+FEDRS = Path(sys.executable).parent / "fedrs"
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """An uninterrupted 2-round, 3-client modality-aware federation."""
-    out = tmp_path_factory.mktemp("full")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEDRS_CACHE_DIR", str(cache_dir))
-        assert simulate(out) == 0
+    """An uninterrupted 2-round, 3-client modality-aware federation, run as a user runs it
+    (the ``fedrs`` command in a process of its own; its output in ``<out>.txt``)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    done = subprocess.run(
+        [str(FEDRS), "simulate", "--config", str(SMOKE), "--out", str(out)],
+        env=os.environ | {"FEDRS_CACHE_DIR": str(cache_dir)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out.with_suffix(".txt").write_text(done.stdout + done.stderr, encoding="utf-8")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
+
+
+@pytest.mark.slow
+def test_simulation_output_is_ours_only(full_run: Path) -> None:
+    """Rounds and summary, no third-party warnings or Flower INFO lines; nothing left running."""
+    text = full_run.with_suffix(".txt").read_text(encoding="utf-8")
+    assert "round 1/2" in text and "round 2/2" in text
+    assert "clients 3 ok, 0 failed" in text
+    assert "map@20" in text  # the summary table
+    for noise in ("DeprecationWarning", "FutureWarning", "deprecated", "Warning:"):
+        assert noise not in text, noise
+    assert not re.search(r"\bINFO\b", text), text
+    assert not re.search(r"\bWARNING\b", text), text
+    record = json.loads((full_run / "logs" / "processes.json").read_text())
+    assert record["processes"] and record["descendants"]  # SuperLink, flwr-simulation, Ray
+    assert any("flwr-simulation" in d["argv"] for d in record["descendants"])
+    for entry in record["processes"] + record["descendants"]:
+        assert not is_running(entry["pid"], entry["start_time"]), entry
 
 
 @pytest.mark.slow
@@ -61,6 +95,11 @@ def test_simulation_summary_and_mlflow_history(full_run: Path) -> None:
         assert sorted(p.step for p in history) == [1, 2], key
     ok = client.get_metric_history(run.info.run_id, "clients/ok")
     assert [p.value for p in sorted(ok, key=lambda p: p.step)] == [3.0, 3.0]
+    for key in ("loss", "examples", "train_s", "has_s1", "has_s2"):
+        for client_id in range(3):
+            history = client.get_metric_history(run.info.run_id, f"client/{client_id}/{key}")
+            assert sorted(p.step for p in history) == [1, 2], (client_id, key)
+    assert not any(k.startswith("client/") for k in summary["history"][0])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.toml", "summary.json", "model.pt", "rounds.png"} <= artifacts
 
@@ -145,7 +184,7 @@ def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     from flwr.app import ArrayRecord, Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedrs.clients.app import train
+    from fedrs.clients.app import load_client_data, train
     from fedrs.settings import RunSettings
     from fedrs.train import build_model
 
@@ -178,6 +217,12 @@ def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
         assert metrics["num-examples"] > 0
         sent = {k.split(".")[1] for k in arrays.keys() if k.startswith("codecs.")}
         assert sent and sent <= {"s1", "s2"}
+        # what per-client tracking reads (client/<id>/...)
+        assert metrics["client-id"] == client and metrics["train_s"] > 0
+        held = load_client_data(config, dict(context.node_config)).modalities
+        assert {m: metrics[f"has-{m}"] for m in ("s1", "s2")} == {
+            m: int(m in held) for m in ("s1", "s2")
+        }
 
 
 @pytest.mark.slow
@@ -295,3 +340,49 @@ def test_flwr_run_runs_the_same_apps(tmp_path: Path, cache_dir: Path) -> None:
             superlink.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(superlink.pid, signal.SIGKILL)
+
+
+def _wait_for(condition: Any, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_interrupted_simulation_stops_every_process(
+    tmp_path: Path, cache_dir: Path, signum: int, code: int
+) -> None:
+    """Ctrl-C or SIGTERM once round 1 is logged: exit 130 / 143, nothing left running."""
+    out = tmp_path / "run"
+    log = (tmp_path / "output.txt").open("w")
+    process = subprocess.Popen(
+        [str(FEDRS), "simulate", "--config", str(SMOKE), "--out", str(out), "--rounds", "5"],
+        env=os.environ | {"FEDRS_CACHE_DIR": str(cache_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_for(lambda: (out / "history.json").is_file(), 400), "round 1 never logged"
+        process.send_signal(signum)
+        assert process.wait(timeout=120) == code
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    record = json.loads((out / "logs" / "processes.json").read_text())
+    assert any("raylet" in d["argv"] for d in record["descendants"]), "Ray was not seen"
+    alive = [
+        entry
+        for entry in record["processes"] + record["descendants"]
+        if is_running(entry["pid"], entry["start_time"])
+    ]
+    assert alive == []
+    assert not (out / "summary.json").exists()

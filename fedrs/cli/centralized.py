@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, progress, tracker
+from fedrs.cli._common import console, progress, quiet_third_parties, tracker
 
 
 def main(
@@ -15,13 +15,17 @@ def main(
     out: Path = typer.Option(Path("runs/centralized"), help="Output folder."),
     tracking_uri: str | None = typer.Option(None, help="MLflow URI (default: sqlite in --out)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
+    verbose: bool = typer.Option(False, help="Also show third-party logs and notices."),
 ) -> None:
     from fedrs.centralized import run_centralized
     from fedrs.cli.simulate import experiment_overrides, print_summary
     from fedrs.config import load_config
+    from fedrs.validation import check_experiment
 
+    quiet_third_parties(verbose)
     overrides = experiment_overrides(data=data, tracking_uri=tracking_uri, sets=set_)
     experiment = load_config(config, overrides)
+    check_experiment(experiment)  # the same check as a federation's, before any data
     with progress() as bar:
         track = tracker(bar)
 

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
+from rich.table import Table
 
-from fedrs.cli._common import console
+from fedrs.cli._common import console, number, progress, quiet_third_parties, round_printer
 
 COLUMNS = (
     ("mAP@20", "map@20"),
@@ -27,6 +29,21 @@ def _value(summary: dict[str, Any], key: str | tuple[str, str]) -> float | None:
     if value is None:
         return None
     return float(value) / 1e6 if key == "bytes_up" else float(value)
+
+
+def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
+    """One row a run, one column a figure of :data:`COLUMNS`; fits an 80-column terminal.
+
+    Numbers never wrap (:func:`fedrs.cli._common.number` keeps them short), headers stack on
+    two lines and a long run name folds: no cell is cut short.
+    """
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("run", overflow="fold")
+    for header, _ in COLUMNS:
+        table.add_column(header.replace(" ", "\n"), justify="right", no_wrap=True)
+    for name, summary in rows.items():
+        table.add_row(name, *(number(_value(summary, key)) for _, key in COLUMNS))
+    return table
 
 
 def centralized_equivalent(config: Any) -> dict[str, Any]:
@@ -80,10 +97,9 @@ def main(
     strategies: str = typer.Option("fedavg,modality-aware", help="Federated strategies."),
     data: Path | None = typer.Option(None, help="Archive or fedrs cache (default: synthetic)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
+    verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
     """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates."""
-    from rich.table import Table
-
     from fedrs.centralized import run_centralized
     from fedrs.cli.simulate import (
         experiment_overrides,
@@ -95,14 +111,16 @@ def main(
     from fedrs.settings import RunSettings
     from fedrs.tracking import Tracker, default_tracking_uri
 
+    quiet_third_parties(verbose)
     out = out.resolve()
     overrides = experiment_overrides(data=data, sets=set_)
     # every run of the comparison logs to one MLflow store
     overrides.setdefault("tracking.uri", default_tracking_uri(out))
     base = load_config(config, overrides)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    for name in names:
-        validate_components(load_config(config, overrides | {"federation.strategy": name}))
+    runs = [load_config(config, overrides | {"federation.strategy": name}) for name in names]
+    for experiment in runs or [base]:  # the experiments that will run (no strategy: centralized)
+        validate_components(experiment)
     settings = RunSettings(str(config.resolve()) if config else None, overrides, str(out))
     prepare_data_with_progress(settings)
     rows: dict[str, dict[str, Any]] = {}
@@ -126,16 +144,18 @@ def main(
             overrides | {"federation.strategy": name},
             str(folder),
         )
-        rows[name] = run_simulation(run_settings)
+        rounds = run_settings.experiment().federation.rounds
+        with progress() as bar:
+            rows[name] = run_simulation(
+                run_settings,
+                on_round=round_printer(bar, rounds),
+                verbose=verbose,
+                echo=lambda line, bar=bar: bar.console.print(line, markup=False, highlight=False),
+            )
 
-    table = Table(title=f"fedrs compare: {base.name} ({base.partition.name} partition)")
-    table.add_column("run", no_wrap=True)
-    for title, _ in COLUMNS:
-        table.add_column(title, justify="right")
-    for name, summary in rows.items():
-        cells = [_value(summary, key) for _, key in COLUMNS]
-        table.add_row(name, *("-" if c is None else f"{c:.4g}" for c in cells))
-    console.print(table)
+    console.print(
+        comparison_table(rows, f"fedrs compare: {base.name} ({base.partition.name} partition)")
+    )
     result = {
         name: {title: _value(summary, key) for title, key in COLUMNS}
         for name, summary in rows.items()

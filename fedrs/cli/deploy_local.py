@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from fedrs.cli._common import console, progress, round_printer, tracker
+from fedrs.cli._common import console, progress, quiet_third_parties, round_printer, tracker
 
 
 def main(
@@ -35,6 +35,7 @@ def main(
     timeout: float = typer.Option(1800.0, help="Seconds the run may take once submitted."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
+    verbose: bool = typer.Option(False, help="Also show Flower's logs (the SuperLink's)."),
 ) -> None:
     import logging
 
@@ -49,6 +50,7 @@ def main(
     from fedrs.pipeline import resolve_cache
     from fedrs.settings import RunSettings
 
+    quiet_third_parties(verbose)
     if supernodes < 1:
         raise InputError(f"--supernodes must be at least 1, not {supernodes}")
     if data and len(data) not in (1, supernodes):
@@ -107,7 +109,7 @@ def main(
         f"{', resuming' if resume else ''}; logs in {out / 'logs'}"
     )
     with progress() as bar:
-        on_round = round_printer(bar, fed.rounds, ("eval/map@20", "clients/ok", "clients/failed"))
+        on_round = round_printer(bar, fed.rounds)
         summary = run_local_deployment(
             settings,
             nodes,

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
 
 from fedrs.cli._common import console, fail
 
@@ -96,28 +99,38 @@ def main(
     _print_table(query, hits, archives)
 
 
+def hits_table(title: str, hits: list[dict[str, Any]], *, one_line: bool = False) -> Table:
+    """The hits of a search, whole in an 80-column terminal: each patch id with its archive and
+    labels on the line below; ``one_line`` gives them columns of their own (one line a hit)."""
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False
+    )
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("patch", overflow="fold")
+    if one_line:
+        table.add_column("archive", overflow="fold")
+    table.add_column("distance", justify="right", no_wrap=True)
+    if one_line:
+        table.add_column("labels")
+    for hit in hits:
+        labels = "; ".join(hit["labels"])
+        rank, distance = str(hit["rank"]), str(hit["distance"])
+        if one_line:
+            table.add_row(rank, Text(hit["patch_id"]), Text(hit["archive"]), distance, Text(labels))
+        else:
+            patch = Text(hit["patch_id"])
+            patch.append(f"\nin {hit['archive']}: {labels}", style="dim")
+            table.add_row(rank, patch, distance)
+    return table
+
+
 def _print_table(query: dict[str, Any], hits: list[dict[str, Any]], archives: list[Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     what = query.get("patch_id") or query.get("patch")
     title = f"top {len(hits)} for {what} over {len(archives)} archive(s)"
-    table = Table(title=title, title_justify="left")
-    width = max((len(h["patch_id"]) for h in hits), default=5)
-    table.add_column("rank", justify="right")
-    table.add_column("patch", no_wrap=True, min_width=width)
-    table.add_column("archive", no_wrap=True)
-    table.add_column("distance", justify="right")
-    table.add_column("labels")
-    for hit in hits:
-        table.add_row(
-            str(hit["rank"]),
-            hit["patch_id"],
-            hit["archive"],
-            str(hit["distance"]),
-            "; ".join(hit["labels"]),
-        )
     if console.is_terminal:
-        console.print(table)
+        console.print(hits_table(title, hits))
     else:  # a pipe or a file: no terminal width to respect, keep rows on one line
-        Console(file=console.file, width=max(console.width, 200)).print(table)
+        wide = Console(file=console.file, width=max(console.width, 200))
+        wide.print(hits_table(title, hits, one_line=True))

@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
-from fedrs.cli._common import console, progress, round_printer, tracker
+from fedrs.cli._common import (
+    console,
+    number,
+    progress,
+    quiet_third_parties,
+    round_printer,
+    tracker,
+)
 
 
 def experiment_overrides(
     *,
+    config: Path | None = None,
     clients: int | None = None,
     partition: str | None = None,
     strategy: str | None = None,
@@ -25,7 +34,13 @@ def experiment_overrides(
     codec_step: float | None = None,
     sets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Dotted overrides of an experiment from CLI options (``None`` leaves the file's value)."""
+    """Dotted overrides of an experiment from CLI options (``None`` leaves the file's value).
+
+    With ``config`` (the experiment file), ``--partition`` / ``--strategy`` naming another
+    component than the file drops the options the file gives the replaced one and says so in
+    one line on stderr (:func:`fedrs.cli._overrides.drop_replaced_options`).
+    """
+    from fedrs.cli._overrides import drop_replaced_options, note_line
     from fedrs.config import parse_override
 
     named = {
@@ -42,21 +57,22 @@ def experiment_overrides(
         "federation.codec.step": codec_step,
     }
     overrides = {k: v for k, v in named.items() if v is not None}
-    overrides.update(dict(parse_override(s) for s in sets or []))
-    return overrides
+    explicit = dict(parse_override(s) for s in sets or [])
+    drops, notes = drop_replaced_options(config, overrides, explicit)
+    for note in notes:
+        note_line(note)
+    return overrides | drops | explicit
 
 
 def validate_components(experiment: Any) -> None:
-    """Refuse unknown strategy/partition names and bad options before anything starts."""
-    from fedrs.errors import InputError
-    from fedrs.partitions import PARTITIONS
-    from fedrs.server.app import strategy_for
+    """Refuse a bad experiment before data is prepared or Ray starts (one InputError line).
 
-    if experiment.partition.name not in PARTITIONS:
-        raise InputError(
-            f"unknown partition {experiment.partition.name!r}; known: {', '.join(PARTITIONS)}"
-        )
-    strategy_for(experiment, experiment.partition.clients)
+    See :func:`fedrs.validation.check_experiment`: partition and its options, model codecs,
+    update codec, strategy and its options.
+    """
+    from fedrs.validation import check_experiment
+
+    check_experiment(experiment)
 
 
 def prepare_data_with_progress(settings: Any) -> None:
@@ -70,33 +86,30 @@ def prepare_data_with_progress(settings: Any) -> None:
         resolve_cache(config.data, progress=track)
 
 
-def print_summary(summary: dict[str, Any], title: str) -> None:
-    from rich.table import Table
-
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """The final figures of a run, numbers whole in an 80-column terminal."""
     table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-
-    def fmt(value: Any) -> str:
-        return (
-            "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        )
-
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", no_wrap=True)
     for key in ("map@20", "map@20_random", "map@10", "map@100"):
-        table.add_row(key, fmt(summary.get(key)))
+        table.add_row(key, number(summary.get(key)))
     for key in ("bpp", "psnr"):
         for modality, value in (summary.get(key) or {}).items():
-            table.add_row(f"{key} {modality.upper()}", fmt(value))
+            table.add_row(f"{key} {modality.upper()}", number(value))
     for key in ("rounds", "clients_ok", "clients_failed", "bytes_up", "bytes_down", "wall_s"):
         if key in summary:
-            table.add_row(key, fmt(summary[key]))
-    console.print(table)
+            table.add_row(key, number(summary[key]))
+    return table
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    console.print(summary_table(summary, title))
 
 
 def main(
     clients: int | None = typer.Option(None, help="Number of simulated clients."),
     partition: str | None = typer.Option(None, help="iid|dirichlet|modality|country|season."),
-    strategy: str | None = typer.Option(None, help="fedavg|fedprox|modality-aware."),
+    strategy: str | None = typer.Option(None, help="Strategy name (see `fedrs strategies`)."),
     rounds: int | None = typer.Option(None, help="Federated rounds."),
     config: Path | None = typer.Option(None, help="Experiment TOML (default: the built-in one)."),
     data: Path | None = typer.Option(None, help="Archive or fedrs cache (default: synthetic)."),
@@ -113,12 +126,15 @@ def main(
         None, help="Entropy codec: quantisation step as a fraction of each update's RMS."
     ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
+    verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
     from fedrs.errors import InputError
     from fedrs.server.simulation import check_resources, run_simulation
     from fedrs.settings import RunSettings
 
+    quiet_third_parties(verbose)
     overrides = experiment_overrides(
+        config=config,
         clients=clients,
         partition=partition,
         strategy=strategy,
@@ -153,6 +169,11 @@ def main(
         f"{fed.build_update_codec(experiment.seed).describe()} updates) for {fed.rounds} rounds"
     )
     with progress() as bar:
-        summary = run_simulation(settings, on_round=round_printer(bar, fed.rounds))
+        summary = run_simulation(
+            settings,
+            on_round=round_printer(bar, fed.rounds),
+            verbose=verbose,
+            echo=lambda line: bar.console.print(line, markup=False, highlight=False),
+        )
     print_summary(summary, f"fedrs simulate: {out}")
     console.print(f"summary: {out / 'summary.json'}; MLflow: {summary['tracking_uri']}")

@@ -36,6 +36,8 @@ CONNECTION = "local"
 """Name of the SuperLink connection in the deployment's ``FLWR_HOME/config.toml``."""
 SUPERLINK = "superlink"
 SERVERAPP = "flwr-serverapp"
+SIMULATION = "flwr-simulation"
+"""The process that runs a whole simulated federation (ServerApp and ClientApps on Ray)."""
 FINISHED = "finished:"
 COMPLETED = "finished:completed"
 
@@ -119,6 +121,8 @@ class LocalDeployment:
         nodes: the SuperNodes to start.
         tls: encrypt every connection (SuperLink Fleet, Control and Runtime APIs).
         node_auth: let in only registered SuperNodes (needs TLS); default: on with TLS.
+        simulation: run the SuperLink's simulation runtime (no SuperNodes: a run's ClientApps
+            are simulated on Ray by the ``flwr-simulation`` process the SuperLink starts).
         start_timeout: seconds the SuperLink and the nodes get to come up.
         env: extra environment variables of every process.
     """
@@ -130,13 +134,16 @@ class LocalDeployment:
         *,
         tls: bool = False,
         node_auth: bool | None = None,
+        simulation: bool = False,
         start_timeout: float = 120.0,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if node_auth is None:
-            node_auth = tls
+            node_auth = tls and not simulation
         if node_auth and not tls:
             raise InputError("SuperNode authentication needs TLS (use --tls)")
+        if simulation and (nodes or node_auth):
+            raise InputError("a simulation runtime has no SuperNodes to start or authenticate")
         names = [n.name for n in nodes]
         if len(set(names)) != len(names) or SUPERLINK in names:
             raise InputError(f"node names must be unique and not {SUPERLINK!r}: {names}")
@@ -144,6 +151,8 @@ class LocalDeployment:
         self.nodes = list(nodes)
         self.tls = tls
         self.node_auth = node_auth
+        self.simulation = simulation
+        self.app_process = SIMULATION if simulation else SERVERAPP
         self.start_timeout = start_timeout
         self.logs = self.folder / "logs"
         self.home = self.folder / "flwr-home"
@@ -156,6 +165,7 @@ class LocalDeployment:
             "PYTHONUNBUFFERED": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_TELEMETRY_ENABLED": "0",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
         }
         self.env.update(env or {})
         self.supervisor = ProcessSupervisor(record=self.logs / "processes.json", env=self.env)
@@ -206,7 +216,8 @@ class LocalDeployment:
             if self.node_auth and key is not None:
                 self.register(public_key_path(key))
             self.start_supernode(node, key=key)
-        self.wait_online(len(self.nodes))
+        if self.nodes:
+            self.wait_online(len(self.nodes))
 
     def stop(self) -> None:
         """Stop every process started (SuperNodes first), SIGTERM then SIGKILL.
@@ -249,6 +260,8 @@ class LocalDeployment:
             "--port",
             str(self.port),
         ]
+        if self.simulation:
+            argv.append("--simulation")
         if self.credentials is None:
             argv.append("--insecure")
         else:
@@ -429,9 +442,12 @@ class LocalDeployment:
                 f"see {process.log}"
             )
 
-    def submit(self, app: Path, run_config: Path) -> int:
-        """``flwr run APP local --run-config FILE``; returns the run id."""
-        data = self.flwr_json("run", str(app), CONNECTION, "--run-config", str(run_config))
+    def submit(self, app: Path, run_config: Path, federation_config: Path | None = None) -> int:
+        """``flwr run APP local --run-config FILE [--federation-config FILE]``; the run id."""
+        args = ["run", str(app), CONNECTION, "--run-config", str(run_config)]
+        if federation_config is not None:
+            args += ["--federation-config", str(federation_config)]
+        data = self.flwr_json(*args)
         return int(data["run-id"])
 
     def run_status(self, run_id: int) -> dict[str, Any]:
@@ -459,6 +475,7 @@ class LocalDeployment:
         status_every: float = 30.0,
         done_hint: Callable[[], bool] | None = None,
         on_poll: Callable[[], None] | None = None,
+        succeeded: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Follow a run until it finishes; returns its final ``flwr ls`` entry.
 
@@ -472,6 +489,9 @@ class LocalDeployment:
             status_every: most seconds between two ``flwr ls`` calls.
             done_hint: returns True when the run looks finished.
             on_poll: called at each check (e.g. to show progress).
+            succeeded: returns True when the run has done all its work (its ServerApp wrote
+                its last output); the run then counts as completed without waiting for
+                Flower to wind it down (the processes are stopped by :meth:`stop`).
 
         Raises:
             DeploymentError: the SuperLink or every SuperNode exited, or the run did not end
@@ -479,7 +499,7 @@ class LocalDeployment:
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic() + status_every
-        earlier = set(self.supervisor.noted(SUPERLINK, SERVERAPP))
+        earlier = set(self.supervisor.noted(SUPERLINK, self.app_process))
         failures = 0
         while True:
             time.sleep(poll)
@@ -490,14 +510,16 @@ class LocalDeployment:
                 if not process.running() and process.pid not in self._reported:
                     self._reported.add(process.pid)
                     self.on_node_exit(process)
-            if not any(p.running() for p in nodes):
+            if self.nodes and not any(p.running() for p in nodes):
                 self.stop_run(run_id)
                 raise DeploymentError("every SuperNode has exited; the run cannot go on")
             if on_poll is not None:
                 on_poll()
+            if succeeded is not None and succeeded():
+                return {"run-id": run_id, "status": COMPLETED, "status-details": ""}
             serverapps = {
                 pid: running
-                for pid, running in self.supervisor.noted(SUPERLINK, SERVERAPP).items()
+                for pid, running in self.supervisor.noted(SUPERLINK, self.app_process).items()
                 if pid not in earlier
             }
             ended = bool(serverapps) and not any(serverapps.values())

@@ -195,6 +195,8 @@ def run_federation(
     app: Path,
     timeout: float = 1800.0,
     on_round: RoundCallback | None = None,
+    on_poll: Callable[[], None] | None = None,
+    federation_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Submit the federation of ``settings`` to a running deployment and check its outcome.
 
@@ -204,6 +206,9 @@ def run_federation(
         app: the Flower app folder given to ``flwr run``.
         timeout: seconds the run may take once submitted.
         on_round: called for each round logged.
+        on_poll: called at each check while the run goes on (e.g. to show its log).
+        federation_config: ``flwr run --federation-config`` values (simulation runtime:
+            ``num-supernodes``, ``client-resources-num-cpus``, ...).
 
     Returns:
         ``<out>/summary.json``, with ``run_id`` added.
@@ -220,9 +225,12 @@ def run_federation(
         "overrides": overrides_text(settings.overrides),
         "out": str(out),
         "resume": bool(settings.resume),
-        "num-clients": len(deployment.nodes),
+        "num-clients": len(deployment.nodes) or config.partition.clients,
     }
     run_config = write_run_config(out / "run-config.toml", values)
+    federation_file = None
+    if federation_config is not None:
+        federation_file = write_run_config(out / "federation-config.toml", federation_config)
     summary_path = out / "summary.json"
     submitted = time.time()
 
@@ -233,12 +241,18 @@ def run_federation(
             return False
 
     watch = _RoundWatch(out, config.federation.rounds, on_round)
-    try:
-        run_id = deployment.submit(app, run_config)
-        status = deployment.wait_run(
-            run_id, timeout=timeout, done_hint=summary_is_new, on_poll=watch
-        )
+
+    def poll() -> None:
+        if on_poll is not None:
+            on_poll()
         watch()
+
+    try:
+        run_id = deployment.submit(app, run_config, federation_file)
+        status = deployment.wait_run(
+            run_id, timeout=timeout, on_poll=poll, succeeded=summary_is_new, poll=0.5
+        )
+        poll()
     except DeploymentError as exc:
         raise DeploymentError(f"{exc}{_resume_hint(out)}") from None
     state = str(status.get("status", ""))
