@@ -103,6 +103,20 @@ class UpdateCodecConfig(_Section):
     )
 
 
+class DPConfig(_Section):
+    """Differential privacy: Flower's clipping wrappers around the strategy (whole replies)."""
+
+    clipping: Literal["none", "fixed", "adaptive"] = "none"
+    side: Literal["server", "client"] = Field(
+        "server", description="who clips: the server (each reply) or the clients"
+    )
+    noise_multiplier: float = Field(0.0, ge=0)
+    clipping_norm: float = Field(1.0, gt=0, description="fixed norm; initial norm if adaptive")
+    target_clipped_quantile: float = Field(0.5, ge=0, le=1, description="adaptive")
+    clip_norm_lr: float = Field(0.2, gt=0, description="adaptive")
+    clipped_count_stddev: float | None = Field(None, ge=0, description="adaptive")
+
+
 class FederationConfig(_Section):
     rounds: int = Field(3, ge=1)
     strategy: str = "modality-aware"
@@ -119,6 +133,14 @@ class FederationConfig(_Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per simulated client (Ray)")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per simulated client (Ray)")
     round_timeout_s: float = Field(900.0, gt=0)
+    max_weight: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="largest example count (aggregation weight) a reply may claim; a larger "
+        "one is a failed reply; unset: the number of training patches of the server's archive "
+        "(set it when clients train on archives of their own)",
+    )
     ray_address: str | None = None
     fail_clients: tuple[int, ...] = Field(
         (), description="client ids that raise when training (fault-tolerance tests)"
@@ -127,6 +149,7 @@ class FederationConfig(_Section):
         "none", description="how updates travel: 'none' (plain arrays) or 'entropy' (coded)"
     )
     codec: UpdateCodecConfig = Field(default_factory=UpdateCodecConfig)  # type: ignore[arg-type]
+    dp: DPConfig = Field(default_factory=DPConfig)  # type: ignore[arg-type]
 
     @field_validator("update_codec")
     @classmethod

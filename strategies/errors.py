@@ -98,3 +98,31 @@ class NoSuccessfulClientsError(RoundFailedError):
             failures,
             "no successful client: the global model cannot be updated",
         )
+
+
+class NonFiniteModelError(RoundFailedError):
+    """The usable replies of a round merge into a model holding NaN or infinite values.
+
+    Raised by ``aggregate_train`` before the merged model is adopted, so the run stops loudly
+    and the last good global model (and checkpoint) stays.
+
+    Attributes:
+        key: The first model key whose merged value is not finite.
+    """
+
+    def __init__(
+        self,
+        server_round: int,
+        key: str,
+        clients_ok: int,
+        clients_failed: int,
+        failures: Sequence[ClientFailure] = (),
+    ) -> None:
+        self.key = key
+        super().__init__(
+            server_round,
+            clients_ok,
+            clients_failed,
+            failures,
+            f"the merged model holds NaN or infinite values in {key!r}; it is not adopted",
+        )

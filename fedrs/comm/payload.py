@@ -23,12 +23,20 @@ crc32      4 bytes, zlib's CRC-32 of everything before it
 
 Symbols outside a table's range are escaped by the coder and still round-trip exactly, so a
 table may leave out the rare extreme values (:data:`TAIL_FRACTION` of each end).
+
+A payload is untrusted input (a client's reply): :func:`unpack` refuses, with an
+:class:`~fedrs.comm.errors.UpdateCodecError`, anything that would make it allocate more than the
+tensors it declares: a header that decompresses to more than :data:`MAX_HEADER_BYTES` or nests
+too deeply, a dtype other than a plain float16/32/64, a table no tensor uses (so there are
+never more tables than coded tensors), a table wider than :data:`MAX_TABLE_SYMBOLS`; and, when
+the receiver passes ``expect``, any tensor that does not fit its model, before a table is read.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import reprlib
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -49,10 +57,26 @@ TAIL_FRACTION = 1e-3
 """Fraction of the symbols at each end of a table's range that may be left to escapes."""
 MAX_SYMBOLS = 1 << 31
 """Most symbols one payload may declare."""
+MAX_HEADER_BYTES = 1 << 20
+"""Largest decompressed JSON header a payload may carry (bytes)."""
+MAX_DIMENSIONS = 64
+"""Most dimensions a coded tensor may declare (numpy's own limit)."""
+FLOAT_SIZES = (2, 4, 8)
+"""Item sizes of the floating dtypes a coded tensor may have (float16, float32, float64)."""
 
 _PRECISION_TOTAL = 1 << coder.PRECISION
 _PREFIX = len(MAGIC) + 1 + 4
 _CRC = 4
+
+
+def short_repr(value: object) -> str:
+    """A bounded repr of an untrusted value (depth, lengths and digits cut)."""
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxstring, brief.maxother, brief.maxlong = 3, 60, 60, 40
+    try:
+        return brief.repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True)
@@ -204,25 +228,55 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_entry(name: str, raw: object, num_tables: int) -> _Entry:
-    if not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[0], str):
-        raise UpdateCodecError(name, f"malformed header entry {str(raw)[:80]!r}")
-    key, dtype, shape, step, table = raw
+def _parse_dtype(key: str, dtype: object) -> np.dtype:
+    """The dtype a header entry names: a plain float16, float32 or float64, nothing else."""
+    if not isinstance(dtype, str):
+        raise UpdateCodecError(key, f"dtype must be a string, got {short_repr(dtype)}")
     try:
         parsed = np.dtype(dtype)
-    except TypeError:
-        raise UpdateCodecError(key, f"unknown dtype {dtype!r}") from None
-    if parsed.kind != "f":
-        raise UpdateCodecError(key, f"coded tensors must be floating point, got {parsed}")
-    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
-        raise UpdateCodecError(key, f"malformed shape {shape!r}")
+    except Exception:  # np.dtype raises TypeError, ValueError, SyntaxError ... on bad strings
+        raise UpdateCodecError(key, f"unknown dtype {short_repr(dtype)}") from None
+    if parsed.kind != "f" or parsed.shape != () or parsed.itemsize not in FLOAT_SIZES:
+        raise UpdateCodecError(
+            key, f"coded tensors must be floating point (float16/32/64), got {short_repr(dtype)}"
+        )
+    return parsed
+
+
+def _parse_entry(name: str, raw: object, num_tables: int) -> _Entry:
+    if not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[0], str):
+        raise UpdateCodecError(name, f"malformed header entry {short_repr(raw)}")
+    key, dtype, shape, step, table = raw
+    parsed = _parse_dtype(key, dtype)
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMENSIONS
+        or not all(_is_int(n) and n >= 0 for n in shape)
+    ):
+        raise UpdateCodecError(key, f"malformed shape {short_repr(shape)}")
     if not isinstance(step, int | float) or isinstance(step, bool) or not math.isfinite(step):
-        raise UpdateCodecError(key, f"malformed step {step!r}")
+        raise UpdateCodecError(key, f"malformed step {short_repr(step)}")
     if not _is_int(table) or not -1 <= table < num_tables:
-        raise UpdateCodecError(key, f"table {table!r} outside [-1, {num_tables})")
+        raise UpdateCodecError(key, f"table {short_repr(table)} outside [-1, {num_tables})")
     if table >= 0 and step <= 0:
         raise UpdateCodecError(key, f"step must be positive, got {step!r}")
     return _Entry(key, parsed, tuple(int(n) for n in shape), float(step), int(table))
+
+
+def _inflate_header(name: str, compressed: bytes) -> bytes:
+    """The decompressed header, refused beyond :data:`MAX_HEADER_BYTES` (never inflated further)."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(compressed, MAX_HEADER_BYTES + 1)
+    except zlib.error as exc:
+        raise UpdateCodecError(name, f"header cannot be read: {exc}") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise UpdateCodecError(
+            name, f"header decompresses to more than {MAX_HEADER_BYTES} bytes (MAX_HEADER_BYTES)"
+        )
+    if not inflater.eof:
+        raise UpdateCodecError(name, "header cannot be read: incomplete compressed data")
+    return text
 
 
 def _header(name: str, blob: bytes) -> tuple[dict[str, object], int]:
@@ -238,9 +292,12 @@ def _header(name: str, blob: bytes) -> tuple[dict[str, object], int]:
     (head_len,) = struct.unpack("<I", blob[len(MAGIC) + 1 : _PREFIX])
     if _PREFIX + head_len > len(blob) - _CRC:
         raise UpdateCodecError(name, "header runs past the end of the payload")
+    text = _inflate_header(name, blob[_PREFIX : _PREFIX + head_len])
     try:
-        header = json.loads(zlib.decompress(blob[_PREFIX : _PREFIX + head_len]))
-    except (zlib.error, ValueError) as exc:
+        header = json.loads(text)
+    except RecursionError:
+        raise UpdateCodecError(name, "header cannot be read: JSON nested too deeply") from None
+    except ValueError as exc:
         raise UpdateCodecError(name, f"header cannot be read: {exc}") from None
     if not isinstance(header, dict) or not {"keys", "tables", "stream"} <= set(header):
         raise UpdateCodecError(name, "malformed header")
@@ -258,47 +315,26 @@ def unpack(
     Args:
         blob: The payload.
         name: What to call the payload in errors (its record key).
-        expect: Called with each tensor's key, dtype and shape before the stream is decoded
-            (to refuse a payload that does not fit the receiver's model early).
+        expect: Called with each tensor's key, dtype and shape before any table is read or the
+            stream is decoded (to refuse a payload that does not fit the receiver's model
+            early; it should raise :class:`UpdateCodecError`).
 
     Returns:
         Per tensor, in payload order: key, dtype, shape, step and symbols (``None`` when the
         tensor was sent without symbols).
 
     Raises:
-        UpdateCodecError: The payload is truncated, damaged or malformed; the message names the
-            payload or the model key concerned.
+        UpdateCodecError: The payload is truncated, damaged, malformed or declares more than it
+            may (see the module docstring); the message names the payload or the model key
+            concerned.
     """
     header, position = _header(name, blob)
     tables, keys, stream = header["tables"], header["keys"], header["stream"]
     if not isinstance(tables, list) or not isinstance(keys, list) or not isinstance(stream, int):
         raise UpdateCodecError(name, "malformed header")
     stream_len = int(stream)
-    offsets: list[int] = []
-    freqs: list[npt.NDArray[np.uint16]] = []
-    end = len(blob) - _CRC
-    for t, table in enumerate(tables):
-        if (
-            not isinstance(table, list)
-            or len(table) != 2
-            or not all(_is_int(v) for v in table)
-            or not 1 <= table[1] <= MAX_TABLE_SYMBOLS
-            or not -(1 << 31) <= table[0] < (1 << 31) - table[1]
-        ):
-            raise UpdateCodecError(name, f"malformed table {t}: {str(table)[:80]}")
-        size = 2 * (table[1] + 1)
-        if position + size > end:
-            raise UpdateCodecError(name, f"table {t} runs past the end of the payload")
-        freq = np.frombuffer(blob, dtype="<u2", count=table[1] + 1, offset=position)
-        position += size
-        if int(freq.min()) < 1 or int(freq.sum(dtype=np.int64)) != _PRECISION_TOTAL:
-            raise UpdateCodecError(name, f"table {t} is not a valid frequency table")
-        offsets.append(table[0])
-        freqs.append(freq.astype(np.uint16))
-    if position + stream_len != end:
-        raise UpdateCodecError(
-            name, f"stream length {stream_len} does not match the payload ({end - position})"
-        )
+    # The tensors first: what the receiver expects, and which tables they use, bound what may
+    # be read and allocated next (at most one table per coded tensor).
     entries = [_parse_entry(name, raw, len(tables)) for raw in keys]
     seen: set[str] = set()
     total = 0
@@ -312,6 +348,40 @@ def unpack(
             total += math.prod(entry.shape)
             if total > MAX_SYMBOLS:
                 raise UpdateCodecError(entry.key, "payload declares too many symbols")
+    coded_count = sum(1 for e in entries if e.table >= 0)
+    if len(tables) > coded_count:
+        raise UpdateCodecError(
+            name, f"{len(tables)} tables for {coded_count} coded tensors (at most one each)"
+        )
+    used = {e.table for e in entries if e.table >= 0}
+    unused = [t for t in range(len(tables)) if t not in used]
+    if unused:
+        raise UpdateCodecError(name, f"table {unused[0]} is used by no tensor")
+    offsets: list[int] = []
+    freqs: list[npt.NDArray[np.uint16]] = []
+    end = len(blob) - _CRC
+    for t, table in enumerate(tables):
+        if (
+            not isinstance(table, list)
+            or len(table) != 2
+            or not all(_is_int(v) for v in table)
+            or not 1 <= table[1] <= MAX_TABLE_SYMBOLS
+            or not -(1 << 31) <= table[0] < (1 << 31) - table[1]
+        ):
+            raise UpdateCodecError(name, f"malformed table {t}: {short_repr(table)}")
+        size = 2 * (table[1] + 1)
+        if position + size > end:
+            raise UpdateCodecError(name, f"table {t} runs past the end of the payload")
+        freq = np.frombuffer(blob, dtype="<u2", count=table[1] + 1, offset=position)
+        position += size
+        if int(freq.min()) < 1 or int(freq.sum(dtype=np.int64)) != _PRECISION_TOTAL:
+            raise UpdateCodecError(name, f"table {t} is not a valid frequency table")
+        offsets.append(table[0])
+        freqs.append(freq.astype(np.uint16))
+    if position + stream_len != end:
+        raise UpdateCodecError(
+            name, f"stream length {stream_len} does not match the payload ({end - position})"
+        )
     symbols = np.zeros(0, dtype=np.int32)
     if total:
         coded = [e for e in entries if e.table >= 0]
