@@ -24,7 +24,6 @@ server sends it the full model next time.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
+from fedrs import protocol
 from fedrs.comm import (
     GLOBAL_BASE_KEY,
     GLOBAL_FINGERPRINT_KEY,
@@ -107,20 +107,11 @@ def load_client_data(config: ExperimentConfig, node_config: dict[str, Any]) -> C
     return ClientData(client_id, run.archive, rows, tuple(shard.modalities))
 
 
-def sent_modalities(config: ExperimentConfig, data: ClientData) -> tuple[str, ...]:
-    """Modalities whose codecs a client sends: its own, or every codec where the strategy
-    averages whole models (FedAvg, FedProx: untrained codecs are sent back unchanged)."""
-    from fedrs.strategies import STRATEGIES
-
-    strategy = STRATEGIES.get(config.federation.strategy)
-    if getattr(strategy, "requires_all_shared_keys", False):
-        return tuple(config.model.codecs)
-    return data.modalities
-
-
-def _is_local(patterns: list[str]) -> Any:
-    compiled = [re.compile(p) for p in patterns]
-    return lambda key: any(p.search(key) for p in compiled)
+def sent_modalities(config: ExperimentConfig, data: ClientData, partial: bool) -> tuple[str, ...]:
+    """Modalities whose codecs a client sends: its own under partial replies (the server says
+    so in :data:`fedrs.protocol.PARTIAL_REPLIES`), else every codec (strategies that average
+    whole models get the untrained codecs back unchanged)."""
+    return data.modalities if partial else tuple(config.model.codecs)
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -177,12 +168,12 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
     import torch
 
-    cfg: dict[str, Any] = dict(msg.content.config_records["config"])
-    global_arrays = receive_global(msg.content.array_records["arrays"], cfg, context.state)
+    cfg: dict[str, Any] = dict(msg.content.config_records[protocol.CONFIG])
+    global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, context.state)
     received = {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()}
-    global_round = int(cfg.get("round-offset", 0)) + int(cfg["server-round"])
-    local_keys = [str(p) for p in cfg.get("local-keys", [])]
-    is_local = _is_local(local_keys)
+    global_round = int(cfg.get(protocol.ROUND_OFFSET, 0)) + int(cfg[protocol.SERVER_ROUND])
+    is_local = protocol.LocalKeyMatcher([str(p) for p in cfg.get(protocol.LOCAL_KEYS, [])]).is_local
+    partial = bool(cfg.get(protocol.PARTIAL_REPLIES, True))
 
     model = build_model(config)
     state = model.state_dict()
@@ -200,11 +191,12 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         stage=stage,
         epochs=config.federation.local_epochs,
         seed=(config.seed, global_round, data.client_id),
-        proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+        proximal_mu=float(cfg.get(protocol.PROXIMAL_MU, 0.0)),
         reference={k: v for k, v in received.items() if not is_local(k)},
     )
     trained = model.state_dict()
-    keys = [k for k in model.keys_for_modalities(sent_modalities(config, data)) if not is_local(k)]
+    sent = sent_modalities(config, data, partial)
+    keys = [k for k in model.keys_for_modalities(sent) if not is_local(k)]
     local = {k: v for k, v in trained.items() if is_local(k)}
     if local:
         context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(
@@ -224,14 +216,32 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     values: dict[str, int | float | list[int] | list[float]] = {
         k: float(v) for k, v in metrics.items()
     }
-    values["client-id"] = data.client_id
+    values[protocol.CLIENT_ID] = data.client_id
+    # who trained what, for per-client tracking (train_s: seconds of train_local's loop)
+    values |= {f"has-{m}": int(m in data.modalities) for m in ("s1", "s2")}
     record = MetricRecord(values)
-    return Message(RecordDict({"arrays": reply, "metrics": record}), reply_to=msg)
+    return Message(RecordDict({protocol.ARRAYS: reply, protocol.METRICS: record}), reply_to=msg)
+
+
+def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's client-side clipping mods, applied where the server asks for them
+    (:data:`fedrs.protocol.DP_CLIENT_CLIPPING` in a training message's config)."""
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+    kind = None
+    if msg.has_content() and protocol.CONFIG in msg.content.config_records:
+        kind = msg.content.config_records[protocol.CONFIG].get(protocol.DP_CLIENT_CLIPPING)
+    if kind == "fixed":
+        return fixedclipping_mod(msg, context, call_next)
+    if kind == "adaptive":
+        return adaptiveclipping_mod(msg, context, call_next)
+    reply: Message = call_next(msg, context)
+    return reply
 
 
 def make_client_app(settings: RunSettings | None = None) -> ClientApp:
     """A ClientApp bound to ``settings`` (simulation), or reading the run config (deployment)."""
-    app = ClientApp()
+    app = ClientApp(mods=[dp_clipping_mod])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -53,8 +53,14 @@ def _save_checkpoint(out: Path, round_: int, arrays: ArrayRecord, run_id: str) -
     return file
 
 
-def strategy_for(config: ExperimentConfig, num_clients: int) -> Any:
-    """The configured strategy, with client counts that never wait for absent nodes."""
+def strategy_for(
+    config: ExperimentConfig, num_clients: int, max_weight: float | None = None
+) -> Any:
+    """The configured strategy, with client counts that never wait for absent nodes.
+
+    ``max_weight`` (the most examples a reply may claim) applies when the configuration sets
+    no ``federation.max_weight``; ``None`` and no configured bound leave replies unbounded.
+    """
     from fedrs.strategies import build_strategy
 
     fed = config.federation
@@ -71,6 +77,11 @@ def strategy_for(config: ExperimentConfig, num_clients: int) -> Any:
         "local_keys": list(fed.local_keys),
         "update_codec": fed.build_update_codec(config.seed),
     }
+    if fed.max_weight is not None or max_weight is not None:
+        options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
+    if fed.dp.clipping != "none":
+        sampled = max(least, round(num_clients * fed.fraction_train))
+        options["dp"] = fed.dp.model_dump() | {"num_sampled_clients": sampled}
     options.update(fed.strategy_options)
     return build_strategy(fed.strategy, **options)
 
@@ -126,7 +137,9 @@ def serve(
     history = _load_history(out) if checkpoint else []
     history = [h for h in history if h["round"] <= done]
 
-    strategy = strategy_for(config, num_clients)
+    # no client can hold more training patches than the archive has: a bigger claimed weight
+    # is a failed reply (federation.max_weight overrides)
+    strategy = strategy_for(config, num_clients, max_weight=len(data.train_rows) or None)
     rounds = config.federation.rounds
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -137,11 +150,13 @@ def serve(
         metrics = evaluate(model, data, config)
         stats = strategy.round_stats.get(server_round)
         logged = _flat_eval(metrics)
+        per_client: dict[str, float] = {}
         if stats is not None:
             logged |= {k: float(v) for k, v in stats.as_metrics().items()}
             if "loss" in stats.train_metrics:
                 logged["train/loss"] = stats.train_metrics["loss"]
-        tracker.log_metrics(logged, step=round_)
+            per_client = stats.client_metrics()  # MLflow only: history rows stay small
+        tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
         _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
         _save_checkpoint(out, round_, arrays, tracker.run_id)
@@ -168,11 +183,15 @@ def serve(
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
     summary = _summary(config, history, metrics_final=history[-1], started=started)
     summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     torch.save(model.state_dict(), out / "model.pt")
     plot = _plot_history(history, out / "rounds.png")
-    for artifact in (config_file, out / "summary.json", out / "model.pt", plot):
+    for artifact in (config_file, out / "model.pt", plot):
         tracker.log_artifact(artifact)
+    tracker.log_dict(summary, "summary.json")
+    # the summary is written last: a fresh summary.json means the run is complete
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    tmp.replace(out / "summary.json")
     return summary
 
 
@@ -236,6 +255,7 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [h["round"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -249,6 +269,8 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
             axes[1].plot(rounds, values, marker="o", label=modality.upper())
     axes[1].set(xlabel="round", ylabel="bits per pixel", title="compression")
     axes[1].legend()
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,12 +1,14 @@
 """Federated aggregation strategies (Flower Message API), by name.
 
 >>> from fedrs.strategies import build_strategy
->>> strategy = build_strategy("modality-aware", min_train_nodes=2, local_keys=["running_"])
+>>> strategy = build_strategy("fedadam", min_train_nodes=2, eta=0.01, local_keys=["running_"])
 
-Registered names: ``fedavg``, ``fedprox``, ``modality-aware``.  Every strategy subclasses
-Flower's ``flwr.serverapp.strategy.FedAvg`` (``fedprox`` also Flower's ``FedProx``) and adds
-local-only keys, checked replies, per-round counts (``strategy.round_stats[round]``) and a typed
-error when a round has no usable reply; see :mod:`fedrs.strategies.base`.
+Every name is a Flower strategy with fedrs' guarantees around it
+(:class:`~fedrs.strategies.guard.GuardedStrategy`: checked replies, partial-key merging,
+local-only keys, finite float64 merges, byte accounting, coded broadcasts, failure policy),
+one a file: ``fedavg``, ``fedavgm``, ``fedprox``, ``fedadam``, ``fedyogi``, ``fedadagrad``,
+``fedtrimmedavg``, ``fedmedian``, ``krum``, ``multikrum``, ``bulyan`` and ``modality-aware``
+(FedAvg over partial replies).  ``strategy.round_stats[round]`` holds each round's counts.
 """
 
 from __future__ import annotations
@@ -22,10 +24,25 @@ from .base import (
     message_bytes,
     messages_bytes,
 )
-from .errors import ClientFailure, NoSuccessfulClientsError, RoundFailedError
+from .bulyan import BulyanStrategy
+from .errors import (
+    ClientFailure,
+    NonFiniteModelError,
+    NoSuccessfulClientsError,
+    RoundFailedError,
+)
+from .fedadagrad import FedAdagradStrategy
+from .fedadam import FedAdamStrategy
 from .fedavg import FedAvgStrategy
+from .fedavgm import FedAvgMStrategy
+from .fedmedian import FedMedianStrategy
 from .fedprox import PROXIMAL_MU_CONFIG_KEY, FedProxStrategy
+from .fedtrimmedavg import FedTrimmedAvgStrategy
+from .fedyogi import FedYogiStrategy
+from .guard import GuardedStrategy
+from .krum import KrumStrategy
 from .modality_aware import ModalityAwareFedAvg
+from .multikrum import MultiKrumStrategy
 from .registry import (
     STRATEGIES,
     build_strategy,
@@ -40,12 +57,23 @@ __all__ = [
     "PROXIMAL_MU_CONFIG_KEY",
     "STRATEGIES",
     "AccountedFedAvg",
+    "BulyanStrategy",
     "ClientFailure",
+    "FedAdagradStrategy",
+    "FedAdamStrategy",
+    "FedAvgMStrategy",
     "FedAvgStrategy",
+    "FedMedianStrategy",
     "FedProxStrategy",
+    "FedTrimmedAvgStrategy",
+    "FedYogiStrategy",
+    "GuardedStrategy",
+    "KrumStrategy",
     "LocalKeyMatcher",
     "ModalityAwareFedAvg",
+    "MultiKrumStrategy",
     "NoSuccessfulClientsError",
+    "NonFiniteModelError",
     "RoundFailedError",
     "RoundStats",
     "aggregate_metrics_per_key",

@@ -15,10 +15,13 @@ training replies with a checked one:
 * **Checked replies**: a reply is *failed* (dropped, counted, logged; never a crash) when it
   carries an error (``Message.has_error()``), when it has no usable ArrayRecord or MetricRecord,
   when the weight (``weighted_by_key``, Flower's default ``"num-examples"``) is missing, not a
-  positive finite number, when it carries a key the global model does not have, an array whose
-  dtype or shape differs from the global one, an array that cannot be decoded or that holds
-  NaN/inf, or (strategies that need every key) misses a shared key.  Sampled clients that did
-  not reply before the timeout are counted as failed too.
+  positive finite number or above ``max_weight``, when a metric is not finite, when it carries a
+  key the global model does not have, an array whose dtype or shape (declared, or in its
+  ``.npy`` header) differs from the global one, an array that cannot be decoded or that holds
+  NaN/inf, or (strategies that need every key) misses a shared key; and when reading it raises
+  anything else (the exception is the reason).  The checks are the pure functions of
+  :mod:`fedrs.strategies.replies`.  Sampled clients that did not reply before the timeout are
+  counted as failed too.
 * **Merging**: aggregated keys replace those of the previous global model; every other key
   (local-only keys, keys no client returned) is kept, so ``aggregate_train`` always returns the
   full global ArrayRecord, in the same key order, dtypes and shapes.
@@ -35,12 +38,17 @@ training replies with a checked one:
   applies to (:data:`fedrs.comm.GLOBAL_BASE_KEY`).
 * **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
   (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
-  metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``.
+  metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``;
+  :attr:`RoundStats.per_client` keeps, for each usable reply that reports its ``client-id``, the
+  metrics of :data:`CLIENT_METRICS` it carries, named ``client/<id>/<name>`` by
+  :meth:`RoundStats.client_metrics` (the straggler or the diverging client of a round).
 * **Failing loudly**: ``aggregate_train`` raises
   :class:`~fedrs.strategies.errors.NoSuccessfulClientsError` when no reply is usable, and
   :class:`~fedrs.strategies.errors.RoundFailedError` when fewer than ``min_successful`` are or
-  (``accept_failures=False``) when any sampled client failed.  A round in which no client was
-  sampled (``fraction_train=0``) returns ``(None, None)`` as in Flower.
+  (``accept_failures=False``) when any sampled client failed, and
+  :class:`~fedrs.strategies.errors.NonFiniteModelError` (never adopting it) when the merged
+  model holds NaN or inf.  A round in which no client was sampled (``fraction_train=0``)
+  returns ``(None, None)`` as in Flower.
 
 Bytes are measured on the messages themselves (:func:`message_bytes`): the objects Flower
 transfers for a message (the message, its RecordDict, records, arrays and array chunks, each
@@ -50,7 +58,6 @@ deflated as Flower pushes and pulls them, each distinct object once), summed ove
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -62,45 +69,54 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 from flwr.common import log
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedrs import protocol
 from fedrs.comm import (
     GLOBAL_BASE_KEY,
     GLOBAL_FINGERPRINT_KEY,
-    UPDATE_PAYLOAD_KEY,
     PlainCodec,
     UpdateCodec,
-    UpdateCodecError,
     build_update_codec,
-    decode_payload,
     fingerprint,
 )
 from fedrs.errors import InputError
 
-from .errors import ClientFailure, NoSuccessfulClientsError, RoundFailedError
-
-DEFAULT_LOCAL_KEYS: tuple[str, ...] = (
-    "running_mean",
-    "running_var",
-    "num_batches_tracked",
-    "whiten",
+from .errors import (
+    ClientFailure,
+    NonFiniteModelError,
+    NoSuccessfulClientsError,
+    RoundFailedError,
 )
+from .replies import CLIENT_ID_KEY as CLIENT_ID_KEY  # re-exported
+from .replies import CLIENT_METRICS as CLIENT_METRICS  # re-exported
+from .replies import (
+    METRICS_RECORD_KEY,
+    RejectedReply,
+    as_rejection,
+    client_metrics,
+    first_non_finite,
+    pick_record,
+    read_reply,
+    reply_metrics,
+    reply_order,
+    reply_weight,
+)
+
+DEFAULT_LOCAL_KEYS = protocol.DEFAULT_LOCAL_KEYS
 """Patterns of the keys that stay on the clients unless ``local_keys`` says otherwise."""
 
-LOCAL_KEYS_CONFIG_KEY = "local-keys"
+LOCAL_KEYS_CONFIG_KEY = protocol.LOCAL_KEYS
 """ConfigRecord key under which the local-only key patterns are sent to the clients."""
-
-METRICS_RECORD_KEY = "metrics"
-"""Preferred key of the MetricRecord in a reply when a reply carries several."""
+PARTIAL_REPLIES_CONFIG_KEY = protocol.PARTIAL_REPLIES
+"""ConfigRecord key telling the clients whether to send only what they trained."""
 
 MetricsAggregationFn = Callable[[list[RecordDict], str], MetricRecord]
 
@@ -170,43 +186,9 @@ class _Transition:
     payload: dict[str, npt.NDArray[Any]]
 
 
-class LocalKeyMatcher:
-    """Decides which ArrayRecord / state-dict keys are local-only.
-
-    Args:
-        patterns: Regular expressions searched anywhere in a key (a plain substring such as
-            ``"running_mean"`` works as is).  ``None`` means :data:`DEFAULT_LOCAL_KEYS`;
-            an empty sequence makes every key shared.  A single string is one pattern.
-
-    Raises:
-        InputError: A pattern is not a string or not a valid regular expression.
-    """
-
-    def __init__(self, patterns: Sequence[str] | str | None = None) -> None:
-        if patterns is None:
-            patterns = DEFAULT_LOCAL_KEYS
-        elif isinstance(patterns, str):
-            patterns = (patterns,)
-        elif not isinstance(patterns, Sequence):
-            raise InputError(
-                f"local_keys must be a list of patterns, got {type(patterns).__name__}"
-            )
-        compiled: list[re.Pattern[str]] = []
-        for pattern in patterns:
-            if not isinstance(pattern, str) or not pattern:
-                raise InputError(f"local_keys: pattern {pattern!r} is not a non-empty string")
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                raise InputError(
-                    f"local_keys: pattern {pattern!r} is not a valid regular expression: {exc}"
-                ) from exc
-        self.patterns: tuple[str, ...] = tuple(patterns)
-        self._compiled = tuple(compiled)
-
-    def is_local(self, key: str) -> bool:
-        """Return whether ``key`` stays on the client."""
-        return any(p.search(key) for p in self._compiled)
+class LocalKeyMatcher(protocol.LocalKeyMatcher):
+    """:class:`fedrs.protocol.LocalKeyMatcher` (the clients' own) with the record view the server
+    needs (:meth:`shared`)."""
 
     def shared(self, record: ArrayRecord) -> ArrayRecord:
         """Return a record holding only the shared (non-local) entries of ``record``."""
@@ -215,9 +197,6 @@ class LocalKeyMatcher:
             if not self.is_local(key):
                 out[key] = array
         return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self.patterns)!r})"
 
 
 @dataclass
@@ -239,6 +218,9 @@ class RoundStats:
         bytes_down_eval: Bytes of the evaluation messages sent.
         failures: The dropped training replies with their reasons.
         train_metrics: The training metrics of the usable replies, aggregated.
+        per_client: For each usable reply that reports its ``client-id``, the metrics of
+            :data:`CLIENT_METRICS` it carries, under their tracking names (``loss``,
+            ``examples``, ``train_s``, ``has_s1``, ``has_s2``); keyed by client id.
     """
 
     server_round: int
@@ -254,6 +236,7 @@ class RoundStats:
     bytes_down_eval: int = 0
     failures: list[ClientFailure] = field(default_factory=list)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    per_client: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, int]:
         """Return the counts under the tracking names (``clients/ok``, ``comm/bytes_up``, ...).
@@ -269,120 +252,13 @@ class RoundStats:
             "comm/bytes_down_eval": self.bytes_down_eval,
         }
 
-
-class _RejectedReplyError(Exception):
-    """Internal: the reply under inspection is unusable.
-
-    ``args[0]`` is the one-line reason, ``args[1]`` (optional) the full detail.
-    """
-
-    @property
-    def reason(self) -> str:
-        return str(self.args[0])
-
-    @property
-    def detail(self) -> str:
-        return str(self.args[1]) if len(self.args) > 1 else ""
-
-
-_ERROR_CODE_NAMES = {
-    value: name.lower().replace("_", " ")
-    for name, value in vars(ErrorCode).items()
-    if name.isupper() and isinstance(value, int)
-}
-
-
-def _reply_order(msg: Message) -> tuple[float, int]:
-    """Sort key of a reply: its ``client-id`` metric when it reports one, then its node id."""
-    client = math.inf
-    if msg.has_content():
-        for record in msg.content.metric_records.values():
-            value = record.get("client-id")
-            if isinstance(value, int | float):
-                client = float(value)
-                break
-    return (client, int(msg.metadata.src_node_id))
-
-
-def _describe_error(error: Error) -> tuple[str, str]:
-    """Return a one-line reason and the full text of an error reply."""
-    text = error.reason or ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    kind = _ERROR_CODE_NAMES.get(error.code, "unknown error")
-    reason = f"error reply (code {error.code}, {kind})"
-    if lines:
-        reason += f": {lines[-1]}"
-    return reason, text
-
-
-def _pick_record(records: dict[str, Any], preferred: str, kind: str) -> Any:
-    if preferred in records:
-        return records[preferred]
-    if len(records) == 1:
-        return next(iter(records.values()))
-    if not records:
-        raise _RejectedReplyError(f"reply carries no {kind}")
-    raise _RejectedReplyError(f"reply carries {len(records)} {kind}s and none under {preferred!r}")
-
-
-def _reply_weight(metrics: MetricRecord, weighted_by_key: str) -> float:
-    if weighted_by_key not in metrics:
-        raise _RejectedReplyError(f"MetricRecord lacks the weight {weighted_by_key!r}")
-    value = metrics[weighted_by_key]
-    if isinstance(value, list) or isinstance(value, bool):
-        raise _RejectedReplyError(f"weight {weighted_by_key!r} is not a number: {value!r}")
-    weight = float(value)
-    if not math.isfinite(weight) or weight <= 0:
-        raise _RejectedReplyError(
-            f"weight {weighted_by_key!r} must be a positive finite number, got {value!r}"
-        )
-    return weight
-
-
-def _decode_checked(key: str, array: Array, reference: Array) -> np.ndarray:
-    """Decode ``array`` and check it against the global ``reference`` (dtype, shape, values)."""
-    if array.dtype != reference.dtype:
-        raise _RejectedReplyError(
-            f"dtype mismatch for {key!r}: got {array.dtype}, global model has {reference.dtype}"
-        )
-    if tuple(array.shape) != tuple(reference.shape):
-        raise _RejectedReplyError(
-            f"shape mismatch for {key!r}: got {tuple(array.shape)}, "
-            f"global model has {tuple(reference.shape)}"
-        )
-    try:
-        value = array.numpy()
-    except (TypeError, ValueError, OSError, EOFError) as exc:
-        raise _RejectedReplyError(f"array {key!r} cannot be decoded: {exc}") from exc
-    return _check_value(key, value, reference)
-
-
-def _check_value(key: str, value: np.ndarray, reference: Array) -> np.ndarray:
-    """Check a decoded array against the global ``reference`` (dtype, shape, finite values)."""
-    if str(value.dtype) != reference.dtype or value.shape != tuple(reference.shape):
-        raise _RejectedReplyError(
-            f"array {key!r} decodes to {value.dtype}{value.shape}, "
-            f"global model has {reference.dtype}{tuple(reference.shape)}"
-        )
-    if value.dtype.kind in "fc" and not np.isfinite(value).all():
-        raise _RejectedReplyError(f"array {key!r} holds NaN or infinite values")
-    return value
-
-
-def _decode_coded(array: Array, reference: Mapping[str, npt.NDArray[Any]]) -> dict[str, np.ndarray]:
-    """The arrays of a coded payload (:data:`fedrs.comm.UPDATE_PAYLOAD_KEY`), rebuilt."""
-    try:
-        blob = array.numpy()
-    except (TypeError, ValueError, OSError, EOFError) as exc:
-        raise _RejectedReplyError(f"array {UPDATE_PAYLOAD_KEY!r} cannot be decoded: {exc}") from exc
-    if blob.dtype != np.uint8 or blob.ndim != 1:
-        raise _RejectedReplyError(
-            f"array {UPDATE_PAYLOAD_KEY!r} must be 1-D uint8, got {blob.dtype}{blob.shape}"
-        )
-    try:
-        return decode_payload(blob.tobytes(), reference)
-    except UpdateCodecError as exc:
-        raise _RejectedReplyError(f"coded update cannot be decoded: {exc}") from exc
+    def client_metrics(self) -> dict[str, float]:
+        """Return :attr:`per_client` under the tracking names ``client/<id>/<name>``."""
+        return {
+            f"client/{client}/{name}": value
+            for client, values in sorted(self.per_client.items())
+            for name, value in values.items()
+        }
 
 
 def _cast_like(value: np.ndarray, dtype: str) -> np.ndarray:
@@ -415,9 +291,9 @@ def aggregate_metrics_per_key(records: list[RecordDict], weighted_by_key: str) -
     totals: dict[str, float] = {}
     for index, record in enumerate(records):
         try:
-            metrics = _pick_record(dict(record.metric_records), METRICS_RECORD_KEY, "MetricRecord")
-            weight = _reply_weight(metrics, weighted_by_key)
-        except _RejectedReplyError as exc:
+            metrics = pick_record(dict(record.metric_records), METRICS_RECORD_KEY, "MetricRecord")
+            weight = reply_weight(metrics, weighted_by_key)
+        except RejectedReply as exc:
             raise InputError(f"metrics of reply {index}: {exc.reason}") from exc
         for key, value in metrics.items():
             if key == weighted_by_key:
@@ -481,6 +357,8 @@ class AccountedFedAvg(FedAvg):
         update_codec: How the global model travels to the clients: a
             :class:`fedrs.comm.UpdateCodec` or its name; ``None`` is ``"none"``.  Coded
             replies are decoded whatever this is.
+        max_weight: The largest weight (``weighted_by_key``) a reply may claim, e.g. the most
+            examples any client can hold; a reply above it is failed.  ``None``: no bound.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -506,6 +384,7 @@ class AccountedFedAvg(FedAvg):
         min_successful: int = 1,
         accept_failures: bool = True,
         update_codec: UpdateCodec | str | None = None,
+        max_weight: float | None = None,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
@@ -519,6 +398,14 @@ class AccountedFedAvg(FedAvg):
         _check_key_name("configrecord_key", configrecord_key)
         if not isinstance(accept_failures, bool):
             raise InputError(f"accept_failures must be true or false, got {accept_failures!r}")
+        if max_weight is not None and (
+            isinstance(max_weight, bool)
+            or not isinstance(max_weight, int | float)
+            or not math.isfinite(max_weight)
+            or max_weight <= 0
+        ):
+            raise InputError(f"max_weight must be a positive finite number, got {max_weight!r}")
+        self.max_weight = None if max_weight is None else float(max_weight)
         for name, fn in (
             ("train_metrics_aggr_fn", train_metrics_aggr_fn),
             ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn),
@@ -592,7 +479,8 @@ class AccountedFedAvg(FedAvg):
         """
         shared = self.local_keys.shared(arrays)
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
-        messages = list(super().configure_train(server_round, shared, config, grid))
+        config[PARTIAL_REPLIES_CONFIG_KEY] = not self.requires_all_shared_keys
+        messages = self.sample_train(server_round, shared, config, grid)
         self._train_globals[server_round] = arrays
         if messages and self.update_codec.codes_broadcast:
             self._code_broadcast(server_round, shared, messages)
@@ -600,6 +488,18 @@ class AccountedFedAvg(FedAvg):
         stats.sampled = len(messages)
         stats.bytes_down = messages_bytes(messages)
         return messages
+
+    def sample_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Sample the nodes and build the training messages (Flower's ``FedAvg`` here)."""
+        return list(FedAvg.configure_train(self, server_round, arrays, config, grid))
+
+    def sample_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Sample the nodes and build the evaluation messages (Flower's ``FedAvg`` here)."""
+        return list(FedAvg.configure_evaluate(self, server_round, arrays, config, grid))
 
     def _code_broadcast(
         self, server_round: int, shared: ArrayRecord, messages: list[Message]
@@ -630,7 +530,7 @@ class AccountedFedAvg(FedAvg):
         """Sample clients and send them the shared part of the global model to evaluate."""
         shared = self.local_keys.shared(arrays)
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
-        messages = list(super().configure_evaluate(server_round, shared, config, grid))
+        messages = self.sample_evaluate(server_round, shared, config, grid)
         stats = self._stats(server_round)
         stats.eval_sampled = len(messages)
         stats.bytes_down_eval = messages_bytes(messages)
@@ -638,63 +538,27 @@ class AccountedFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ aggregation
 
-    def _reply_metrics(self, msg: Message) -> tuple[MetricRecord, float]:
-        if msg.has_error():
-            raise _RejectedReplyError(*_describe_error(msg.error))
-        if not msg.has_content():
-            raise _RejectedReplyError("reply has neither content nor error")
-        metrics = _pick_record(dict(msg.content.metric_records), METRICS_RECORD_KEY, "MetricRecord")
-        return metrics, _reply_weight(metrics, self.weighted_by_key)
-
-    def _reply_arrays(
-        self,
-        msg: Message,
-        global_arrays: ArrayRecord,
-        global_numpy: Mapping[str, npt.NDArray[Any]] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Decode and check the shared arrays of a reply against the global model."""
-        record = _pick_record(dict(msg.content.array_records), self.arrayrecord_key, "ArrayRecord")
-        items: dict[str, Array | np.ndarray] = {
-            k: a for k, a in record.items() if k != UPDATE_PAYLOAD_KEY
-        }
-        if UPDATE_PAYLOAD_KEY in record:
-            view = global_numpy if global_numpy is not None else _NumpyView(global_arrays)
-            for key, value in _decode_coded(record[UPDATE_PAYLOAD_KEY], view).items():
-                if key in items:
-                    raise _RejectedReplyError(f"key {key!r} is sent both coded and plain")
-                items[key] = value
-        decoded: dict[str, np.ndarray] = {}
-        for key, item in items.items():
-            if self.local_keys.is_local(key):
-                continue
-            reference = global_arrays.get(key)
-            if reference is None:
-                raise _RejectedReplyError(f"key {key!r} is not in the global model")
-            if isinstance(item, Array):
-                decoded[key] = _decode_checked(key, item, reference)
-            else:
-                decoded[key] = _check_value(key, item, reference)
-        if not decoded:
-            raise _RejectedReplyError("reply carries no shared arrays")
-        if self.requires_all_shared_keys:
-            missing = [
-                k for k in global_arrays if not self.local_keys.is_local(k) and k not in decoded
-            ]
-            if missing:
-                shown = ", ".join(repr(k) for k in missing[:3])
-                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-                raise _RejectedReplyError(
-                    f"reply misses {len(missing)} shared keys ({shown}{more}); "
-                    "use the 'modality-aware' strategy for partial updates"
-                )
-        return decoded
-
     def _reject(
-        self, server_round: int, stats: RoundStats, node_id: int, exc: _RejectedReplyError
+        self, server_round: int, stats: RoundStats, node_id: int, exc: RejectedReply
     ) -> None:
         failure = ClientFailure(node_id=node_id, reason=exc.reason, detail=exc.detail)
         log(WARNING, "round %d: reply dropped: %s", server_round, failure)
         stats.failures.append(failure)
+
+    def _track_client(self, stats: RoundStats, metrics: MetricRecord) -> None:
+        found = client_metrics(metrics)
+        if found is None:
+            return
+        client, values = found
+        if client in stats.per_client:
+            log(
+                WARNING,
+                "round %d: several replies report client-id %d; the first one is tracked",
+                stats.server_round,
+                client,
+            )
+            return
+        stats.per_client[client] = values
 
     def aggregate_train(
         self,
@@ -724,36 +588,39 @@ class AccountedFedAvg(FedAvg):
         global_numpy = _NumpyView(global_arrays)
         # A fixed order makes the floating-point sums, hence the global model, independent of
         # the order in which replies arrive.
-        replies = sorted(replies, key=_reply_order)
+        replies = sorted(replies, key=reply_order)
         stats = self._stats(server_round)
         stats.failures.clear()
+        stats.per_client.clear()
         if stats.sampled == 0 and not replies:
             log(INFO, "round %d: no client sampled for training", server_round)
             return None, None
 
-        sums: dict[str, np.ndarray] = {}
-        totals: dict[str, float] = {}
+        usable: list[tuple[float, dict[str, np.ndarray]]] = []
         metric_records: list[RecordDict] = []
         bytes_up = 0
         for msg in replies:
             node_id = msg.metadata.src_node_id
-            bytes_up += message_bytes(msg)
             try:
-                metrics, weight = self._reply_metrics(msg)
-                decoded = self._reply_arrays(msg, global_arrays, global_numpy)
-            except _RejectedReplyError as exc:
-                self._reject(server_round, stats, node_id, exc)
+                bytes_up += message_bytes(msg)
+                checked = read_reply(
+                    msg,
+                    global_arrays,
+                    global_numpy,
+                    local_keys=self.local_keys,
+                    weighted_by_key=self.weighted_by_key,
+                    arrayrecord_key=self.arrayrecord_key,
+                    requires_all_shared_keys=self.requires_all_shared_keys,
+                    max_weight=self.max_weight,
+                )
+            except Exception as exc:  # MemoryError, RecursionError, bugs: this reply fails alone
+                self._reject(server_round, stats, node_id, as_rejection(exc))
                 continue
             if sent is not None:
                 self._node_globals[node_id] = sent
-            for key, value in decoded.items():
-                contribution = weight * value.astype(np.float64)
-                if key in sums:
-                    sums[key] += contribution
-                else:
-                    sums[key] = contribution
-                totals[key] = totals.get(key, 0.0) + weight
-            metric_records.append(RecordDict({METRICS_RECORD_KEY: metrics}))
+            usable.append((checked.weight, checked.arrays))
+            metric_records.append(RecordDict({METRICS_RECORD_KEY: checked.metrics}))
+            self._track_client(stats, checked.metrics)
 
         missing = max(0, stats.sampled - len(replies))
         for _ in range(missing):
@@ -774,12 +641,19 @@ class AccountedFedAvg(FedAvg):
         )
         self._check_round(stats)
 
+        aggregated = self.aggregate_arrays(server_round, global_arrays, usable)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            cast_back = {k: _cast_like(v, global_arrays[k].dtype) for k, v in aggregated.items()}
+        bad = first_non_finite(aggregated)
+        if bad is None:
+            bad = first_non_finite(cast_back)
+        if bad is not None:  # never adopted: the run stops, the last good checkpoint stays
+            raise NonFiniteModelError(
+                server_round, bad, stats.clients_ok, stats.clients_failed, stats.failures
+            )
         merged = ArrayRecord()
         for key, array in global_arrays.items():
-            if key in sums:
-                merged[key] = Array(_cast_like(sums[key] / totals[key], array.dtype))
-            else:
-                merged[key] = array
+            merged[key] = Array(cast_back[key]) if key in cast_back else array
         if self.update_codec.codes_broadcast:
             merged = self._code_next_global(server_round, merged, global_numpy, sent)
         metrics_out = self.train_metrics_aggr_fn(metric_records, self.weighted_by_key)
@@ -787,6 +661,34 @@ class AccountedFedAvg(FedAvg):
             k: float(v) for k, v in metrics_out.items() if isinstance(v, int | float)
         }
         return merged, metrics_out
+
+    def aggregate_arrays(
+        self,
+        server_round: int,
+        global_arrays: ArrayRecord,
+        replies: list[tuple[float, dict[str, np.ndarray]]],
+    ) -> dict[str, np.ndarray]:
+        """The aggregated value (float64) of every key some usable reply carried.
+
+        Here: each key's weighted mean over the replies that carry it.  Variants (a Flower
+        strategy per group of keys, see :mod:`fedrs.strategies.guard`) override this hook.
+
+        Args:
+            server_round: The round.
+            global_arrays: The global model of the round.
+            replies: (weight, decoded shared arrays) of each usable reply, in a fixed order.
+        """
+        sums: dict[str, np.ndarray] = {}
+        totals: dict[str, float] = {}
+        for weight, arrays in replies:
+            for key, value in arrays.items():
+                contribution = weight * value.astype(np.float64)
+                if key in sums:
+                    sums[key] += contribution
+                else:
+                    sums[key] = contribution
+                totals[key] = totals.get(key, 0.0) + weight
+        return {key: total / totals[key] for key, total in sums.items()}
 
     def _code_next_global(
         self,
@@ -853,14 +755,14 @@ class AccountedFedAvg(FedAvg):
         usable: list[RecordDict] = []
         for msg in replies:
             try:
-                metrics, _ = self._reply_metrics(msg)
-            except _RejectedReplyError as exc:
+                metrics, _ = reply_metrics(msg, self.weighted_by_key, self.max_weight)
+            except Exception as exc:
                 log(
                     WARNING,
                     "round %d: evaluation reply from node %d dropped: %s",
                     server_round,
                     msg.metadata.src_node_id,
-                    exc.reason,
+                    as_rejection(exc).reason,
                 )
                 continue
             usable.append(RecordDict({METRICS_RECORD_KEY: metrics}))

@@ -1,23 +1,22 @@
-"""FedAvg (McMahan et al., 2017) with local-only keys and checked, counted replies.
+"""FedAvg (McMahan et al., 2017), Flower's ``FedAvg``, over whole models.
 
-Registered as ``"fedavg"``.  Every usable reply must carry every shared key of the global model
-(as Flower's ``FedAvg`` requires identical key sets); a reply missing a shared key is a failed
-reply.  Use ``"modality-aware"`` when clients train different parts of the model.
+Registered as ``"fedavg"``.  Clients send every shared key (untrained codecs included), as
+Flower's ``FedAvg`` requires identical key sets; a reply missing a shared key is a failed reply.
+``partial_replies=true`` makes it ``"modality-aware"``.  With ``local_keys=[]`` this is plain
+FedAvg: BatchNorm statistics are averaged too.
 """
 
 from __future__ import annotations
 
-from .base import AccountedFedAvg
+from flwr.serverapp.strategy import FedAvg
+
+from .guard import GuardedStrategy
 from .registry import register_strategy
 
 
 @register_strategy("fedavg")
-class FedAvgStrategy(AccountedFedAvg):
-    """Weighted federated averaging over clients that all return the full shared model.
+class FedAvgStrategy(GuardedStrategy):
+    """Weighted federated averaging over clients that all return the full shared model."""
 
-    Options are those of :class:`~fedrs.strategies.base.AccountedFedAvg` (Flower's ``FedAvg``
-    options plus ``local_keys``, ``min_successful`` and ``accept_failures``).  With
-    ``local_keys=[]`` this is plain FedAvg: BatchNorm statistics are averaged too.
-    """
-
-    requires_all_shared_keys = True
+    flower = FedAvg
+    partial_default = False

@@ -61,6 +61,9 @@ def strategy_options(name: str) -> list[str]:
         InputError: ``name`` is not a registered strategy.
     """
     cls = _lookup(name)
+    names = getattr(cls, "option_names", None)
+    if callable(names):
+        return list(names())
     params = inspect.signature(cls.__init__).parameters.values()
     return [
         p.name

@@ -1,0 +1,97 @@
+"""The client/server protocol of a fedrs federation, defined once for both sides.
+
+A training message from the server holds the global model (an ArrayRecord under
+:data:`ARRAYS`) and a ConfigRecord (:data:`CONFIG`) with:
+
+* :data:`SERVER_ROUND` (Flower's) and :data:`ROUND_OFFSET` (rounds done before a resume);
+* :data:`LOCAL_KEYS`: patterns of the keys that never leave a client (:class:`LocalKeyMatcher`);
+* :data:`PARTIAL_REPLIES`: whether the client sends only what it trained (its modalities' codecs
+  and the shared parts) or every shared key;
+* :data:`PROXIMAL_MU` (FedProx), and the fingerprints of coded broadcasts
+  (:mod:`fedrs.comm`).
+
+A reply holds the arrays sent back under :data:`ARRAYS` and a MetricRecord under
+:data:`METRICS` with the example count (:data:`NUM_EXAMPLES`, the aggregation weight),
+:data:`CLIENT_ID` and the training metrics.  Nothing here imports Flower.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from fedrs.errors import InputError
+
+ARRAYS = "arrays"
+"""RecordDict key of the model arrays, both ways."""
+CONFIG = "config"
+"""RecordDict key of the server's ConfigRecord."""
+METRICS = "metrics"
+"""RecordDict key of a reply's MetricRecord."""
+
+SERVER_ROUND = "server-round"
+ROUND_OFFSET = "round-offset"
+LOCAL_KEYS = "local-keys"
+PARTIAL_REPLIES = "partial-replies"
+PROXIMAL_MU = "proximal-mu"
+DP_CLIENT_CLIPPING = "dp-client-clipping"
+"""``"fixed"`` or ``"adaptive"``: the client clips its update (Flower's central-DP mods)."""
+
+NUM_EXAMPLES = "num-examples"
+"""Reply metric: examples trained on (the aggregation weight)."""
+CLIENT_ID = "client-id"
+"""Reply metric: the client's id (its partition id)."""
+
+DEFAULT_LOCAL_KEYS: tuple[str, ...] = (
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "whiten",
+)
+"""Patterns of the keys that stay on the clients when a strategy is given ``local_keys=None``."""
+
+
+class LocalKeyMatcher:
+    """Decides which ArrayRecord / state-dict keys are local-only.
+
+    Args:
+        patterns: Regular expressions searched anywhere in a key (a plain substring such as
+            ``"running_mean"`` works as is).  ``None`` means :data:`DEFAULT_LOCAL_KEYS`;
+            an empty sequence makes every key shared.  A single string is one pattern.
+
+    Raises:
+        InputError: A pattern is not a string or not a valid regular expression.
+    """
+
+    def __init__(self, patterns: Sequence[str] | str | None = None) -> None:
+        if patterns is None:
+            patterns = DEFAULT_LOCAL_KEYS
+        elif isinstance(patterns, str):
+            patterns = (patterns,)
+        elif not isinstance(patterns, Sequence):
+            raise InputError(
+                f"local_keys must be a list of patterns, got {type(patterns).__name__}"
+            )
+        compiled: list[re.Pattern[str]] = []
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise InputError(f"local_keys: pattern {pattern!r} is not a non-empty string")
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise InputError(
+                    f"local_keys: pattern {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
+        self.patterns: tuple[str, ...] = tuple(patterns)
+        self._compiled = tuple(compiled)
+
+    def is_local(self, key: str) -> bool:
+        """Return whether ``key`` stays on the client."""
+        return any(p.search(key) for p in self._compiled)
+
+    def shared_keys(self, keys: Iterable[str]) -> list[str]:
+        """The keys of ``keys`` that leave the client, in order."""
+        return [k for k in keys if not self.is_local(k)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self.patterns)!r})"

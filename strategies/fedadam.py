@@ -1,0 +1,20 @@
+"""FedAdam (Reddi et al., 2021): Adam on the server over the clients' mean update, Flower's.
+
+Registered as ``"fedadam"``; options ``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``
+(Flower's defaults).  Under partial replies (the default) the moments are kept per key.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdam
+
+from .guard import GuardedStrategy
+from .registry import register_strategy
+
+
+@register_strategy("fedadam")
+class FedAdamStrategy(GuardedStrategy):
+    """Flower's ``FedAdam`` with fedrs' guarantees (see
+    :class:`~fedrs.strategies.guard.GuardedStrategy`)."""
+
+    flower = FedAdam
