@@ -38,7 +38,11 @@ def latest_checkpoint(out: Path) -> dict[str, Any] | None:
     return info
 
 
-def _save_checkpoint(out: Path, round_: int, arrays: ArrayRecord, run_id: str) -> Path:
+def _save_checkpoint(
+    out: Path, round_: int, arrays: ArrayRecord, run_id: str, strategy: Any = None
+) -> Path:
+    """The global model of ``round_`` and, where the strategy keeps one, its server state."""
+    import numpy as np
     import torch
 
     folder = out / CHECKPOINTS
@@ -47,7 +51,13 @@ def _save_checkpoint(out: Path, round_: int, arrays: ArrayRecord, run_id: str) -
     tmp = file.with_suffix(".tmp")
     torch.save(arrays.to_torch_state_dict(), tmp)
     tmp.replace(file)
-    record = {"round": round_, "file": file.name, "mlflow_run_id": run_id}
+    record: dict[str, Any] = {"round": round_, "file": file.name, "mlflow_run_id": run_id}
+    if hasattr(strategy, "server_state"):
+        state_file = folder / f"round-{round_:04d}.strategy.npz"
+        with (folder / "strategy.tmp").open("wb") as handle:
+            np.savez(handle, **strategy.server_state())
+        (folder / "strategy.tmp").replace(state_file)
+        record["strategy_file"] = state_file.name
     (folder / "latest.tmp").write_text(json.dumps(record), encoding="utf-8")
     (folder / "latest.tmp").replace(folder / LATEST)
     return file
@@ -140,6 +150,14 @@ def serve(
     # no client can hold more training patches than the archive has: a bigger claimed weight
     # is a failed reply (federation.max_weight overrides)
     strategy = strategy_for(config, num_clients, max_weight=len(data.train_rows) or None)
+    if checkpoint is not None and hasattr(strategy, "load_server_state"):
+        strategy.round_offset = done
+        if checkpoint.get("strategy_file"):
+            import numpy as np
+
+            path = out / CHECKPOINTS / checkpoint["strategy_file"]
+            with np.load(path, allow_pickle=False) as saved:
+                strategy.load_server_state(dict(saved))
     rounds = config.federation.rounds
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -159,7 +177,7 @@ def serve(
         tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
         _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
-        _save_checkpoint(out, round_, arrays, tracker.run_id)
+        _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
         if on_round is not None:
             on_round(round_, rounds, logged)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})

@@ -13,17 +13,8 @@ one a file: ``fedavg``, ``fedavgm``, ``fedprox``, ``fedadam``, ``fedyogi``, ``fe
 
 from __future__ import annotations
 
-from .base import (
-    DEFAULT_LOCAL_KEYS,
-    LOCAL_KEYS_CONFIG_KEY,
-    AccountedFedAvg,
-    LocalKeyMatcher,
-    RoundStats,
-    aggregate_metrics_per_key,
-    array_bytes,
-    message_bytes,
-    messages_bytes,
-)
+from .accounting import RoundStats, array_bytes, message_bytes, messages_bytes
+from .base import DEFAULT_LOCAL_KEYS, LOCAL_KEYS_CONFIG_KEY, AccountedFedAvg, LocalKeyMatcher
 from .bulyan import BulyanStrategy
 from .errors import (
     ClientFailure,
@@ -41,6 +32,7 @@ from .fedtrimmedavg import FedTrimmedAvgStrategy
 from .fedyogi import FedYogiStrategy
 from .guard import GuardedStrategy
 from .krum import KrumStrategy
+from .merging import aggregate_metrics_per_key
 from .modality_aware import ModalityAwareFedAvg
 from .multikrum import MultiKrumStrategy
 from .registry import (

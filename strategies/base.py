@@ -58,8 +58,8 @@ deflated as Flower pushes and pulls them, each distinct object once), summed ove
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any, cast
 
@@ -76,7 +76,6 @@ from flwr.app import (
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedrs import protocol
 from fedrs.comm import (
@@ -89,12 +88,14 @@ from fedrs.comm import (
 )
 from fedrs.errors import InputError
 
+from .accounting import RoundStats, message_bytes, messages_bytes
 from .errors import (
     ClientFailure,
     NonFiniteModelError,
     NoSuccessfulClientsError,
     RoundFailedError,
 )
+from .merging import MetricsAggregationFn, aggregate_metrics_per_key, cast_like
 from .replies import CLIENT_ID_KEY as CLIENT_ID_KEY  # re-exported
 from .replies import CLIENT_METRICS as CLIENT_METRICS  # re-exported
 from .replies import (
@@ -103,11 +104,9 @@ from .replies import (
     as_rejection,
     client_metrics,
     first_non_finite,
-    pick_record,
     read_reply,
     reply_metrics,
     reply_order,
-    reply_weight,
 )
 
 DEFAULT_LOCAL_KEYS = protocol.DEFAULT_LOCAL_KEYS
@@ -117,42 +116,6 @@ LOCAL_KEYS_CONFIG_KEY = protocol.LOCAL_KEYS
 """ConfigRecord key under which the local-only key patterns are sent to the clients."""
 PARTIAL_REPLIES_CONFIG_KEY = protocol.PARTIAL_REPLIES
 """ConfigRecord key telling the clients whether to send only what they trained."""
-
-MetricsAggregationFn = Callable[[list[RecordDict], str], MetricRecord]
-
-
-def array_bytes(record: ArrayRecord) -> int:
-    """Return the serialised size of the arrays of ``record`` in bytes (``.npy`` data only)."""
-    return sum(len(array.data) for array in record.values())
-
-
-def _tree_bytes(obj: Any) -> int:
-    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
-
-
-def message_bytes(msg: Message) -> int:
-    """Return the bytes Flower transfers for ``msg``.
-
-    Flower sends a message as a tree of objects, each deflated to bytes (protobuf or JSON
-    head, raw body): the message (metadata, error), its RecordDict, each record, each Array
-    (dtype, shape) and the chunks of each array's data.  Distinct objects are sent once, so
-    this sums the deflated size of each distinct object of the tree.
-    """
-    return _tree_bytes(msg)
-
-
-def messages_bytes(messages: Iterable[Message]) -> int:
-    """Return the sum of :func:`message_bytes` over ``messages`` (shared contents measured once)."""
-    content_bytes: dict[int, int] = {}
-    total = 0
-    for msg in messages:
-        total += len(msg.deflate())
-        if msg.has_content():
-            content = msg.content
-            if id(content) not in content_bytes:
-                content_bytes[id(content)] = _tree_bytes(content)
-            total += content_bytes[id(content)]
-    return total
 
 
 class _NumpyView(Mapping[str, "npt.NDArray[Any]"]):
@@ -197,118 +160,6 @@ class LocalKeyMatcher(protocol.LocalKeyMatcher):
             if not self.is_local(key):
                 out[key] = array
         return out
-
-
-@dataclass
-class RoundStats:
-    """What happened in one round.
-
-    Attributes:
-        server_round: The round number (from 1).
-        sampled: Clients sent a training message.
-        clients_ok: Training replies used for aggregation.
-        clients_failed: Sampled clients whose training reply was dropped or never came.
-        clients_missing: Sampled clients that did not reply before the timeout (included in
-            ``clients_failed``).
-        bytes_up: Bytes of all training replies received, used or not (:func:`message_bytes`).
-        bytes_down: Bytes of the training messages sent (:func:`message_bytes`).
-        eval_sampled: Clients sent an evaluation message.
-        eval_ok: Evaluation replies used.
-        eval_failed: Evaluation replies dropped or missing.
-        bytes_down_eval: Bytes of the evaluation messages sent.
-        failures: The dropped training replies with their reasons.
-        train_metrics: The training metrics of the usable replies, aggregated.
-        per_client: For each usable reply that reports its ``client-id``, the metrics of
-            :data:`CLIENT_METRICS` it carries, under their tracking names (``loss``,
-            ``examples``, ``train_s``, ``has_s1``, ``has_s2``); keyed by client id.
-    """
-
-    server_round: int
-    sampled: int = 0
-    clients_ok: int = 0
-    clients_failed: int = 0
-    clients_missing: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    eval_sampled: int = 0
-    eval_ok: int = 0
-    eval_failed: int = 0
-    bytes_down_eval: int = 0
-    failures: list[ClientFailure] = field(default_factory=list)
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    per_client: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def as_metrics(self) -> dict[str, int]:
-        """Return the counts under the tracking names (``clients/ok``, ``comm/bytes_up``, ...).
-
-        ``comm/bytes_down`` is the training broadcast; ``comm/bytes_down_eval`` the
-        evaluation broadcast.
-        """
-        return {
-            "clients/ok": self.clients_ok,
-            "clients/failed": self.clients_failed,
-            "comm/bytes_up": self.bytes_up,
-            "comm/bytes_down": self.bytes_down,
-            "comm/bytes_down_eval": self.bytes_down_eval,
-        }
-
-    def client_metrics(self) -> dict[str, float]:
-        """Return :attr:`per_client` under the tracking names ``client/<id>/<name>``."""
-        return {
-            f"client/{client}/{name}": value
-            for client, values in sorted(self.per_client.items())
-            for name, value in values.items()
-        }
-
-
-def _cast_like(value: np.ndarray, dtype: str) -> np.ndarray:
-    target = np.dtype(dtype)
-    if target.kind in "iub":
-        value = np.rint(value)
-    return np.asarray(value.astype(target))
-
-
-def aggregate_metrics_per_key(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Weighted average of each metric over the records that carry it.
-
-    Unlike Flower's ``aggregate_metricrecords`` the records need not share their metric keys:
-    a metric only some clients report (``bpp_s1`` from S1 clients) is averaged over those
-    clients, weighted by ``weighted_by_key``.  List-valued metrics are averaged elementwise
-    (a list whose length differs from the first one seen is skipped).  The weight itself is
-    not in the result.  With identical key sets this equals Flower's default.
-
-    Args:
-        records: One RecordDict per reply, each holding one MetricRecord with the weight.
-        weighted_by_key: The metric holding each reply's weight.
-
-    Returns:
-        The aggregated metrics.
-
-    Raises:
-        InputError: A record has no MetricRecord or no valid weight.
-    """
-    sums: dict[str, np.ndarray] = {}
-    totals: dict[str, float] = {}
-    for index, record in enumerate(records):
-        try:
-            metrics = pick_record(dict(record.metric_records), METRICS_RECORD_KEY, "MetricRecord")
-            weight = reply_weight(metrics, weighted_by_key)
-        except RejectedReply as exc:
-            raise InputError(f"metrics of reply {index}: {exc.reason}") from exc
-        for key, value in metrics.items():
-            if key == weighted_by_key:
-                continue
-            vector = np.asarray(value, dtype=np.float64)
-            if key in sums and sums[key].shape != vector.shape:
-                log(WARNING, "metric %r has inconsistent lengths across replies; skipped", key)
-                continue
-            sums[key] = sums.get(key, np.zeros_like(vector)) + weight * vector
-            totals[key] = totals.get(key, 0.0) + weight
-    out = MetricRecord()
-    for key, acc in sums.items():
-        mean = acc / totals[key]
-        out[key] = [float(v) for v in mean] if mean.ndim else float(mean)
-    return out
 
 
 def _check_fraction(name: str, value: object) -> None:
@@ -643,7 +494,7 @@ class AccountedFedAvg(FedAvg):
 
         aggregated = self.aggregate_arrays(server_round, global_arrays, usable)
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-            cast_back = {k: _cast_like(v, global_arrays[k].dtype) for k, v in aggregated.items()}
+            cast_back = {k: cast_like(v, global_arrays[k].dtype) for k, v in aggregated.items()}
         bad = first_non_finite(aggregated)
         if bad is None:
             bad = first_non_finite(cast_back)

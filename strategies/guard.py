@@ -156,6 +156,8 @@ class GuardedStrategy(AccountedFedAvg):
             )
         self.primary = self._new_flower()
         self._groups: dict[frozenset[str], Strategy] = {}
+        self.round_offset = 0
+        """Rounds done before this run (a resumed run): Flower's strategies see global rounds."""
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -195,13 +197,46 @@ class GuardedStrategy(AccountedFedAvg):
         config[PARTIAL_REPLIES_CONFIG_KEY] = self.partial_replies
         if self.dp is not None and self.dp["side"] == "client":
             config[protocol.DP_CLIENT_CLIPPING] = self.dp["clipping"]
-        return list(self.primary.configure_train(server_round, arrays, config, grid))
+        # Flower's strategies count rounds from 1 in each run; a resumed run continues the
+        # count (FedAdam's bias correction depends on it) while clients keep the local one
+        messages = list(
+            self.primary.configure_train(server_round + self.round_offset, arrays, config, grid)
+        )
+        config[protocol.SERVER_ROUND] = server_round
+        return messages
 
     def sample_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         """The Flower strategy samples the nodes and builds the evaluation messages."""
         return list(self.primary.configure_evaluate(server_round, arrays, config, grid))
+
+    # ------------------------------------------------------------------ server state
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """The state the Flower strategies keep between rounds, as named numpy arrays.
+
+        Arrays, dicts and lists of arrays, ArrayRecords and numbers held by each strategy
+        instance (FedAvgM's momentum, FedAdam's moments, an adaptive clipping norm, ...; a DP
+        wrapper's inner strategy too), so a resumed run continues where it stopped
+        (:meth:`load_server_state`).  No pickling: plain arrays, written with ``numpy.savez``.
+        """
+        state: dict[str, np.ndarray] = {}
+        _export(self.primary, "primary", state)
+        for index, keys in enumerate(sorted(self._groups, key=sorted)):
+            state[f"group{index}/__keys__"] = np.array(sorted(keys), dtype=np.str_)
+            _export(self._groups[keys], f"group{index}", state)
+        return state
+
+    def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`server_state` into fresh strategy instances."""
+        _import(self.primary, "primary", state)
+        index = 0
+        while f"group{index}/__keys__" in state:
+            keys = frozenset(str(k) for k in state[f"group{index}/__keys__"])
+            self._groups[keys] = strategy = self._new_flower()
+            _import(strategy, f"group{index}", state)
+            index += 1
 
     # ------------------------------------------------------------------ aggregation
 
@@ -252,7 +287,7 @@ class GuardedStrategy(AccountedFedAvg):
                 current = ArrayRecord(
                     {k: Array(global_arrays[k].numpy().astype(np.float64)) for k in keys}
                 )
-                self._prime(strategy, server_round, current)
+                self._prime(strategy, server_round + self.round_offset, current)
             messages = [
                 _reply_message(
                     {k: replies[i][1][k].astype(np.float64) for k in keys},
@@ -263,7 +298,7 @@ class GuardedStrategy(AccountedFedAvg):
                 )
                 for i in indexes
             ]
-            aggregated, _ = strategy.aggregate_train(server_round, messages)
+            aggregated, _ = strategy.aggregate_train(server_round + self.round_offset, messages)
             if aggregated is None:
                 raise RoundFailedError(
                     server_round,
@@ -364,3 +399,61 @@ def wrap_dp(strategy: Strategy, dp: Mapping[str, Any]) -> Strategy:
         clip_norm_lr=float(dp.get("clip_norm_lr", 0.2)),
         clipped_count_stddev=dp.get("clipped_count_stddev"),
     )
+
+
+STATE_NUMBERS = ("clipping_norm",)
+"""Numeric attributes that are state, not options (an adaptive clipping norm)."""
+
+
+def _export(obj: object, prefix: str, out: dict[str, np.ndarray]) -> None:
+    """Put the array-like and numeric attributes of ``obj`` into ``out`` (see server_state)."""
+    for name, value in vars(obj).items():
+        key = f"{prefix}/{name}"
+        if isinstance(value, Strategy):
+            _export(value, key, out)
+        elif isinstance(value, ArrayRecord):
+            for k, array in value.items():
+                out[f"{key}/record/{k}"] = array.numpy()
+        elif isinstance(value, np.ndarray):
+            out[f"{key}/array"] = value
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, np.ndarray) for v in value.values())
+        ):
+            for k, array in value.items():
+                out[f"{key}/dict/{k}"] = array
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+            for i, array in enumerate(value):
+                out[f"{key}/list/{i:06d}"] = array
+        elif name in STATE_NUMBERS and isinstance(value, float | int):
+            out[f"{key}/number"] = np.asarray(value)
+
+
+def _import(obj: object, prefix: str, state: Mapping[str, np.ndarray]) -> None:
+    """Set the attributes :func:`_export` wrote for ``obj`` back from ``state``."""
+    for name, value in vars(obj).items():
+        if isinstance(value, Strategy):
+            _import(value, f"{prefix}/{name}", state)
+    found: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    head = f"{prefix}/"
+    for key, array in state.items():
+        if not key.startswith(head):
+            continue
+        parts = key[len(head) :].split("/", 2)
+        if len(parts) < 2 or isinstance(getattr(obj, parts[0], None), Strategy):
+            continue
+        name, kind = parts[0], parts[1]
+        found.setdefault(name, {}).setdefault(kind, {})[parts[2] if len(parts) > 2 else ""] = array
+    for name, kinds in found.items():
+        for kind, items in kinds.items():
+            if kind == "record":
+                setattr(obj, name, ArrayRecord({k: Array(v) for k, v in items.items()}))
+            elif kind == "array":
+                setattr(obj, name, items[""])
+            elif kind == "dict":
+                setattr(obj, name, dict(items))
+            elif kind == "list":
+                setattr(obj, name, [items[k] for k in sorted(items)])
+            elif kind == "number":
+                setattr(obj, name, items[""].item())

@@ -255,3 +255,84 @@ def test_dp_clipping_completes_a_smoke_federation(
     assert cli(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients_ok"] == 3 and summary["clients_failed"] == 0, summary
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("fedadam", {"eta": 0.05}),
+        ("fedavgm", {"server_momentum": 0.9, "partial_replies": False}),
+        ("fedavgm", {"server_momentum": 0.9}),
+    ],
+)
+def test_server_state_survives_a_resume(name: str, options: dict, tmp_path: Path) -> None:
+    """Three rounds in one run equal two rounds, the state through a file, then one more."""
+
+    def strategy():  # type: ignore[no-untyped-def]
+        return build_strategy(name, min_train_nodes=3, **options)
+
+    def step(s, base, round_, delta):  # type: ignore[no-untyped-def]
+        if s.partial_replies:
+            return _partial_round(s, base, round_, delta)[0]
+        sent = instructions(s, 3, base, server_round=round_)
+        g = numpy_of(base)
+        replies = [
+            reply(m, {k: v + delta * (i + 1) for k, v in g.items() if k in (S1, S2, HEAD)}, 10)
+            for i, m in enumerate(sent)
+        ]
+        return s.aggregate_train(round_, replies)[0]
+
+    whole, base = strategy(), global_model()
+    models = []
+    for round_ in (1, 2, 3):
+        base = step(whole, base, round_, 0.1 * round_)
+        models.append(base)
+
+    first = strategy()
+    base = global_model()
+    for round_ in (1, 2):
+        base = step(first, base, round_, 0.1 * round_)
+    np.savez(tmp_path / "state.npz", **first.server_state())
+    resumed = strategy()
+    resumed.round_offset = 2
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as saved:
+        resumed.load_server_state(dict(saved))
+    out = step(resumed, base, 1, 0.3)
+    for key in (S1, S2, HEAD):
+        np.testing.assert_array_equal(numpy_of(out)[key], numpy_of(models[2])[key], err_msg=key)
+    fresh = step(strategy(), base, 1, 0.3)  # without the state the third round differs
+    assert any(not np.array_equal(numpy_of(fresh)[k], numpy_of(models[2])[k]) for k in (S1, HEAD))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stateful_strategy_resumes_like_an_uninterrupted_run(
+    tmp_path: Path, cache_env: Path
+) -> None:
+    """FedAvgM with momentum (server state per key group): 2 rounds == 1 round + resume."""
+    import torch
+
+    args = ["simulate", "--config", str(SMOKE), "--strategy", "fedavgm"]
+    args += ["--set", "federation.strategy_options.server_momentum=0.9"]
+    assert cli([*args, "--out", str(tmp_path / "whole"), "--rounds", "2"]) == 0
+    assert cli([*args, "--out", str(tmp_path / "cut"), "--rounds", "1"]) == 0
+    assert (tmp_path / "cut" / "checkpoints" / "round-0001.strategy.npz").is_file()
+    assert cli([*args, "--out", str(tmp_path / "cut"), "--rounds", "2", "--resume"]) == 0
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_per_key_strategy_with_entropy_coded_updates(tmp_path: Path, cache_env: Path) -> None:
+    out = tmp_path / "coded"
+    args = ["simulate", "--config", str(SMOKE), "--out", str(out), "--strategy", "fedadam"]
+    assert (
+        cli([*args, "--update-codec", "entropy", "--set", "federation.strategy_options.eta=0.001"])
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients_ok"] == 6 and summary["clients_failed"] == 0
+    assert summary["update_codec"] == "entropy"
