@@ -12,8 +12,9 @@ reports it as submitted.
 Each simulated client is a Ray actor with ``federation.num_cpus`` CPUs and
 ``federation.num_gpus`` GPUs (fractions allowed: 0.25 puts four clients on one GPU).  GPUs asked
 for where none is seen are refused before anything starts: Ray would otherwise wait for them
-until the round timeout.  Flower's and Ray's logs go to ``<out>/logs/superlink.log``;
-``verbose`` also prints them as they come.
+until the round timeout.  The SuperLink's log goes to ``<out>/logs/superlink.log``;
+``verbose`` prints it as it comes, with the run's own log (ServerApp, ClientApps, Ray:
+``flwr log --stream`` into ``<out>/logs/run.log``).
 """
 
 from __future__ import annotations
@@ -199,13 +200,21 @@ def run_simulation(
     app = write_app(out / "flower-app")
     timeout = STARTUP_S + fed.rounds * fed.round_timeout_s
     with LocalDeployment(out, [], simulation=True, env=env) as deployment:
-        follow = LogFollower(deployment.logs / "superlink.log", echo) if verbose else None
+        followers = [
+            LogFollower(deployment.logs / name, echo) for name in ("superlink.log", "run.log")
+        ]
+
+        def follow() -> None:
+            for follower in followers:
+                follower()
+
         return run_federation(
             deployment,
             settings,
             app=app,
             timeout=timeout,
             on_round=on_round,
-            on_poll=follow,
+            on_poll=follow if verbose else None,
+            on_submit=deployment.stream_run_log if verbose else None,
             federation_config=federation_config(config, verbose=verbose),
         )

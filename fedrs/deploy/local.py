@@ -36,6 +36,9 @@ CONNECTION = "local"
 """Name of the SuperLink connection in the deployment's ``FLWR_HOME/config.toml``."""
 SUPERLINK = "superlink"
 SERVERAPP = "flwr-serverapp"
+RUN_LOG = "run-log"
+"""The ``flwr log --stream`` process of a verbose run."""
+HELPERS = (SUPERLINK, RUN_LOG)
 SIMULATION = "flwr-simulation"
 """The process that runs a whole simulated federation (ServerApp and ClientApps on Ray)."""
 FINISHED = "finished:"
@@ -227,7 +230,7 @@ class LocalDeployment:
         main = threading.current_thread() is threading.main_thread()
         old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            nodes = [p for p in self.supervisor.processes if p.name != SUPERLINK]
+            nodes = [p for p in self.supervisor.processes if p.name not in HELPERS]
             self.supervisor.stop(nodes, grace=10.0)
             self.supervisor.stop(grace=10.0)
         finally:
@@ -430,7 +433,7 @@ class LocalDeployment:
 
     def current_nodes(self) -> list[ManagedProcess]:
         """The SuperNode processes started last under each name."""
-        latest = {p.name: p for p in self.supervisor.processes if p.name != SUPERLINK}
+        latest = {p.name: p for p in self.supervisor.processes if p.name not in HELPERS}
         return list(latest.values())
 
     def check_superlink(self) -> None:
@@ -449,6 +452,12 @@ class LocalDeployment:
             args += ["--federation-config", str(federation_config)]
         data = self.flwr_json(*args)
         return int(data["run-id"])
+
+    def stream_run_log(self, run_id: int) -> ManagedProcess:
+        """``flwr log RUN --stream`` into ``<folder>/logs/run.log`` (the run's ServerApp and
+        ClientApp output, Ray's included); stopped with the deployment."""
+        argv = [flower_executable("flwr"), "log", str(run_id), CONNECTION, "--stream"]
+        return self.supervisor.start(RUN_LOG, argv, log=self.logs / "run.log", cwd=self.folder)
 
     def run_status(self, run_id: int) -> dict[str, Any]:
         """The run's entry of ``flwr ls`` (status, status-details, elapsed, ...)."""

@@ -196,6 +196,7 @@ def run_federation(
     timeout: float = 1800.0,
     on_round: RoundCallback | None = None,
     on_poll: Callable[[], None] | None = None,
+    on_submit: Callable[[int], object] | None = None,
     federation_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Submit the federation of ``settings`` to a running deployment and check its outcome.
@@ -207,6 +208,7 @@ def run_federation(
         timeout: seconds the run may take once submitted.
         on_round: called for each round logged.
         on_poll: called at each check while the run goes on (e.g. to show its log).
+        on_submit: called with the run id once the run is submitted.
         federation_config: ``flwr run --federation-config`` values (simulation runtime:
             ``num-supernodes``, ``client-resources-num-cpus``, ...).
 
@@ -249,6 +251,8 @@ def run_federation(
 
     try:
         run_id = deployment.submit(app, run_config, federation_file)
+        if on_submit is not None:
+            on_submit(run_id)
         status = deployment.wait_run(
             run_id, timeout=timeout, on_poll=poll, succeeded=summary_is_new, poll=0.5
         )
