@@ -1,7 +1,9 @@
 """A centralized run: the same model and local-training routine on the union of all the data.
 
 It is the reference a federation is compared with (``fedrs compare``): the same archive, model,
-losses and total local epochs, but one trainer that sees every patch and every modality.
+losses and total local epochs, but one trainer that sees every patch and every modality.  Each
+stage keeps one :class:`fedrs.train.LocalTrainer` (one optimizer) across its epochs, as
+``train_local(..., epochs=n)`` would: epochs are stepped one at a time only to log each.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from fedrs.config import ExperimentConfig
 from fedrs.pipeline import Progress, load_run_data
 from fedrs.tracking import Tracker, default_tracking_uri
-from fedrs.train import build_model, evaluate, train_local
+from fedrs.train import LocalTrainer, build_model, evaluate
 
 EpochCallback = Callable[[int, int, int, dict[str, float]], None]
 """``on_epoch(stage, epoch, epochs, metrics)``."""
@@ -49,17 +51,15 @@ def run_centralized(
     status = "FAILED"
     try:
         for stage, epochs in ((1, config.train.stage1_epochs), (2, config.train.stage2_epochs)):
+            if epochs == 0:
+                continue
+            # one trainer a stage: Adam's moments (and the shuffling stream) last across epochs
+            trainer = LocalTrainer(
+                model, data.archive, data.train_rows, config, stage=stage, seed=(config.seed, stage)
+            )
             for epoch in range(epochs):
                 step += 1
-                metrics = train_local(
-                    model,
-                    data.archive,
-                    data.train_rows,
-                    config,
-                    stage=stage,
-                    epochs=1,
-                    seed=(config.seed, step),
-                )
+                metrics = trainer.train(1)
                 logged = {f"train/{k}": v for k, v in metrics.items()} | {"stage": float(stage)}
                 tracker.log_metrics(logged, step=step)
                 history.append({"step": float(step), **logged})

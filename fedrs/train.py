@@ -3,7 +3,9 @@
 No Flower here.  ``train_local`` runs the two-stage schedule's stage on some rows of a fedrs
 cache: stage 1 trains the codecs on rate-distortion; stage 2 trains codecs (at a smaller learning
 rate) and the hash head jointly, with PCGrad over the hashing sub-losses and MGDA between the
-rate-distortion and hashing objectives on the shared analysis transforms (each switchable).
+rate-distortion and hashing objectives on the shared analysis transforms (each switchable); a
+FedProx term's gradient is added after that manipulation.  ``LocalTrainer`` is the same stage
+kept across calls (one optimizer for all its epochs), e.g. for a centralized run's epochs.
 ``evaluate`` measures what the product promises: mAP@k of hash codes read from real bitstreams,
 bits per pixel from the bitstream sizes, and PSNR of the decoded images.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from fedrs.errors import InputError
 from fedrs.models import JointModel
 
 if TYPE_CHECKING:
+    from fedrs.optim import GradientReport
     from fedrs.pipeline import RunData
 
 PEAK = {"s2": 10000.0, "s1": 60.0}
@@ -85,16 +88,181 @@ def iterate_batches(
         yield load_batch(archive, order[start : start + batch_size], modalities, device)
 
 
-def _proximal(model: JointModel, reference: Mapping[str, Tensor], mu: float) -> Tensor | None:
-    """FedProx term ``mu / 2 * ||w - w_global||^2`` over the parameters in ``reference``."""
-    if mu <= 0 or not reference:
+def add_proximal_gradient(
+    params: Iterable[tuple[str, Tensor]], reference: Mapping[str, Tensor], mu: float
+) -> Tensor | None:
+    """Add FedProx's gradient ``mu * (w - w_ref)`` to the ``.grad`` of each named parameter.
+
+    The gradient of ``mu / 2 * ||w - w_ref||^2`` over the ``params`` (``(name, parameter)``
+    pairs) whose name is in ``reference``.  Called after :meth:`GradientManipulator.backward`,
+    so the pull towards the global model is neither weighted by MGDA nor seen by it or PCGrad.
+
+    Returns:
+        The term's value (detached), or None when ``mu <= 0`` or no parameter is covered.
+    """
+    if mu <= 0:
         return None
-    terms = [
-        (param - reference[name].to(param)).pow(2).sum()
-        for name, param in model.named_parameters()
-        if name in reference and param.requires_grad
-    ]
-    return 0.5 * mu * torch.stack(terms).sum() if terms else None
+    total: Tensor | None = None
+    with torch.no_grad():
+        for name, param in params:
+            if name not in reference or not param.requires_grad:
+                continue
+            diff = param.detach() - reference[name].to(param)
+            grad = mu * diff
+            if param.grad is None:
+                param.grad = grad
+            else:
+                param.grad.add_(grad)
+            square = diff.pow(2).sum()
+            total = square if total is None else total + square
+    return None if total is None else 0.5 * mu * total
+
+
+class LocalTrainer:
+    """One stage of local training whose state lasts across epochs.
+
+    The optimizer (Adam's moments), the gradient manipulator and the shuffling stream live as
+    long as the trainer, so ``train(2)`` and ``train(1)`` twice do the same; quantisation noise
+    comes from torch's global generator, seeded when the trainer is made.  A new stage needs a new
+    trainer (its own parameter groups and learning rates).
+
+    Args:
+        modalities: what this trainer holds (default: the model's); others are never read.
+        stage: 1 (codec, rate-distortion) or 2 (codec at ``codec_lr_scale`` x lr + hash head).
+        seed: shuffling and quantisation-noise seed (e.g. ``(seed, round, client)``), so a run
+            is reproducible wherever it executes.
+        proximal_mu, reference: FedProx term towards ``reference`` (the received global model)
+            over the trained parameters it names; its gradient is added after the gradient
+            manipulation (:func:`add_proximal_gradient`).
+    """
+
+    def __init__(
+        self,
+        model: JointModel,
+        archive: CachedArchive,
+        rows: np.ndarray,
+        config: ExperimentConfig,
+        *,
+        modalities: Sequence[str] | None = None,
+        stage: int,
+        seed: int | Sequence[int] = 0,
+        proximal_mu: float = 0.0,
+        reference: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        from fedrs.optim import GradientManipulator
+
+        if stage not in (1, 2):
+            raise InputError(f"stage must be 1 or 2, not {stage}")
+        tc = config.train
+        torch.set_num_threads(tc.threads)
+        held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+        rows = trainable_rows(archive, np.asarray(rows), held)
+        if len(rows) == 0:
+            raise InputError(f"no patch with any of the modalities {held} to train on")
+        seed_value = _seed_value(seed)
+        self.rng = np.random.default_rng(seed_value)
+        torch.manual_seed(seed_value)
+        model.to(tc.device).train()
+
+        codec_params = [p for m in held for p in model.codec(m).parameters()]
+        hash_params = model.hash_parameters()
+        if stage == 1:
+            groups = [{"params": codec_params, "lr": tc.lr}]
+            params = codec_params
+        else:
+            groups = [
+                {"params": codec_params, "lr": tc.lr * tc.codec_lr_scale},
+                {"params": hash_params, "lr": tc.lr},
+            ]
+            params = codec_params + hash_params
+        self.model, self.archive, self.rows, self.config = model, archive, rows, config
+        self.held, self.stage, self.params = held, stage, params
+        self.optimizer = torch.optim.Adam(groups)
+        self.manipulator = GradientManipulator(
+            params,
+            shared=[p for m in held for p in model.codec(m).encoder_parameters()],
+            use_pcgrad=tc.pcgrad,
+            use_mgda=tc.mgda,
+            generator=torch.Generator().manual_seed(seed_value),
+        )
+        self.reference = dict(reference or {})
+        self.proximal_mu = proximal_mu
+        trained = {id(p) for p in params}
+        self.proximal = [
+            (name, p)
+            for name, p in model.named_parameters()
+            if name in self.reference and id(p) in trained
+        ]
+
+    def backward(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], GradientReport]:
+        """Add one batch's gradients to ``.grad`` (zero them first): the manipulated gradients
+        of the objectives, then the proximal term's.
+
+        Returns:
+            The loss terms of :func:`fedrs.losses.compute_losses` (plus ``prox``, the proximal
+            term's value, when there is one) and what the manipulator did.
+        """
+        from fedrs.losses import compute_losses, weighted_hash_terms
+
+        loss = self.config.loss
+        out = self.model(batch)
+        terms = compute_losses(out, batch, batch["labels"], loss, self.stage)
+        rd = loss.rd_weight * terms["rd"] if self.stage == 2 else terms["rd"]
+        hash_terms = weighted_hash_terms(terms, loss) if self.stage == 2 else {}
+        report = self.manipulator.backward(rd, hash_terms)
+        prox = add_proximal_gradient(self.proximal, self.reference, self.proximal_mu)
+        if prox is not None:
+            terms["prox"] = prox
+        return terms, report
+
+    def train(self, epochs: int = 1) -> dict[str, float]:
+        """Train ``epochs`` more epochs (the model is left in eval mode).
+
+        Returns:
+            Mean loss terms over these epochs' batches (``loss`` is the total without the
+            proximal term, ``prox`` that term when there is one), ``num-examples`` (patches per
+            epoch), ``batches`` and ``train_s``.
+        """
+        tc = self.config.train
+        self.model.train()
+        sums: dict[str, float] = {}
+        batches = 0
+        started = time.perf_counter()
+        for _ in range(epochs):
+            for i, batch in enumerate(
+                iterate_batches(
+                    self.archive,
+                    self.rows,
+                    self.held,
+                    tc.batch_size,
+                    rng=self.rng,
+                    device=tc.device,
+                )
+            ):
+                if tc.max_batches is not None and i >= tc.max_batches:
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                terms, _ = self.backward(batch)
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
+                self.optimizer.step()
+                batches += 1
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+        if batches == 0:
+            raise InputError("no batch was trained (check train.max_batches and the data)")
+        metrics = {("loss" if k == "total" else k): v / batches for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"training diverged: {metrics}")
+        rows = len(self.rows)
+        per_epoch = rows if tc.max_batches is None else min(rows, tc.max_batches * tc.batch_size)
+        metrics |= {
+            "num-examples": float(per_epoch),
+            "batches": float(batches),
+            "train_s": time.perf_counter() - started,
+        }
+        self.model.eval()
+        return metrics
 
 
 def train_local(
@@ -110,7 +278,8 @@ def train_local(
     proximal_mu: float = 0.0,
     reference: Mapping[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place on ``rows`` of ``archive`` for ``epochs`` epochs of ``stage``.
+    """Train ``model`` in place on ``rows`` of ``archive`` for ``epochs`` epochs of ``stage``
+    with a fresh :class:`LocalTrainer` (one optimizer for all the epochs).
 
     Args:
         modalities: what this trainer holds (default: the model's); others are never read.
@@ -120,85 +289,22 @@ def train_local(
         proximal_mu, reference: FedProx term towards ``reference`` (the received global model).
 
     Returns:
-        Mean loss terms over the batches seen (``loss`` is the total), ``num-examples`` (patches
-        per epoch), ``batches`` and ``train_s``.
+        :meth:`LocalTrainer.train`'s metrics: mean loss terms over the batches seen (``loss`` is
+        the total; ``prox`` the proximal term when there is one), ``num-examples`` (patches per
+        epoch), ``batches`` and ``train_s``.
     """
-    from fedrs.losses import compute_losses, weighted_hash_terms
-    from fedrs.optim import GradientManipulator
-
-    if stage not in (1, 2):
-        raise InputError(f"stage must be 1 or 2, not {stage}")
-    tc = config.train
-    torch.set_num_threads(tc.threads)
-    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
-    rows = trainable_rows(archive, np.asarray(rows), held)
-    if len(rows) == 0:
-        raise InputError(f"no patch with any of the modalities {held} to train on")
-    seed_value = _seed_value(seed)
-    rng = np.random.default_rng(seed_value)
-    torch.manual_seed(seed_value)
-    device = tc.device
-    model.to(device).train()
-
-    codec_params = [p for m in held for p in model.codec(m).parameters()]
-    hash_params = model.hash_parameters()
-    if stage == 1:
-        groups = [{"params": codec_params, "lr": tc.lr}]
-        params = codec_params
-    else:
-        groups = [
-            {"params": codec_params, "lr": tc.lr * tc.codec_lr_scale},
-            {"params": hash_params, "lr": tc.lr},
-        ]
-        params = codec_params + hash_params
-    optimizer = torch.optim.Adam(groups)
-    manipulator = GradientManipulator(
-        params,
-        shared=[p for m in held for p in model.codec(m).encoder_parameters()],
-        use_pcgrad=tc.pcgrad,
-        use_mgda=tc.mgda,
-        generator=torch.Generator().manual_seed(seed_value),
+    trainer = LocalTrainer(
+        model,
+        archive,
+        rows,
+        config,
+        modalities=modalities,
+        stage=stage,
+        seed=seed,
+        proximal_mu=proximal_mu,
+        reference=reference,
     )
-    reference = dict(reference or {})
-    sums: dict[str, float] = {}
-    batches = 0
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for i, batch in enumerate(
-            iterate_batches(archive, rows, held, tc.batch_size, rng=rng, device=device)
-        ):
-            if tc.max_batches is not None and i >= tc.max_batches:
-                break
-            out = model(batch)
-            terms = compute_losses(out, batch, batch["labels"], config.loss, stage)
-            optimizer.zero_grad(set_to_none=True)
-            prox = _proximal(model, reference, proximal_mu)
-            rd = config.loss.rd_weight * terms["rd"] if stage == 2 else terms["rd"]
-            if prox is not None:
-                rd = rd + prox
-            hash_terms = weighted_hash_terms(terms, config.loss) if stage == 2 else {}
-            manipulator.backward(rd, hash_terms)
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            batches += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-    if batches == 0:
-        raise InputError("no batch was trained (check train.max_batches and the data)")
-    metrics = {("loss" if k == "total" else k): v / batches for k, v in sums.items()}
-    if not all(math.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"training diverged: {metrics}")
-    per_epoch = (
-        len(rows) if tc.max_batches is None else min(len(rows), tc.max_batches * tc.batch_size)
-    )
-    metrics |= {
-        "num-examples": float(per_epoch),
-        "batches": float(batches),
-        "train_s": time.perf_counter() - started,
-    }
-    model.eval()
-    return metrics
+    return trainer.train(epochs)
 
 
 def encode_rows(
@@ -267,11 +373,16 @@ def evaluate(
     """Retrieval and compression figures of ``model`` on a run's queries and database.
 
     Queries (test split) are compressed, hashed from their bitstreams and decoded; the database
-    (train split) is compressed and hashed from its bitstreams.  Returns ``map@k`` for
-    ``config.eval.ks``, ``map@20_random`` (random codes, same data), ``p@20``, ``r@20``,
-    ``ndcg@20``, ``bpp`` and ``psnr`` per modality (None where absent), ``eval_s``.
+    (train split) is compressed and hashed from its bitstreams.  Returns, for every ``k`` of
+    ``config.eval.ks`` (which always holds 20), the keys of
+    :func:`fedrs.retrieval.evaluate_retrieval`: ``map@k`` (AP divided by the relevant items
+    retrieved in the top k), ``map@k_min_k_r`` (AP divided by min(k, R), R = relevant items in
+    the database), ``p@k``, ``r@k``, ``ndcg@k``; the random-code baseline of both mAP
+    conventions on the same data, ``map@k_random`` and ``map@k_min_k_r_random``; ``bpp`` and
+    ``psnr`` per modality (None where absent); ``eval_queries`` and ``eval_database``, the
+    number of queries and database items; ``eval_s``.
     """
-    from fedrs.retrieval import evaluate_retrieval, random_codes_baseline
+    from fedrs.retrieval import evaluate_retrieval, random_codes_evaluation
 
     started = time.perf_counter()
     queries = encode_rows(model, data.archive, data.query_rows, decode=True)
@@ -280,10 +391,11 @@ def evaluate(
     retrieval = evaluate_retrieval(
         queries["codes"], database["codes"], queries["labels"], database["labels"], ks=ks
     )
-    baseline = random_codes_baseline(
+    # the same codes as random_codes_baseline(..., k, bits, seed): map@20_random is unchanged
+    baseline = random_codes_evaluation(
         queries["labels"],
         database["labels"],
-        20,
+        ks,
         bits=config.model.hash_bits,
         seed=config.eval.random_seed,
     )
@@ -302,7 +414,9 @@ def evaluate(
             psnr[modality] = None
     return {
         **{k: float(v) for k, v in retrieval.items()},
-        "map@20_random": float(baseline),
+        **{f"{k}_random": float(v) for k, v in baseline.items() if k.startswith("map@")},
+        "eval_queries": len(queries["labels"]),
+        "eval_database": len(database["labels"]),
         "bpp": bpp,
         "psnr": psnr,
         "eval_s": time.perf_counter() - started,

@@ -248,12 +248,23 @@ def _summary(
         value = metrics_final.get(key)
         return None if value is None else float(value)
 
+    def count(key: str) -> int | None:
+        value = metrics_final.get(key)
+        return None if value is None else int(value)
+
     modalities = ("s1", "s2")
+    # map@k: AP over the relevant items retrieved in the top k; map@k_min_k_r: AP / min(k, R);
+    # each with its random-code baseline (map@20, map@20_random, map@20_min_k_r, ...)
+    retrieval = {
+        f"map@{k}{convention}{baseline}": final(f"eval/map@{k}{convention}{baseline}")
+        for k in (20, 10, 100)
+        for convention in ("", "_min_k_r")
+        for baseline in ("", "_random")
+    }
     return {
-        "map@20": final("eval/map@20"),
-        "map@20_random": final("eval/map@20_random"),
-        "map@10": final("eval/map@10"),
-        "map@100": final("eval/map@100"),
+        **retrieval,
+        "eval_queries": count("eval/eval_queries"),
+        "eval_database": count("eval/eval_database"),
         "bpp": {m: final(f"eval/bpp_{m}") for m in modalities},
         "psnr": {m: final(f"eval/psnr_{m}") for m in modalities},
         "wall_s": round(time.perf_counter() - started, 2),
@@ -279,6 +290,11 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(rounds, [h.get("eval/map@20") for h in history], marker="o", label="model")
     axes[0].plot(rounds, [h.get("eval/map@20_random") for h in history], ls="--", label="random")
+    strict = [h.get("eval/map@20_min_k_r") for h in history]
+    if any(v is not None for v in strict):  # runs from before the min(k, R) convention lack it
+        axes[0].plot(rounds, strict, marker="s", label="model, min(k,R)")
+        strict_random = [h.get("eval/map@20_min_k_r_random") for h in history]
+        axes[0].plot(rounds, strict_random, ls=":", label="random, min(k,R)")
     axes[0].set(xlabel="round", ylabel="mAP@20", title="retrieval")
     axes[0].legend()
     for modality in ("s1", "s2"):

@@ -15,10 +15,14 @@ from fedrs.cli._common import number
 LONG: dict[str, Any] = {
     "map@20": 0.897234,
     "map@20_random": 0.123456,
+    "map@20_min_k_r": 0.456789,
+    "map@20_min_k_r_random": 0.034567,
     "map@10": 0.912345,
     "map@100": 0.801234,
     "bpp": {"s1": 1.234567, "s2": 0.987654},
     "psnr": {"s1": 25.83456, "s2": 31.23456},
+    "eval_queries": 1000,
+    "eval_database": 20000,
     "rounds": 20,
     "clients_ok": 200,
     "clients_failed": 0,
@@ -60,13 +64,50 @@ def test_comparison_table_shows_every_value_whole_at_80_columns() -> None:
     rows = {"centralized": centralized, "modality-aware": LONG, "fedprox": LONG}
     text = render(comparison_table(rows, "fedrs compare: smoke (modality partition)"))
     lines = text.splitlines()
-    # mAP@20, random, bpp S1, bpp S2, PSNR S1, PSNR S2, MB up, wall s
-    figures = ["0.897", "0.123", "1.235", "0.988", "25.83", "31.23", "203.5", "1235"]
+    # mAP@20, random, mAP@20 min(k,R), random min(k,R), bpp S1, bpp S2, PSNR S1, PSNR S2,
+    # MB up, wall s
+    figures = [
+        "0.897",
+        "0.123",
+        "0.457",
+        "0.035",
+        "1.235",
+        "0.988",
+        "25.83",
+        "31.23",
+        "203.5",
+        "1235",
+    ]
     for name in rows:
         (line,) = [line for line in lines if line.startswith(name)]
         cells = line.split()
         assert cells[0] == name
-        assert cells[1:] == ([*figures[:6], "-", "1235"] if name == "centralized" else figures)
+        assert cells[1:] == ([*figures[:8], "-", "1235"] if name == "centralized" else figures)
+    # both conventions are named in the headers and explained in the caption
+    assert "mAP@20" in text and text.count("(k,R)") >= 2
+    assert "min(20, R)" in " ".join(text.split())
+    # an older summary without the min(k, R) figures shows "-" there
+    old = {k: v for k, v in LONG.items() if "min_k_r" not in k}
+    (line,) = [
+        line
+        for line in render(comparison_table({"old": old}, "c")).splitlines()
+        if line.startswith("old")
+    ]
+    assert line.split()[1:] == [*figures[:2], "-", "-", *figures[4:]]
+
+
+def test_comparison_json_names_both_conventions() -> None:
+    from fedrs.cli.compare import COLUMNS, _metric_name, _value
+
+    titles = [title for title, _ in COLUMNS]
+    assert len(set(titles)) == len(titles)  # comparison.json keys
+    figures = {title: _value(LONG, key) for title, key in COLUMNS}
+    assert figures["mAP@20"] == LONG["map@20"] and figures["random"] == LONG["map@20_random"]
+    assert figures["mAP@20 min(k,R)"] == LONG["map@20_min_k_r"]
+    assert figures["random min(k,R)"] == LONG["map@20_min_k_r_random"]
+    # MLflow names: letters, digits, _ - . / and @ (the tracker maps @ to _at_)
+    assert _metric_name("mAP@20 min(k,R)") == "mAP@20_min_k_R"
+    assert _metric_name("bpp S1") == "bpp_S1"
 
 
 def test_comparison_table_folds_a_long_run_name_rather_than_cut_numbers() -> None:
@@ -74,7 +115,11 @@ def test_comparison_table_folds_a_long_run_name_rather_than_cut_numbers() -> Non
 
     name = "a-strategy-with-a-rather-long-registered-name"
     text = render(comparison_table({name: LONG}, "compare"))
-    assert "".join(line.split()[0] for line in text.splitlines()[4:] if line.strip()) == name
+    # title, three header lines, the rule, then the row (its name folded), then the caption
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("─"))
+    caption = next(i for i, line in enumerate(lines) if line.startswith("mAP@20:"))
+    assert "".join(line.split()[0] for line in lines[rule + 1 : caption] if line.strip()) == name
     assert "0.897" in text.split() and "203.5" in text.split()
 
 
@@ -96,12 +141,16 @@ def test_print_summary_shows_every_value_whole_at_80_columns(
     assert cells == {
         "map@20": "0.897",
         "map@20_random": "0.123",
+        "map@20_min_k_r": "0.457",
+        "map@20_min_k_r_random": "0.035",
         "map@10": "0.912",
         "map@100": "0.801",
         "bpp S1": "1.235",
         "bpp S2": "0.988",
         "psnr S1": "25.83",
         "psnr S2": "31.23",
+        "eval_queries": "1000",
+        "eval_database": "20000",
         "rounds": "20",
         "clients_ok": "200",
         "clients_failed": "0",
@@ -161,7 +210,14 @@ def test_rounds_plot_has_integer_ticks(tmp_path: Path, monkeypatch: pytest.Monke
     figures: list[Any] = []
     monkeypatch.setattr(plt, "close", figures.append)
     history = [
-        {"round": r, "eval/map@20": 0.1 * r, "eval/map@20_random": 0.05, "eval/bpp_s1": 1.0 / r}
+        {
+            "round": r,
+            "eval/map@20": 0.1 * r,
+            "eval/map@20_random": 0.05,
+            "eval/map@20_min_k_r": 0.05 * r,
+            "eval/map@20_min_k_r_random": 0.02,
+            "eval/bpp_s1": 1.0 / r,
+        }
         for r in (1, 2, 3)
     ]
     _plot_history(history, tmp_path / "rounds.png")

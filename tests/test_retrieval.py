@@ -23,10 +23,12 @@ from fedrs.retrieval import (
     evaluate_retrieval,
     hamming_distances,
     mean_average_precision,
+    mean_average_precision_min_k_r,
     ndcg_at_k,
     pack_codes,
     precision_at_k,
     random_codes_baseline,
+    random_codes_evaluation,
     rank_relevance,
     recall_at_k,
     relevance_prior,
@@ -51,11 +53,14 @@ def _reference_metrics(
     d_labels: np.ndarray,
     k: int,
 ) -> dict[str, float]:
-    """Per-query loops straight from the definitions in fedrs.retrieval.metrics."""
+    """Per-query loops straight from the definitions in fedrs.retrieval.metrics.
+
+    Keys as in ``evaluate_retrieval`` with ``{k}`` for the depth (``map@{k}``, ...).
+    """
     dist = _brute_hamming(q_packed, d_packed)
     n = d_packed.shape[0]
     kk = min(k, n)
-    aps, precs, recs, ndcgs = [], [], [], []
+    aps, aps_min_k_r, precs, recs, ndcgs = [], [], [], [], []
     for qi in range(q_packed.shape[0]):
         order = sorted(range(n), key=lambda j: (dist[qi, j], j))[:kk]
         grade = [int(np.sum(q_labels[qi].astype(bool) & d_labels[j].astype(bool))) for j in order]
@@ -71,16 +76,18 @@ def _reference_metrics(
         aps.append(ap_sum / hits if hits else 0.0)
         precs.append(hits / kk)
         total = sum(g > 0 for g in all_grades)
+        aps_min_k_r.append(ap_sum / min(k, total) if total else 0.0)  # k unclipped: R <= n
         recs.append(hits / total if total else 0.0)
         dcg = sum((2**g - 1) / math.log2(i + 1) for i, g in enumerate(grade, start=1))
         ideal = sorted(all_grades, reverse=True)[:kk]
         idcg = sum((2**g - 1) / math.log2(i + 1) for i, g in enumerate(ideal, start=1))
         ndcgs.append(dcg / idcg if idcg else 0.0)
     return {
-        "map": float(np.mean(aps)),
-        "p": float(np.mean(precs)),
-        "r": float(np.mean(recs)),
-        "ndcg": float(np.mean(ndcgs)),
+        "map@{k}": float(np.mean(aps)),
+        "map@{k}_min_k_r": float(np.mean(aps_min_k_r)),
+        "p@{k}": float(np.mean(precs)),
+        "r@{k}": float(np.mean(recs)),
+        "ndcg@{k}": float(np.mean(ndcgs)),
     }
 
 
@@ -423,6 +430,92 @@ def test_map_hand_worked(k: int) -> None:
     assert alone == pytest.approx(HAND_AP_A[k])
 
 
+# The same sums divided by min(k, R), R = 4: differ from HAND_AP_A until all 4 are retrieved.
+HAND_AP_A_MIN_K_R = {
+    1: 0.0,  # nothing relevant in the top 1
+    2: (1 / 2) / 2,  # min(2, 4) = 2 -> 1/4 (retrieved convention: 1/2)
+    3: (1 / 2 + 2 / 3) / 3,  # 7/18 (retrieved: 7/12)
+    5: (1 / 2 + 2 / 3 + 3 / 5) / 4,  # min(5, 4) = 4 -> 53/120 (retrieved: 53/90)
+    6: (1 / 2 + 2 / 3 + 3 / 5 + 4 / 6) / 4,  # all 4 retrieved -> 73/120, equal to HAND_AP_A[6]
+}
+
+
+@pytest.mark.parametrize("k", sorted(HAND_AP_A_MIN_K_R))
+def test_map_min_k_r_hand_worked(k: int) -> None:
+    both = (HAND_Q, HAND_DB, HAND_Q_LABELS, HAND_DB_LABELS)
+    alone = (HAND_Q[:1], HAND_DB, HAND_Q_LABELS[:1], HAND_DB_LABELS)
+    assert mean_average_precision_min_k_r(*alone, k) == pytest.approx(HAND_AP_A_MIN_K_R[k])
+    assert mean_average_precision(*alone, k, normalize="min_k_r") == pytest.approx(
+        HAND_AP_A_MIN_K_R[k]
+    )
+    # Query B has R = 0: AP 0 in both conventions, so the mean over A and B is half of A's.
+    no_relevant = (HAND_Q[1:], HAND_DB, HAND_Q_LABELS[1:], HAND_DB_LABELS)
+    assert mean_average_precision_min_k_r(*no_relevant, k) == 0.0
+    assert mean_average_precision(*no_relevant, k) == 0.0
+    assert mean_average_precision_min_k_r(*both, k) == pytest.approx(HAND_AP_A_MIN_K_R[k] / 2)
+    result = evaluate_retrieval(*both, ks=(k,))
+    assert result[f"map@{k}_min_k_r"] == pytest.approx(HAND_AP_A_MIN_K_R[k] / 2)
+    assert result[f"map@{k}"] == pytest.approx(HAND_AP_A[k] / 2)
+    assert HAND_AP_A_MIN_K_R[k] <= HAND_AP_A[k]
+
+
+def test_map_conventions_one_early_hit_out_of_five() -> None:
+    # Query 00000000 with label c0. Database (N = 25): item 0 = the query's code, relevant;
+    # items 1-20 at distance 1, irrelevant; items 21-24 at distance 8, relevant. R = 5.
+    query, query_labels = np.array([[0]], np.uint8), np.array([[1, 0]], np.float32)
+    db = np.array([[0]] + [[1]] * 20 + [[255]] * 4, np.uint8)
+    db_labels = np.array([[1, 0]] + [[0, 1]] * 20 + [[1, 0]] * 4, np.float32)
+    args = (query, db, query_labels, db_labels)
+    # k = 20: only the hit at rank 1 is retrieved. Retrieved convention: P(1) / R_20 = 1/1;
+    # min(k, R) convention: P(1) / min(20, 5) = 1/5.
+    assert mean_average_precision(*args, 20) == 1.0
+    assert mean_average_precision(*args, 20, normalize="min_k_r") == pytest.approx(1 / 5)
+    assert mean_average_precision_min_k_r(*args, 3) == pytest.approx(1 / 3)  # min(3, 5) = 3
+    # k >= N: all five relevant items retrieved (ranks 1, 22-25), both conventions divide by 5;
+    # k = 100 is clipped to N = 25 and gives the same figure.
+    every = (1 + 2 / 22 + 3 / 23 + 4 / 24 + 5 / 25) / 5
+    for k in (25, 100):
+        assert mean_average_precision(*args, k) == pytest.approx(every)
+        assert mean_average_precision_min_k_r(*args, k) == pytest.approx(every)
+    result = evaluate_retrieval(*args, ks=(20, 100))
+    assert (result["map@20"], result["map@100"]) == pytest.approx((1.0, every))
+    assert (result["map@20_min_k_r"], result["map@100_min_k_r"]) == pytest.approx((0.2, every))
+
+
+def test_map_min_k_r_ties_and_chunks() -> None:
+    args = (HAND_Q[:1], HAND_DB, HAND_Q_LABELS[:1], HAND_DB_LABELS)
+    rev = (HAND_Q[:1], HAND_DB[::-1], HAND_Q_LABELS[:1], HAND_DB_LABELS[::-1])
+    # Items 1 (irrelevant) and 5 (relevant) tie at distance 0: database order decides.
+    # Stored order: rel 0 1 -> (1/2) / min(2, 4); reversed: rel 1 0 -> 1 / 2.
+    assert mean_average_precision_min_k_r(*args, 2) == pytest.approx(1 / 4)
+    assert mean_average_precision_min_k_r(*rev, 2) == pytest.approx(1 / 2)
+    assert mean_average_precision_min_k_r(*rev, 1) == 1.0  # min(1, 4) = 1
+    # Reversed ranking rel 1 0 0 1 1 1: AP@6 = (1 + 2/4 + 3/5 + 4/6) / 4 in both conventions.
+    expected = (1 + 2 / 4 + 3 / 5 + 4 / 6) / 4
+    assert mean_average_precision_min_k_r(*rev, 6) == pytest.approx(expected)
+    assert mean_average_precision(*rev, 6) == pytest.approx(expected)
+    # Chunking does not change the figure.
+    both = (HAND_Q, HAND_DB, HAND_Q_LABELS, HAND_DB_LABELS)
+    assert mean_average_precision_min_k_r(*both, 5, chunk_size=1) == pytest.approx(
+        HAND_AP_A_MIN_K_R[5] / 2
+    )
+
+
+def test_map_conventions_on_random_data() -> None:
+    rng = np.random.default_rng(5)
+    q = rng.choice(np.array([-1, 1], dtype=np.int8), size=(25, 16))
+    db = rng.choice(np.array([-1, 1], dtype=np.int8), size=(300, 16))
+    ql = (rng.random((25, 6)) < 0.2).astype(np.float32)
+    dl = (rng.random((300, 6)) < 0.2).astype(np.float32)
+    result = evaluate_retrieval(q, db, ql, dl, ks=(1, 20, 300))
+    for k in (1, 20, 300):
+        assert result[f"map@{k}_min_k_r"] <= result[f"map@{k}"] + 1e-12
+    # k = N: every relevant item is retrieved, the two conventions agree.
+    assert result["map@300_min_k_r"] == pytest.approx(result["map@300"])
+    with pytest.raises(InputError, match="normalize"):
+        mean_average_precision(q, db, ql, dl, 20, normalize="all")  # type: ignore[arg-type]
+
+
 def test_precision_recall_hand_worked() -> None:
     args = (HAND_Q[:1], HAND_DB, HAND_Q_LABELS[:1], HAND_DB_LABELS)
     assert precision_at_k(*args, 3) == pytest.approx(2 / 3)  # rel 0 1 1
@@ -505,10 +598,14 @@ def test_metrics_match_reference(seed: int) -> None:
         expected = _reference_metrics(q, db, ql, dl, k)
         # chunk_size=2 crosses chunk boundaries (9 queries -> 5 chunks).
         got = evaluate_retrieval(q, db, ql, dl, ks=(k,), chunk_size=2)
-        for name, value in expected.items():
-            assert got[f"{name}@{k}"] == pytest.approx(value, abs=1e-12), (name, k)
+        assert set(got) == {key.format(k=k) for key in expected}
+        for key, value in expected.items():
+            assert got[key.format(k=k)] == pytest.approx(value, abs=1e-12), (key, k)
     assert mean_average_precision(q, db, ql, dl, 20) == pytest.approx(
-        _reference_metrics(q, db, ql, dl, 20)["map"]
+        _reference_metrics(q, db, ql, dl, 20)["map@{k}"]
+    )
+    assert mean_average_precision_min_k_r(q, db, ql, dl, 20, chunk_size=4) == pytest.approx(
+        _reference_metrics(q, db, ql, dl, 20)["map@{k}_min_k_r"]
     )
 
 
@@ -583,6 +680,16 @@ def test_random_codes_near_label_prior(v2_metadata: Path) -> None:
     baseline = random_codes_baseline(ql, dl, 100, seed=3)
     assert baseline == random_codes_baseline(ql, dl, 100, seed=3)
     assert prior - 0.02 < baseline < prior + 0.08
+    # Both conventions of the same random codes, every k from one ranking.
+    random = random_codes_evaluation(ql, dl, ks=(20, 100), seed=3)
+    assert random["map@100"] == pytest.approx(baseline)
+    assert random["map@20_min_k_r"] == pytest.approx(
+        random_codes_baseline(ql, dl, 20, seed=3, normalize="min_k_r")
+    )
+    # R >> k here, so min(k, R) = k and AP min(k,R) = sum P(i) rel(i) / k: about the mean of the
+    # per-query prior squared (seen: prior 0.537, 0.338 vs 0.555 in the retrieved convention).
+    assert prior**2 - 0.02 < random["map@100_min_k_r"] < prior - 0.1
+    assert random["map@100_min_k_r"] < random["map@100"]
     assert relevance_prior(ql, dl, chunk_size=7) == pytest.approx(prior)
 
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from fedrs.centralized import run_centralized
 from fedrs.cli import main as cli
 from fedrs.config import load_config
 from fedrs.errors import InputError
+from fedrs.optim import GradientReport
 from fedrs.pipeline import load_run_data
-from fedrs.train import build_model, encode_rows, evaluate, train_local
+from fedrs.train import LocalTrainer, build_model, encode_rows, evaluate, load_batch, train_local
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.toml"
@@ -36,7 +38,8 @@ def test_run_data_splits_are_disjoint_and_capped() -> None:
 
 
 def test_smoke_training_lowers_loss_and_beats_random_codes() -> None:
-    """Figures seen: stage-1 loss ~169 -> stage-2 rd lower; mAP@20 ~0.70 vs ~0.47 random."""
+    """Figures seen: stage-1 loss ~169 -> stage-2 rd lower; mAP@20 ~0.70 vs ~0.47 random;
+    mAP@20 min(k,R) ~0.54 vs ~0.28 random (k = 100 >= the 48-patch database: both equal)."""
     config = load_config(SMOKE, ["train.max_batches=8"])
     data = load_run_data(config.data)
     model = build_model(config)
@@ -52,6 +55,15 @@ def test_smoke_training_lowers_loss_and_beats_random_codes() -> None:
     after = evaluate(model, data, config)
     assert after["map@20_random"] == pytest.approx(before["map@20_random"])
     assert after["map@20"] > after["map@20_random"] + 0.05
+    # both mAP conventions and their random-code baselines at every k, and the sizes used
+    for k in config.eval.ks:
+        names = ("", "_random", "_min_k_r", "_min_k_r_random")
+        assert all(0.0 <= after[f"map@{k}{name}"] <= 1.0 for name in names), k
+        assert after[f"map@{k}_min_k_r"] <= after[f"map@{k}"] + 1e-12
+        assert after[f"map@{k}_min_k_r_random"] <= after[f"map@{k}_random"] + 1e-12
+    assert after["map@20_min_k_r"] > after["map@20_min_k_r_random"]
+    sizes = (after["eval_queries"], after["eval_database"])
+    assert sizes == (len(data.query_rows), len(data.database_rows))
     assert after["bpp"]["s1"] > 0 and after["bpp"]["s2"] > 0
     assert np.isfinite(after["psnr"]["s1"]) and np.isfinite(after["psnr"]["s2"])
 
@@ -87,8 +99,6 @@ def test_codes_come_from_bitstreams() -> None:
     data = load_run_data(config.data)
     model = build_model(config)
     encoded = encode_rows(model, data.archive, data.query_rows[:6])
-    from fedrs.train import load_batch
-
     batch = load_batch(data.archive, data.query_rows[:6], model.modalities)
     model.eval()
     with torch.no_grad():
@@ -102,6 +112,9 @@ def test_centralized_cli_writes_summary(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     for key in ("map@20", "map@20_random", "wall_s", "config"):
         assert key in summary
+    assert summary["map@20_min_k_r"] <= summary["map@20"]
+    assert 0.0 <= summary["map@20_min_k_r_random"] <= summary["map@20_random"]
+    assert (summary["eval_queries"], summary["eval_database"]) == (24, 48)  # smoke.toml's caps
     assert set(summary["bpp"]) == {"s1", "s2"} and set(summary["psnr"]) == {"s1", "s2"}
     assert summary["epochs"] == 2
     assert summary["config"]["name"] == "smoke"
@@ -115,3 +128,104 @@ def test_centralized_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli(["centralized", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.lr" in err[0]
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_proximal_gradient_is_added_after_mgda_unscaled() -> None:
+    """FedProx's pull is mu * (w - w_global) on every covered parameter, g_a included, however
+    MGDA weighs the objectives (smoke model, stage 2: the hashing gradient dominates, so MGDA
+    weighs rate-distortion ~0.99 on g_a; adding the term before MGDA gave 2 x 0.85 of the pull)."""
+    config = load_config(SMOKE)
+    assert config.train.mgda and config.train.pcgrad
+    data = load_run_data(config.data)
+    model = build_model(config)
+    batch = load_batch(data.archive, data.train_rows[:8], model.modalities)
+    noise = torch.Generator().manual_seed(5)
+    # the received global model: everything but the hash head (as if it were kept local)
+    reference = {
+        n: p.detach() - 0.01 * torch.randn(p.shape, generator=noise)
+        for n, p in model.named_parameters()
+        if not n.startswith("hash_head.")
+    }
+
+    def step(
+        mu: float, ref: dict[str, torch.Tensor] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], GradientReport]:
+        trainer = LocalTrainer(
+            model, data.archive, data.train_rows, config, stage=2, proximal_mu=mu, reference=ref
+        )
+        model.zero_grad(set_to_none=True)
+        terms, report = trainer.backward(batch)
+        return _grads(model), terms, report
+
+    plain, plain_terms, plain_report = step(0.0, None)
+    assert plain_report.mgda_weights is not None
+    assert abs(plain_report.mgda_weights[0] - 0.5) > 0.4  # far from the even split
+    unchanged, terms, _ = step(0.0, reference)  # mu = 0: nothing added
+    assert "prox" not in terms and "prox" not in plain_terms
+    assert plain.keys() == unchanged.keys()
+    for name in plain:
+        assert torch.equal(plain[name], unchanged[name]), name
+
+    mu = 0.5
+    pulled, terms, report = step(mu, reference)
+    assert report.mgda_weights == plain_report.mgda_weights  # the proximal term is not weighed
+    params = dict(model.named_parameters())
+    encoder = {n for n in params if ".g_a." in n}
+    assert encoder and encoder <= pulled.keys() and encoder <= reference.keys()
+    squares = 0.0
+    for name, grad in pulled.items():
+        if name in reference:
+            pull = mu * (params[name].detach() - reference[name])
+            torch.testing.assert_close(grad, plain[name] + pull, rtol=1e-6, atol=1e-7)
+            squares += float(pull.pow(2).sum()) / mu**2
+        else:  # not received: no proximal term
+            assert name.startswith("hash_head.") and torch.equal(grad, plain[name]), name
+    assert float(terms["prox"]) == pytest.approx(0.5 * mu * squares, rel=1e-4)
+
+
+def test_local_trainer_keeps_adam_across_epochs() -> None:
+    """``train(1)`` twice on one trainer is ``train_local(epochs=2)``; a fresh Adam per epoch
+    (the same batches and noise) is not."""
+    config = load_config(SMOKE)
+    data = load_run_data(config.data)
+    states = []
+    for kind in ("train_local", "kept", "fresh"):
+        model = build_model(config)
+        if kind == "train_local":
+            train_local(model, data.archive, data.train_rows, config, stage=2, epochs=2, seed=4)
+        else:
+            trainer = LocalTrainer(model, data.archive, data.train_rows, config, stage=2, seed=4)
+            trainer.train(1)
+            if kind == "fresh":
+                trainer.optimizer.state.clear()  # what a new torch.optim.Adam starts from
+            trainer.train(1)
+        states.append(model.state_dict())
+    one_call, kept, fresh = states
+    for key in one_call:
+        assert torch.equal(one_call[key], kept[key]), key
+    assert any(not torch.equal(one_call[key], fresh[key]) for key in one_call)
+
+
+def test_centralized_run_keeps_one_optimizer_a_stage(tmp_path: Path) -> None:
+    """A centralized run's stages are ``train_local`` calls of all their epochs (seeds
+    ``(seed, stage)``), not one call (one fresh Adam) an epoch; every epoch is still reported."""
+    overrides = ["train.stage1_epochs=2", "train.stage2_epochs=2"]
+    config = load_config(SMOKE, overrides)
+    seen: list[tuple[int, int, int]] = []
+    run_centralized(config, tmp_path, on_epoch=lambda s, e, n, _m: seen.append((s, e, n)))
+    assert seen == [(1, 1, 2), (1, 2, 2), (2, 1, 2), (2, 2, 2)]
+    trained = torch.load(tmp_path / "model.pt")
+    data = load_run_data(config.data)
+    model = build_model(config)
+    for stage in (1, 2):
+        train_local(
+            model, data.archive, data.train_rows, config, stage=stage, epochs=2, seed=(0, stage)
+        )
+    expected = model.state_dict()
+    assert trained.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(trained[key], expected[key]), key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from fedrs.cli._common import console, number, progress, quiet_third_parties, ro
 COLUMNS = (
     ("mAP@20", "map@20"),
     ("random", "map@20_random"),
+    ("mAP@20 min(k,R)", "map@20_min_k_r"),
+    ("random min(k,R)", "map@20_min_k_r_random"),
     ("bpp S1", ("bpp", "s1")),
     ("bpp S2", ("bpp", "s2")),
     ("PSNR S1", ("psnr", "s1")),
@@ -22,6 +25,15 @@ COLUMNS = (
     ("MB up", "bytes_up"),
     ("wall s", "wall_s"),
 )
+"""``(title, summary key)`` a column: the title names the figure in ``comparison.json`` and,
+stacked a word a line (``(k,R)`` on a line of its own), heads the table."""
+
+CONVENTIONS = (
+    "mAP@20: AP averaged over the relevant items retrieved in the top 20; min(k,R): AP divided "
+    "by min(20, R), R = relevant items in the database; relevant = shares a label; random: "
+    "random codes, same queries and database."
+)
+"""The table's caption: what the mAP columns mean."""
 
 
 def _value(summary: dict[str, Any], key: str | tuple[str, str]) -> float | None:
@@ -31,16 +43,34 @@ def _value(summary: dict[str, Any], key: str | tuple[str, str]) -> float | None:
     return float(value) / 1e6 if key == "bytes_up" else float(value)
 
 
+def _header(title: str) -> str:
+    return title.replace(" ", "\n").replace("min(", "min\n(")
+
+
+def _metric_name(title: str) -> str:
+    """An MLflow-safe name for a column title: ``mAP@20 min(k,R)`` -> ``mAP@20_min_k_R``."""
+    return re.sub(r"[^\w@./-]+", "_", title).strip("_")
+
+
 def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
     """One row a run, one column a figure of :data:`COLUMNS`; fits an 80-column terminal.
 
     Numbers never wrap (:func:`fedrs.cli._common.number` keeps them short), headers stack on
-    two lines and a long run name folds: no cell is cut short.
+    up to three lines, columns are one space apart and a long run name folds: no cell is cut
+    short. The caption (:data:`CONVENTIONS`) says what the mAP columns mean.
     """
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(
+        title=title,
+        caption=CONVENTIONS,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0),
+    )
     table.add_column("run", overflow="fold")
     for header, _ in COLUMNS:
-        table.add_column(header.replace(" ", "\n"), justify="right", no_wrap=True)
+        table.add_column(_header(header), justify="right", no_wrap=True)
     for name, summary in rows.items():
         table.add_row(name, *(number(_value(summary, key)) for _, key in COLUMNS))
     return table
@@ -67,10 +97,23 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     panels = (("mAP@20", "map@20"), ("bpp", "bpp"), ("PSNR (dB)", "psnr"))
     for ax, (title, key) in zip(axes, panels, strict=True):
         if key == "map@20":
-            ax.bar(names, [_value(rows[n], "map@20") or 0 for n in names])
-            ax.plot(
-                names, [_value(rows[n], "map@20_random") or 0 for n in names], "k--", label="random"
-            )
+            # both conventions (retrieved: AP / R_k; min(k,R): AP / min(20, R)), each with its
+            # random-code baseline as a black tick on its bar
+            width = 0.4
+            for i, (label, convention) in enumerate((("mAP@20", ""), ("min(k,R)", "_min_k_r"))):
+                xs = [j + (i - 0.5) * width for j in range(len(names))]
+                figures = [_value(rows[n], f"map@20{convention}") or 0 for n in names]
+                ax.bar(xs, figures, width, label=label)
+                random = [_value(rows[n], f"map@20{convention}_random") for n in names]
+                ax.hlines(
+                    [r if r is not None else float("nan") for r in random],
+                    [x - width / 2 for x in xs],
+                    [x + width / 2 for x in xs],
+                    colors="k",
+                    linestyles="--",
+                    label="random" if i == 0 else None,
+                )
+            ax.set_xticks(range(len(names)), names)
             ax.legend()
         else:
             width = 0.4
@@ -170,7 +213,7 @@ def main(
     )
     tracker.log_params(base.to_dict() | {"mode": "compare", "strategies": ",".join(names)})
     for name, figures in result.items():
-        safe = {f"{name}/{k.replace(' ', '_')}": v for k, v in figures.items() if v is not None}
+        safe = {f"{name}/{_metric_name(k)}": v for k, v in figures.items() if v is not None}
         tracker.log_metrics(safe, step=0)
     tracker.log_artifact(out / "comparison.json")
     tracker.log_artifact(plot)

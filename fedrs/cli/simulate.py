@@ -86,17 +86,44 @@ def prepare_data_with_progress(settings: Any) -> None:
         resolve_cache(config.data, progress=track)
 
 
+MAP_ROWS = tuple(
+    f"map@{k}{convention}{baseline}"
+    for k in (20, 10, 100)
+    for convention in ("", "_min_k_r")
+    for baseline in ("", "_random")
+)
+"""The summary's mAP keys in table order: ``map@k`` (AP over the relevant items retrieved in the
+top k), ``map@k_min_k_r`` (AP divided by min(k, R)), each followed by its random-code baseline."""
+
+_ALWAYS_SHOWN = frozenset({"map@20", "map@20_random", "map@10", "map@100"})
+"""Rows shown ("-") even when the summary lacks them; the others only where present."""
+
+
 def summary_table(summary: dict[str, Any], title: str) -> Table:
-    """The final figures of a run, numbers whole in an 80-column terminal."""
+    """The final figures of a run, numbers whole in an 80-column terminal.
+
+    ``map@k`` divides AP by the relevant items retrieved in the top k, ``map@k_min_k_r`` by
+    min(k, R) (R = relevant items in the database); ``_random`` rows score random codes.
+    """
     table = Table(title=title)
     table.add_column("metric", overflow="fold")
     table.add_column("value", justify="right", no_wrap=True)
-    for key in ("map@20", "map@20_random", "map@10", "map@100"):
-        table.add_row(key, number(summary.get(key)))
+    for key in MAP_ROWS:
+        if key in _ALWAYS_SHOWN or key in summary:
+            table.add_row(key, number(summary.get(key)))
     for key in ("bpp", "psnr"):
         for modality, value in (summary.get(key) or {}).items():
             table.add_row(f"{key} {modality.upper()}", number(value))
-    for key in ("rounds", "clients_ok", "clients_failed", "bytes_up", "bytes_down", "wall_s"):
+    for key in (
+        "eval_queries",
+        "eval_database",
+        "rounds",
+        "clients_ok",
+        "clients_failed",
+        "bytes_up",
+        "bytes_down",
+        "wall_s",
+    ):
         if key in summary:
             table.add_row(key, number(summary[key]))
     return table

@@ -1,7 +1,8 @@
 """Hash-code retrieval: the faiss Hamming index and the retrieval metrics.
 
 ``HashIndex`` stores K-bit codes with external ids and answers k-nearest-neighbour queries by
-Hamming distance (ties in insertion order); ``mean_average_precision``, ``precision_at_k``,
+Hamming distance (ties in insertion order); ``mean_average_precision`` (two conventions: AP
+divided by the relevant items retrieved in the top k, or by min(k, R)), ``precision_at_k``,
 ``recall_at_k``, ``ndcg_at_k`` and ``evaluate_retrieval`` score a set of codes against multi-hot
 labels (relevant = at least one shared label).
 """
@@ -58,9 +59,11 @@ from fedrs.retrieval.metrics import (
     RankedRelevance,
     evaluate_retrieval,
     mean_average_precision,
+    mean_average_precision_min_k_r,
     ndcg_at_k,
     precision_at_k,
     random_codes_baseline,
+    random_codes_evaluation,
     rank_relevance,
     recall_at_k,
     relevance_prior,
@@ -122,6 +125,7 @@ __all__ = [
     "hash_query_patch",
     "load_trained_model",
     "mean_average_precision",
+    "mean_average_precision_min_k_r",
     "model_fingerprint",
     "model_for_archive",
     "ndcg_at_k",
@@ -130,6 +134,7 @@ __all__ = [
     "patch_code",
     "precision_at_k",
     "random_codes_baseline",
+    "random_codes_evaluation",
     "rank_relevance",
     "read_patch_folders",
     "recall_at_k",

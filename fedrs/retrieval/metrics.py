@@ -1,4 +1,4 @@
-"""Retrieval metrics for multi-label hash codes (mAP@k, precision@k, recall@k, NDCG@k).
+"""Retrieval metrics for multi-label hash codes (mAP@k in two conventions, P@k, R@k, NDCG@k).
 
 Conventions shared by every function here:
 
@@ -20,10 +20,17 @@ Conventions shared by every function here:
 Definitions, with ``rel(i)`` = 1 if the item at rank ``i`` is relevant, ``R`` = number of
 relevant items in the whole database, ``R_k = sum_{i<=k} rel(i)``, ``P(i) = R_i / i``:
 
-* ``AP@k = (1 / R_k) * sum_{i<=k} P(i) * rel(i)``, and 0 when ``R_k = 0``; ``mAP@k`` is its mean.
-  This is the mAP@k of the deep-hashing literature (HashNet, DPSH, DSH, and the remote-sensing
-  hashing papers built on their evaluation code): precision averaged over the relevant items
-  *retrieved* within the top ``k``.
+* ``AP@k = (1 / R_k) * sum_{i<=k} P(i) * rel(i)``, and 0 when ``R_k = 0``; ``mAP@k`` is its mean
+  (key ``map@k``, ``normalize="retrieved"``). This is the mAP@k of the deep-hashing evaluation
+  code (HashNet, DPSH, DSH): precision averaged over the relevant items *retrieved* within the
+  top ``k``. It is optimistic: a single relevant hit at rank 1 scores 1.0 however many relevant
+  items the top ``k`` missed.
+* ``AP@k min(k,R) = (1 / min(k, R)) * sum_{i<=k} P(i) * rel(i)``, and 0 when ``R = 0``; its mean
+  is ``mAP@k min(k,R)`` (key ``map@k_min_k_r``, ``normalize="min_k_r"``), the convention of many
+  remote-sensing hashing papers. ``min(k, R)`` is the most relevant items the top ``k`` can
+  hold, so AP reaches 1 exactly when the first ``min(k, R)`` ranks are all relevant, and
+  ``AP@k min(k,R) <= AP@k``, equal when ``R_k = min(k, R)`` (the top ``k`` holds as many relevant
+  items as it can), e.g. one relevant hit at rank 1 out of ``R = 5``, ``k = 20``: 1.0 vs 1/5.
 * ``P@k = R_k / k``.
 * ``R@k = R_k / R``, and 0 when ``R = 0``.
 * ``NDCG@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<=k} (2**g(i) - 1) / log2(i + 1)`` where
@@ -32,14 +39,16 @@ relevant items in the whole database, ``R_k = sum_{i<=k} rel(i)``, ``P(i) = R_i 
   ``IDCG@k = 0``.
 
 The random-code baseline: :func:`random_codes_baseline` scores random ``±1`` codes (fixed seed)
-on the same labels; :func:`relevance_prior` is the expected ``P@k`` of a random ranking.
+on the same labels (mAP@k in either convention), :func:`random_codes_evaluation` gives every
+metric of :func:`evaluate_retrieval` for them; :func:`relevance_prior` is the expected ``P@k`` of
+a random ranking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,9 +59,11 @@ __all__ = [
     "RankedRelevance",
     "evaluate_retrieval",
     "mean_average_precision",
+    "mean_average_precision_min_k_r",
     "ndcg_at_k",
     "precision_at_k",
     "random_codes_baseline",
+    "random_codes_evaluation",
     "rank_relevance",
     "recall_at_k",
     "relevance_prior",
@@ -60,6 +71,9 @@ __all__ = [
 
 _CHUNK_ELEMENTS = 1 << 21
 """Queries x database items handled at once when ``chunk_size`` is not given."""
+
+Normalize = Literal["retrieved", "min_k_r"]
+"""mAP@k conventions: divide AP's sum by ``R_k`` (``"retrieved"``) or by ``min(k, R)``."""
 
 
 @dataclass(frozen=True)
@@ -222,13 +236,24 @@ def rank_relevance(
 # Per-query metrics of a ranking
 
 
-def _average_precision(ranked: RankedRelevance) -> np.ndarray:
+def _precision_sum(ranked: RankedRelevance) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_{i<=k} P(i) rel(i)`` and ``R_k`` per query."""
     rel = ranked.relevant.astype(np.float64)
     hits = np.cumsum(rel, axis=1)
     precision = hits / np.arange(1, ranked.k + 1, dtype=np.float64)
-    retrieved = hits[:, -1]
-    total = (precision * rel).sum(axis=1)
+    return (precision * rel).sum(axis=1), hits[:, -1]
+
+
+def _average_precision(ranked: RankedRelevance) -> np.ndarray:
+    total, retrieved = _precision_sum(ranked)
     return np.divide(total, retrieved, out=np.zeros_like(total), where=retrieved > 0)
+
+
+def _average_precision_min_k_r(ranked: RankedRelevance) -> np.ndarray:
+    # ranked.k is k clipped to the database size N; R <= N, so min(ranked.k, R) = min(k, R).
+    total, _ = _precision_sum(ranked)
+    limit = np.minimum(ranked.num_relevant, ranked.k).astype(np.float64)
+    return np.divide(total, limit, out=np.zeros_like(total), where=limit > 0)
 
 
 def _precision(ranked: RankedRelevance) -> np.ndarray:
@@ -253,13 +278,26 @@ def _ndcg(ranked: RankedRelevance) -> np.ndarray:
     return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
 
 
-_METRICS = {
-    "map": _average_precision,
-    "p": _precision,
-    "r": _recall,
-    "ndcg": _ndcg,
+_METRICS: dict[str, Callable[[RankedRelevance], np.ndarray]] = {
+    "map@{k}": _average_precision,
+    "map@{k}_min_k_r": _average_precision_min_k_r,
+    "p@{k}": _precision,
+    "r@{k}": _recall,
+    "ndcg@{k}": _ndcg,
 }
-"""Metric name (as in ``evaluate_retrieval``'s keys) -> per-query score of a ranking."""
+"""``evaluate_retrieval``'s key (``{k}`` = the depth) -> per-query score of a ranking."""
+
+_MAP_KEYS: dict[str, str] = {"retrieved": "map@{k}", "min_k_r": "map@{k}_min_k_r"}
+"""mAP convention (``normalize``) -> its key in :data:`_METRICS`."""
+
+
+def _map_key(normalize: Any) -> str:
+    try:
+        return _MAP_KEYS[normalize]
+    except (KeyError, TypeError):
+        raise InputError(
+            f"normalize: expected one of {sorted(_MAP_KEYS)}, got {normalize!r}"
+        ) from None
 
 
 def _mean_metric(
@@ -288,13 +326,25 @@ def mean_average_precision(
     db_labels: Any,
     k: int,
     *,
+    normalize: Normalize = "retrieved",
     chunk_size: int | None = None,
 ) -> float:
-    """mAP@k: mean over queries of ``AP@k = (1/R_k) sum_{i<=k} P(i) rel(i)`` (0 if ``R_k = 0``).
+    """mAP@k: the mean over queries of ``AP@k = (1/D) sum_{i<=k} P(i) rel(i)``.
 
-    ``R_k`` is the number of relevant items retrieved in the top ``k``, so AP@k averages the
-    precision at the ranks of the retrieved relevant items (the deep-hashing convention).
-    Relevant = shares at least one label; ranking by Hamming distance, ties in database order.
+    ``P(i)`` is the precision of the top ``i`` and ``rel(i)`` = 1 when the item at rank ``i`` is
+    relevant (shares at least one label with the query); ranking by Hamming distance, ties in
+    database order. The divisor ``D`` depends on ``normalize``:
+
+    * ``"retrieved"`` (default, key ``map@k``): ``D = R_k``, the relevant items *retrieved* in
+      the top ``k``; AP@k averages the precision at the ranks of the retrieved relevant items
+      (the deep-hashing evaluation code's convention). One relevant hit at rank 1 scores 1.0.
+    * ``"min_k_r"`` (key ``map@k_min_k_r``): ``D = min(k, R)``, ``R`` the relevant items in the
+      whole database (remote-sensing hashing papers' convention). One relevant hit at rank 1
+      out of ``R = 5`` scores ``1/5`` at ``k >= 5``. Never above the ``"retrieved"`` figure;
+      equal when the top ``k`` holds ``min(k, R)`` relevant items.
+
+    Either way a query with ``D = 0`` (no relevant item retrieved, resp. none in the database)
+    scores 0, and ``k`` is clipped to ``N`` (``min(k, R)`` is unchanged by it, as ``R <= N``).
 
     Args:
         query_codes: ``Q`` codes, packed ``uint8`` ``(Q, K/8)`` or unpacked ``(Q, K)``.
@@ -302,15 +352,43 @@ def mean_average_precision(
         query_labels: ``(Q, L)`` multi-hot.
         db_labels: ``(N, L)`` multi-hot.
         k: ranking depth (clipped to ``N``).
+        normalize: ``"retrieved"`` or ``"min_k_r"``, see above.
         chunk_size: queries per chunk (memory control); by default about ``2**21 / N``.
 
     Returns:
         mAP@k in ``[0, 1]``.
 
     Raises:
-        InputError: bad codes or labels, mismatched sizes, empty inputs, ``k < 1``.
+        InputError: bad codes or labels, mismatched sizes, empty inputs, ``k < 1``, an unknown
+            ``normalize``.
     """
-    return _mean_metric("map", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    key = _map_key(normalize)
+    return _mean_metric(key, query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def mean_average_precision_min_k_r(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """mAP@k min(k,R): :func:`mean_average_precision` with ``normalize="min_k_r"``.
+
+    ``AP@k = (1 / min(k, R)) sum_{i<=k} P(i) rel(i)``, ``R`` = relevant items in the database,
+    0 when ``R = 0``. Arguments and errors as in :func:`mean_average_precision`.
+    """
+    return mean_average_precision(
+        query_codes,
+        db_codes,
+        query_labels,
+        db_labels,
+        k,
+        normalize="min_k_r",
+        chunk_size=chunk_size,
+    )
 
 
 def precision_at_k(
@@ -326,7 +404,7 @@ def precision_at_k(
 
     Arguments, ranking and errors as in :func:`mean_average_precision`.
     """
-    return _mean_metric("p", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    return _mean_metric("p@{k}", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
 
 
 def recall_at_k(
@@ -343,7 +421,7 @@ def recall_at_k(
     A query with no relevant item in the database scores 0. Arguments, ranking and errors as in
     :func:`mean_average_precision`.
     """
-    return _mean_metric("r", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    return _mean_metric("r@{k}", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
 
 
 def ndcg_at_k(
@@ -362,7 +440,7 @@ def ndcg_at_k(
     items in grade order. Queries whose database holds no relevant item score 0. Arguments,
     ranking and errors as in :func:`mean_average_precision`.
     """
-    return _mean_metric("ndcg", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    return _mean_metric("ndcg@{k}", query_codes, db_codes, query_labels, db_labels, k, chunk_size)
 
 
 def evaluate_retrieval(
@@ -385,8 +463,10 @@ def evaluate_retrieval(
         chunk_size: queries per chunk (memory control).
 
     Returns:
-        ``{"map@k": ..., "p@k": ..., "r@k": ..., "ndcg@k": ...}`` for each ``k`` in ``ks``,
-        e.g. ``map@10, map@20, map@100, p@20, r@20, ndcg@20`` for the default ``ks``.
+        ``{"map@k": ..., "map@k_min_k_r": ..., "p@k": ..., "r@k": ..., "ndcg@k": ...}`` for each
+        ``k`` in ``ks``, e.g. ``map@10, map@20, map@100, map@20_min_k_r, p@20, r@20, ndcg@20``
+        for the default ``ks``. ``map@k`` divides AP by the relevant items retrieved in the top
+        ``k``, ``map@k_min_k_r`` by ``min(k, R)`` (see :func:`mean_average_precision`).
 
     Raises:
         InputError: as :func:`mean_average_precision`, or an empty ``ks``.
@@ -398,14 +478,28 @@ def evaluate_retrieval(
         query_codes, db_codes, query_labels, db_labels, max(depths), chunk_size=chunk_size
     )
     out: dict[str, float] = {}
-    for name, metric in _METRICS.items():
+    for key, metric in _METRICS.items():
         for k in depths:
-            out[f"{name}@{k}"] = float(metric(ranked.truncated(k)).mean())
+            out[key.format(k=k)] = float(metric(ranked.truncated(k)).mean())
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 # Baselines
+
+
+def _random_codes(
+    query_labels: Any, db_labels: Any, bits: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random ``±1`` codes for the queries, then the database, from ``default_rng(seed)``."""
+    bits = _check_k(bits, "bits")
+    if bits % 8:
+        raise InputError(f"bits: expected a positive multiple of 8, got {bits}")
+    n_q, n_db = np.shape(query_labels)[0], np.shape(db_labels)[0]
+    rng = np.random.default_rng(seed)
+    query_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_q, bits))
+    db_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_db, bits))
+    return query_codes, db_codes
 
 
 def random_codes_baseline(
@@ -415,6 +509,7 @@ def random_codes_baseline(
     *,
     bits: int = 64,
     seed: int = 0,
+    normalize: Normalize = "retrieved",
     chunk_size: int | None = None,
 ) -> float:
     """mAP@k of random ``±1`` codes on the given labels: the floor a trained model must beat.
@@ -428,20 +523,52 @@ def random_codes_baseline(
         k: ranking depth.
         bits: code length, a positive multiple of 8.
         seed: random seed.
+        normalize: the mAP convention, as in :func:`mean_average_precision`.
         chunk_size: queries per chunk.
 
     Returns:
         mAP@k of the random codes.
     """
-    bits = _check_k(bits, "bits")
-    if bits % 8:
-        raise InputError(f"bits: expected a positive multiple of 8, got {bits}")
-    n_q, n_db = np.shape(query_labels)[0], np.shape(db_labels)[0]
-    rng = np.random.default_rng(seed)
-    query_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_q, bits))
-    db_codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_db, bits))
+    query_codes, db_codes = _random_codes(query_labels, db_labels, bits, seed)
     return mean_average_precision(
-        query_codes, db_codes, query_labels, db_labels, k, chunk_size=chunk_size
+        query_codes,
+        db_codes,
+        query_labels,
+        db_labels,
+        k,
+        normalize=normalize,
+        chunk_size=chunk_size,
+    )
+
+
+def random_codes_evaluation(
+    query_labels: Any,
+    db_labels: Any,
+    ks: Iterable[int] = (10, 20, 100),
+    *,
+    bits: int = 64,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate_retrieval` of the random codes of :func:`random_codes_baseline`.
+
+    One ranking pass for every ``k`` and both mAP conventions; ``map@k`` here equals
+    ``random_codes_baseline(..., k, bits=bits, seed=seed)`` (the same codes).
+
+    Args:
+        query_labels: ``(Q, L)`` multi-hot.
+        db_labels: ``(N, L)`` multi-hot.
+        ks: ranking depths.
+        bits: code length, a positive multiple of 8.
+        seed: random seed.
+        chunk_size: queries per chunk.
+
+    Returns:
+        The keys of :func:`evaluate_retrieval` for the random codes.
+    """
+    query_codes, db_codes = _random_codes(query_labels, db_labels, bits, seed)
+    return evaluate_retrieval(
+        query_codes, db_codes, query_labels, db_labels, ks, chunk_size=chunk_size
     )
 
 
