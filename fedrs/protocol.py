@@ -41,6 +41,23 @@ NUM_EXAMPLES = "num-examples"
 """Reply metric: examples trained on (the aggregation weight)."""
 CLIENT_ID = "client-id"
 """Reply metric: the client's id (its partition id)."""
+MODALITIES = ("s1", "s2")
+
+
+def modality_examples(modality: str) -> str:
+    """Reply metric: patches of ``modality`` trained on per epoch (``num-examples-s1``); the
+    weight of that modality's keys under partial replies."""
+    return f"{NUM_EXAMPLES}-{modality}"
+
+
+def modality_of(key: str) -> str | None:
+    """The modality a model key belongs to (``codecs.s1.*``, ``hash_head.encoders.s2.*``), or
+    None for a shared key."""
+    for part in key.split(".")[:3]:
+        if part in MODALITIES:
+            return part
+    return None
+
 
 DEFAULT_LOCAL_KEYS: tuple[str, ...] = (
     "running_mean",

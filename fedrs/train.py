@@ -221,11 +221,13 @@ class LocalTrainer:
         Returns:
             Mean loss terms over these epochs' batches (``loss`` is the total without the
             proximal term, ``prox`` that term when there is one), ``num-examples`` (patches per
-            epoch), ``batches`` and ``train_s``.
+            epoch), ``num-examples-<modality>`` (those holding each modality trained),
+            ``batches`` and ``train_s``.
         """
         tc = self.config.train
         self.model.train()
         sums: dict[str, float] = {}
+        seen = {m: torch.zeros((), dtype=torch.int64) for m in self.held}
         batches = 0
         started = time.perf_counter()
         for _ in range(epochs):
@@ -247,6 +249,9 @@ class LocalTrainer:
                     torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
                 self.optimizer.step()
                 batches += 1
+                for m in self.held:
+                    if f"has_{m}" in batch:
+                        seen[m] += batch[f"has_{m}"].sum().cpu()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
         if batches == 0:
@@ -261,6 +266,8 @@ class LocalTrainer:
             "batches": float(batches),
             "train_s": time.perf_counter() - started,
         }
+        # patches of each modality trained on per epoch: the weight of that modality's keys
+        metrics |= {f"num-examples-{m}": float(n) / epochs for m, n in seen.items()}
         self.model.eval()
         return metrics
 

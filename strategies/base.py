@@ -100,6 +100,7 @@ from .replies import CLIENT_ID_KEY as CLIENT_ID_KEY  # re-exported
 from .replies import CLIENT_METRICS as CLIENT_METRICS  # re-exported
 from .replies import (
     METRICS_RECORD_KEY,
+    CheckedReply,
     RejectedReply,
     as_rejection,
     client_metrics,
@@ -447,7 +448,7 @@ class AccountedFedAvg(FedAvg):
             log(INFO, "round %d: no client sampled for training", server_round)
             return None, None
 
-        usable: list[tuple[float, dict[str, np.ndarray]]] = []
+        usable: list[CheckedReply] = []
         metric_records: list[RecordDict] = []
         bytes_up = 0
         for msg in replies:
@@ -469,7 +470,7 @@ class AccountedFedAvg(FedAvg):
                 continue
             if sent is not None:
                 self._node_globals[node_id] = sent
-            usable.append((checked.weight, checked.arrays))
+            usable.append(checked)
             metric_records.append(RecordDict({METRICS_RECORD_KEY: checked.metrics}))
             self._track_client(stats, checked.metrics)
 
@@ -517,22 +518,24 @@ class AccountedFedAvg(FedAvg):
         self,
         server_round: int,
         global_arrays: ArrayRecord,
-        replies: list[tuple[float, dict[str, np.ndarray]]],
+        replies: list[CheckedReply],
     ) -> dict[str, np.ndarray]:
         """The aggregated value (float64) of every key some usable reply carried.
 
-        Here: each key's weighted mean over the replies that carry it.  Variants (a Flower
-        strategy per group of keys, see :mod:`fedrs.strategies.guard`) override this hook.
+        Here: each key's weighted mean over the replies that carry it, weighted by
+        :meth:`key_weight`.  Variants (a Flower strategy per group of keys, see
+        :mod:`fedrs.strategies.guard`) override this hook.
 
         Args:
             server_round: The round.
             global_arrays: The global model of the round.
-            replies: (weight, decoded shared arrays) of each usable reply, in a fixed order.
+            replies: The usable replies, in a fixed order.
         """
         sums: dict[str, np.ndarray] = {}
         totals: dict[str, float] = {}
-        for weight, arrays in replies:
-            for key, value in arrays.items():
+        for reply in replies:
+            for key, value in reply.arrays.items():
+                weight = self.key_weight(reply, protocol.modality_of(key))
                 contribution = weight * value.astype(np.float64)
                 if key in sums:
                     sums[key] += contribution
@@ -540,6 +543,17 @@ class AccountedFedAvg(FedAvg):
                     sums[key] = contribution
                 totals[key] = totals.get(key, 0.0) + weight
         return {key: total / totals[key] for key, total in sums.items()}
+
+    def key_weight(self, reply: CheckedReply, modality: str | None) -> float:
+        """The weight of ``reply`` for the keys of ``modality`` (None: shared keys).
+
+        Under partial replies a client sends a modality's keys because it trained them, so they
+        are weighted by the patches of that modality it trained on (``num-examples-s1``); whole
+        replies (FedAvg: untrained codecs are sent back unchanged) use the reply's weight.
+        """
+        if self.requires_all_shared_keys:
+            return reply.weight
+        return reply.modality_weight(modality)
 
     def _code_next_global(
         self,

@@ -47,6 +47,7 @@ from fedrs.errors import InputError
 
 from .base import PARTIAL_REPLIES_CONFIG_KEY, AccountedFedAvg
 from .errors import RoundFailedError
+from .replies import CheckedReply
 
 FEDRS_OPTIONS = (
     "local_keys",
@@ -254,27 +255,31 @@ class GuardedStrategy(AccountedFedAvg):
         self,
         server_round: int,
         global_arrays: ArrayRecord,
-        replies: list[tuple[float, dict[str, np.ndarray]]],
+        replies: list[CheckedReply],
     ) -> dict[str, np.ndarray]:
         """Each group of keys aggregated by the Flower strategy over the replies carrying it.
+
+        A group holds the keys of one modality (or the shared keys) carried by the same
+        replies; each reply enters with its :meth:`key_weight` for that modality.
 
         Args:
             server_round: The round.
             global_arrays: The global model of the round.
-            replies: (weight, decoded shared arrays) of each usable reply.
+            replies: The usable replies, in a fixed order.
 
         Returns:
             The aggregated arrays (float64) of every key some reply carried.
         """
         carriers: dict[str, list[int]] = {}
-        for index, (_, arrays) in enumerate(replies):
-            for key in arrays:
+        for index, reply in enumerate(replies):
+            for key in reply.arrays:
                 carriers.setdefault(key, []).append(index)
-        groups: dict[tuple[int, ...], list[str]] = {}
+        groups: dict[tuple[tuple[int, ...], str | None], list[str]] = {}
         for key, carried_by in carriers.items():
-            groups.setdefault(tuple(carried_by), []).append(key)
+            modality = protocol.modality_of(key) if self.partial_replies else None
+            groups.setdefault((tuple(carried_by), modality), []).append(key)
         out: dict[str, np.ndarray] = {}
-        for indexes, keys in groups.items():
+        for (indexes, modality), keys in groups.items():
             strategy = self.primary
             if self.partial_replies:
                 # whole replies: one group, aggregated by the strategy that configured the
@@ -290,8 +295,8 @@ class GuardedStrategy(AccountedFedAvg):
                 self._prime(strategy, server_round + self.round_offset, current)
             messages = [
                 _reply_message(
-                    {k: replies[i][1][k].astype(np.float64) for k in keys},
-                    replies[i][0],
+                    {k: replies[i].arrays[k].astype(np.float64) for k in keys},
+                    self.key_weight(replies[i], modality),
                     node=i + 1,
                     weighted_by_key=self.weighted_by_key,
                     arrayrecord_key=self.arrayrecord_key,

@@ -110,6 +110,40 @@ class CheckedReply:
     arrays: dict[str, np.ndarray]
     metrics: MetricRecord
 
+    def modality_weight(self, modality: str | None) -> float:
+        """The weight of the keys of ``modality`` (None: shared keys): the patches of that
+        modality the client trained on (``num-examples-<modality>``) where it reports them,
+        else :attr:`weight`."""
+        if modality is None:
+            return self.weight
+        value = self.metrics.get(protocol.modality_examples(modality))
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return self.weight
+
+
+def check_modality_weights(checked: CheckedReply) -> None:
+    """A reply's per-modality example counts must lie in ``[0, weight]``.
+
+    Raises:
+        RejectedReply: A count is not a finite number in that range.
+    """
+    for modality in protocol.MODALITIES:
+        key = protocol.modality_examples(modality)
+        value = checked.metrics.get(key)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 <= value <= checked.weight
+        ):
+            raise RejectedReply(
+                f"metric {key!r} = {short_repr(value)} must be a number in "
+                f"[0, {checked.weight:g}] (the reply's weight)"
+            )
+
 
 def as_rejection(exc: BaseException) -> RejectedReply:
     """The rejection of a reply whose reading raised ``exc`` (itself if it is one).
@@ -468,9 +502,11 @@ def read_reply(
         arrayrecord_key=arrayrecord_key,
         requires_all_shared_keys=requires_all_shared_keys,
     )
-    return CheckedReply(
+    checked = CheckedReply(
         node_id=int(msg.metadata.src_node_id), weight=weight, arrays=arrays, metrics=metrics
     )
+    check_modality_weights(checked)
+    return checked
 
 
 def first_non_finite(arrays: Mapping[str, npt.NDArray[Any]]) -> str | None:

@@ -336,3 +336,46 @@ def test_per_key_strategy_with_entropy_coded_updates(tmp_path: Path, cache_env: 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients_ok"] == 6 and summary["clients_failed"] == 0
     assert summary["update_codec"] == "entropy"
+
+
+@pytest.mark.parametrize("name", ["modality-aware", "fedadam"])
+def test_codec_keys_are_weighted_by_the_patches_of_their_modality(name: str) -> None:
+    """A client holding both sensors but S1 for only 20 of its 100 patches weighs 20 in the
+    S1 codec, 100 in the S2 codec and in the shared keys."""
+    strategy = build_strategy(
+        name, min_train_nodes=2, **({"eta": 1.0} if name != "modality-aware" else {})
+    )
+    a, c = instructions(strategy, 2)
+    replies = [
+        reply(a, {S1: f32(1, 1), HEAD: head(1)}, 100, **{"num-examples-s1": 100}),
+        reply(
+            c,
+            {S1: f32(7, 7), S2: f32(2, 2, 2), HEAD: head(7)},
+            100,
+            **{"num-examples-s1": 20, "num-examples-s2": 100},
+        ),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    out = numpy_of(arrays)
+    if name == "modality-aware":
+        np.testing.assert_allclose(out[S1], [2.0, 2.0], rtol=1e-6)  # (100*1 + 20*7) / 120
+        np.testing.assert_allclose(out[HEAD], head(4.0), rtol=1e-6)  # (100*1 + 100*7) / 200
+        np.testing.assert_allclose(out[S2], [2.0, 2.0, 2.0], rtol=1e-6)
+    groups = {frozenset(k) for k in getattr(strategy, "_groups", {})}
+    if name == "fedadam":
+        assert groups == {frozenset({S1}), frozenset({S2}), frozenset({HEAD})}
+
+
+def test_a_modality_count_above_the_weight_is_a_failed_reply() -> None:
+    strategy = build_strategy("modality-aware", min_train_nodes=2)
+    a, b = instructions(strategy, 2)
+    replies = [
+        reply(a, {S1: f32(1, 1), HEAD: head(1)}, 100, **{"num-examples-s1": 1e9}),
+        reply(b, {S2: f32(2, 2, 2), HEAD: head(3)}, 100),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    stats = strategy.round_stats[1]
+    assert (stats.clients_ok, stats.clients_failed) == (1, 1)
+    assert "num-examples-s1" in stats.failures[0].reason

@@ -223,6 +223,10 @@ def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
         assert {m: metrics[f"has-{m}"] for m in ("s1", "s2")} == {
             m: int(m in held) for m in ("s1", "s2")
         }
+        # the weight of each modality's keys: the patches of that modality trained on
+        counts = {m: metrics.get(f"num-examples-{m}") for m in ("s1", "s2")}
+        assert {m for m, n in counts.items() if n is not None} == set(held)
+        assert all(0 < n <= metrics["num-examples"] for n in counts.values() if n is not None)
 
 
 @pytest.mark.slow
