@@ -89,8 +89,8 @@ def test_eval_latents_are_quantised_with_means() -> None:
     batch = make_batch(2)
     codec = model.codec("s2")
     out = model({"s2": batch["s2"]})
-    y = codec.analysis(batch["s2"])
-    z_hat, _ = codec.entropy_bottleneck(codec.h_a(y))
+    y, z = codec.encode_latents(batch["s2"], invariant=True)
+    z_hat, _ = codec.entropy_bottleneck(z)
     means = codec.conditional.means(codec.entropy_parameters(z_hat, invariant=True))
     residual = out["y_hat"]["s2"] - means
     assert torch.allclose(residual, residual.round(), atol=1e-4)
@@ -133,6 +133,66 @@ def test_codes_and_bitstreams_do_not_depend_on_the_batch_across_pieces() -> None
     streams = model.compress(batch)
     codes = model.hash_from_bitstreams({m: v[7:] for m, v in streams.items()})
     assert torch.equal(codes, whole["codes"][7:])
+
+
+BATCHINGS = (200, 37, 16, 1)
+"""Batch sizes the same 200 patches are compressed in (the last batch of each may be short)."""
+
+
+def test_bitstreams_and_codes_of_200_patches_do_not_depend_on_the_batching() -> None:
+    # every evaluation-time computation that feeds the bytes and the codes (g_a, h_a, h_s, the
+    # entropy parameters, the hash head) runs on fixed-size pieces, so a patch gets the same
+    # bytes and code alone and in any batch
+    from pathlib import Path
+
+    from fedrs.config import load_config
+    from fedrs.train import build_model
+
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
+    model = build_model(load_config(smoke)).eval()
+    assert set(model.modalities) == {"s1", "s2"}
+    count = 200
+    batch = make_batch(count, seed=11, scale=4.0)
+    reference: dict[str, list[bytes]] = {}
+    reference_latents: dict[str, torch.Tensor] = {}
+    reference_codes = torch.empty(0)
+    # the unquantised latents compress computes (g_a's outputs, padding included): their bits,
+    # not only their symbols, must agree (an untrained model's rarely sit near a rounding
+    # boundary, so its bytes alone would hardly ever show a difference)
+    outputs: dict[str, list[torch.Tensor]] = {m: [] for m in batch}
+    hooks = [
+        model.codec(m).g_a.register_forward_hook(
+            lambda module, args, y, m=m: outputs[m].append(y.detach().clone())
+        )
+        for m in batch
+    ]
+    for size in BATCHINGS:
+        streams: dict[str, list[bytes]] = {m: [] for m in batch}
+        latents: dict[str, list[torch.Tensor]] = {m: [] for m in batch}
+        codes = []
+        for start in range(0, count, size):
+            piece = {m: t[start : start + size] for m, t in batch.items()}
+            compressed = model.compress(piece)
+            for modality, patches in compressed.items():
+                streams[modality] += [p.to_bytes() for p in patches]
+                latents[modality].append(torch.cat(outputs[modality])[: len(patches)])
+                outputs[modality].clear()
+            codes.append(model.hash_from_bitstreams(compressed))
+        if not reference:
+            reference, reference_codes = streams, torch.cat(codes)
+            reference_latents = {m: torch.cat(v) for m, v in latents.items()}
+            continue
+        for modality in batch:
+            differ = [i for i in range(count) if streams[modality][i] != reference[modality][i]]
+            assert not differ, f"{modality} bytes of patches {differ} differ in batches of {size}"
+            y = torch.cat(latents[modality])
+            assert torch.equal(y, reference_latents[modality]), f"{modality} y, batches of {size}"
+        assert torch.equal(torch.cat(codes), reference_codes), f"codes differ in batches of {size}"
+    for hook in hooks:
+        hook.remove()
+    # the forward pass at evaluation codes the same latents and gives the same codes
+    whole = model(batch)
+    assert torch.equal(whole["codes"], reference_codes)
 
 
 def test_in_fixed_chunks_pads_splits_and_trims() -> None:

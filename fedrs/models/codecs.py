@@ -172,6 +172,10 @@ class Codec(nn.Module):
     ``y_hat`` is ``round(y - means) + means`` with a straight-through gradient (used by ``g_s``
     and the hash head) and the likelihoods are those of the noisy latents; at evaluation both
     use the rounded latents, exactly as :meth:`compress` / :meth:`decompress` code them.
+
+    At evaluation and in :meth:`compress` / :meth:`decompress` the transforms that feed the
+    bitstreams (``g_a``, ``h_a``, ``h_s``) run on fixed-size pieces of the batch, so a patch
+    gets the same bytes alone and in any batch (see :mod:`fedrs.models.entropy`).
     """
 
     name: ClassVar[str] = ""
@@ -220,10 +224,26 @@ class Codec(nn.Module):
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
     def analysis(self, x: Tensor) -> Tensor:
-        """``y = g_a(pad(x))``."""
+        """``y = g_a(pad(x))`` on the whole batch (see :meth:`encode_latents` for coding)."""
         self._check(x)
         y: Tensor = self.g_a(self.pad(x))
         return y
+
+    def encode_latents(self, x: Tensor, *, invariant: bool) -> tuple[Tensor, Tensor]:
+        """``y = g_a(pad(x))`` and ``z = h_a(y)``.
+
+        With ``invariant`` both run on fixed-size pieces of the batch
+        (:func:`~fedrs.models.layers.in_fixed_chunks`), so an item's ``y`` and ``z`` are the
+        same bits whatever batch it came in; without, on the whole batch (training: faster).
+        """
+        self._check(x)
+
+        def encode(piece: Tensor) -> dict[str, Tensor]:
+            y = self.g_a(self.pad(piece))
+            return {"y": y, "z": self.h_a(y)}
+
+        out = in_fixed_chunks(encode, x) if invariant else encode(x)
+        return out["y"], out["z"]
 
     def synthesis(self, y_hat: Tensor, image_size: Sequence[int]) -> Tensor:
         """``g_s(y_hat)`` cropped to ``image_size``."""
@@ -233,16 +253,18 @@ class Codec(nn.Module):
     def entropy_parameters(self, z_hat: Tensor, *, invariant: bool) -> dict[str, Tensor]:
         """Parameters of the conditional model from ``h_s(z_hat)``.
 
-        With ``invariant`` ``h_s`` runs on fixed-size pieces of the batch
-        (:func:`~fedrs.models.layers.in_fixed_chunks`), so that an item's parameters do not
-        depend on the batch it came in (encoder and decoder then agree bit for bit).
+        With ``invariant`` ``h_s`` and the split into parameters run on fixed-size pieces of
+        the batch (:func:`~fedrs.models.layers.in_fixed_chunks`), so that an item's parameters
+        do not depend on the batch it came in (encoder and decoder then agree bit for bit).
         """
-        hyper = in_fixed_chunks(self.h_s, z_hat) if invariant else self.h_s(z_hat)
-        return self.conditional.parameters_from(hyper)
+
+        def parameters(piece: Tensor) -> dict[str, Tensor]:
+            return self.conditional.parameters_from(self.h_s(piece))
+
+        return in_fixed_chunks(parameters, z_hat) if invariant else parameters(z_hat)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
-        y = self.analysis(x)
-        z = self.h_a(y)
+        y, z = self.encode_latents(x, invariant=not self.training)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         params = self.entropy_parameters(z_hat, invariant=not self.training)
         y_tilde, y_likelihoods = self.conditional(y, params)
@@ -266,8 +288,7 @@ class Codec(nn.Module):
     @torch.no_grad()
     def compress(self, x: Tensor) -> list[CompressedPatch]:
         """Entropy-code a batch (B, C, H, W) into one :class:`CompressedPatch` per image."""
-        y = self.analysis(x)
-        z = self.h_a(y)
+        y, z = self.encode_latents(x, invariant=True)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.quantize(
             z, "dequantize", self.entropy_bottleneck.medians(z.dim())
