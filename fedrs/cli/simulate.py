@@ -193,7 +193,8 @@ def main(
     console.print(
         f"simulating [bold]{experiment.partition.clients}[/] clients "
         f"({experiment.partition.name} partition, {fed.strategy}, "
-        f"{fed.build_update_codec(experiment.seed).describe()} updates) for {fed.rounds} rounds"
+        f"{fed.build_update_codec(experiment.seed).describe()} updates) for {fed.rounds} rounds",
+        soft_wrap=True,
     )
     with progress() as bar:
         summary = run_simulation(
