@@ -206,10 +206,11 @@ def test_simulate_joins_a_ray_cluster(tmp_path: Path) -> None:
         assert summary["bytes_up"] > 0
 
         after = cluster_record(driver_env)
-    # The simulation ran as a job of this cluster, and its clients as actors there: two
-    # ClientAppActors, as many as the cluster's 2 CPUs hold at 1 CPU per client.
+    # The simulation runtime (the flwr-simulation process the SuperLink starts) ran as a job of
+    # this cluster, and its clients as actors there: two ClientAppActors, as many as the
+    # cluster's 2 CPUs hold at 1 CPU per client.
     new_jobs = [j for j in after["jobs"] if j["id"] not in {b["id"] for b in before["jobs"]}]
-    simulations = [j for j in new_jobs if f"--out {out}" in j["entrypoint"]]
+    simulations = [j for j in new_jobs if "flwr-simulation" in j["entrypoint"]]
     assert len(simulations) == 1, new_jobs
     assert simulations[0]["dead"]
     clients = [a for a in after["actors"] if a["job"] == simulations[0]["id"]]

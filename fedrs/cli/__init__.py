@@ -7,15 +7,18 @@ Heavy imports (torch, flwr, ray) stay inside the command functions so ``fedrs --
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import pkgutil
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import click
 import typer
 
-from fedrs.cli._common import error_line
+from fedrs.cli._common import NOISY_LOGGERS, error_line
 from fedrs.errors import FedrsError, InputError
 
 app = typer.Typer(
@@ -50,12 +53,28 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     app.command(name=_info.name.replace("_", "-"), help=_module.__doc__)(_module.main)
 
 
+@contextlib.contextmanager
+def _restored_logging() -> Iterator[None]:
+    """Leave the levels of the loggers a command quietens, and the warning filters, as they
+    were (a command run in-process, e.g. by a test, does not change its caller's logging)."""
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    with warnings.catch_warnings():
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     try:
-        code = app(
-            args=list(argv) if argv is not None else None, prog_name="fedrs", standalone_mode=False
-        )
+        with _restored_logging():
+            code = app(
+                args=list(argv) if argv is not None else None,
+                prog_name="fedrs",
+                standalone_mode=False,
+            )
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.ClickException as exc:
