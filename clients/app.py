@@ -239,17 +239,13 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
     return reply
 
 
-def make_client_app(settings: RunSettings | None = None) -> ClientApp:
-    """A ClientApp bound to ``settings`` (simulation), or reading the run config (deployment)."""
-    app = ClientApp(mods=[dp_clipping_mod])
-
-    @app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        run = settings if settings is not None else RunSettings.from_run_config(context.run_config)
-        return train(msg, context, run)
-
-    return app
+app = ClientApp(mods=[dp_clipping_mod])
 
 
-app = make_client_app()
+@app.train()
+def _train(msg: Message, context: Context) -> Message:
+    """The run config names the experiment (``RunSettings.from_run_config``)."""
+    return train(msg, context, RunSettings.from_run_config(context.run_config))
+
+
 """The ClientApp of ``flwr run`` (``[tool.flwr.app.components] clientapp``)."""

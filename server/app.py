@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from fedrs.settings import RunSettings
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
-RoundCallback = Callable[[int, int, dict[str, float]], None]
-"""``on_round(round, total_rounds, metrics)``, called after each evaluated round."""
 
 
 def latest_checkpoint(out: Path) -> dict[str, Any] | None:
@@ -110,7 +107,6 @@ def serve(
     settings: RunSettings,
     *,
     num_clients: int,
-    on_round: RoundCallback | None = None,
 ) -> dict[str, Any]:
     """Run the whole federation on ``grid``; returns the summary (also ``<out>/summary.json``)."""
     import torch
@@ -178,8 +174,6 @@ def serve(
         history.append({"round": round_, **logged})
         _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
         _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
-        if on_round is not None:
-            on_round(round_, rounds, logged)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
 
     status = "FAILED"
@@ -311,33 +305,15 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def make_server_app(
-    settings: RunSettings | None = None,
-    *,
-    num_clients: int | None = None,
-    on_round: RoundCallback | None = None,
-    results: dict[str, Any] | None = None,
-) -> ServerApp:
-    """A ServerApp bound to ``settings`` (simulation), or reading the run config (``flwr run``).
-
-    ``results``, when given, receives the summary under ``"summary"``.
-    """
-    app = ServerApp()
-
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run = settings if settings is not None else RunSettings.from_run_config(context.run_config)
-        clients = num_clients
-        if clients is None:
-            clients = int(context.run_config.get("num-clients", 0) or 0) or len(
-                list(grid.get_node_ids())
-            )
-        summary = serve(grid, run, num_clients=clients, on_round=on_round)
-        if results is not None:
-            results["summary"] = summary
-
-    return app
+app = ServerApp()
 
 
-app = make_server_app()
+@app.main()
+def _main(grid: Grid, context: Context) -> None:
+    """The run config names the experiment (``RunSettings.from_run_config``) and the clients."""
+    settings = RunSettings.from_run_config(context.run_config)
+    clients = int(context.run_config.get("num-clients", 0) or 0)
+    serve(grid, settings, num_clients=clients or len(list(grid.get_node_ids())))
+
+
 """The ServerApp of ``flwr run`` (``[tool.flwr.app.components] serverapp``)."""

@@ -26,11 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedrs.deploy.run import RoundCallback
 from fedrs.errors import InputError
 from fedrs.settings import RunSettings
-
-RoundCallback = Callable[[int, int, dict[str, float]], None]
-"""``on_round(round, total_rounds, metrics)``, called once for each round logged."""
 
 APP_COMPONENTS = {"serverapp": "fedrs.server.app:app", "clientapp": "fedrs.clients.app:app"}
 """The Flower apps of fedrs (``[tool.flwr.app.components]``)."""
