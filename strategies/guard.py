@@ -95,7 +95,8 @@ class _PrimingGrid(Grid):
 
 
 def flower_option_names(flower: type[Strategy]) -> list[str]:
-    """The constructor options of a Flower strategy class (callables excluded)."""
+    """The constructor options of a strategy class (Flower's or fedrs' base; callables
+    excluded)."""
     params = inspect.signature(flower.__init__).parameters
     return [
         name
@@ -146,7 +147,7 @@ class GuardedStrategy(AccountedFedAvg):
                 f"{self.flower.__name__}: unknown option(s) {', '.join(unknown)}; "
                 f"accepted: {', '.join(sorted(accepted | set(FEDRS_OPTIONS)))}"
             )
-        base_names = set(inspect.signature(AccountedFedAvg.__init__).parameters)
+        base_names = set(flower_option_names(AccountedFedAvg))
         base = {k: v for k, v in options.items() if k in base_names}
         self._flower_options = self.flower_options(options)
         super().__init__(**base, **fedrs)
@@ -163,11 +164,7 @@ class GuardedStrategy(AccountedFedAvg):
     @classmethod
     def option_names(cls) -> list[str]:
         """The options this strategy accepts: fedrs' and its Flower class's."""
-        base = [
-            name
-            for name, p in inspect.signature(AccountedFedAvg.__init__).parameters.items()
-            if name not in _NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+        base = flower_option_names(AccountedFedAvg)
         extra = [n for n in flower_option_names(cls.flower) if n not in base]
         return [*base, *extra, *(n for n in FEDRS_OPTIONS if n not in base)]
 
