@@ -10,7 +10,11 @@ Where a client's data comes from:
 Under modality-aware aggregation a client sends back only what it trained: the codecs of its
 modalities and the shared parts (strategies that average whole models get the whole model),
 never the keys the server marks local (``local-keys``), which stay in the node's state between
-rounds.  No pixels leave the client: replies hold model arrays and scalar metrics only.
+rounds.  When the server pools whitening statistics (``statistics`` in the ConfigRecord), the
+whitening buffers are not sent: the client measures, with its trained model, the count, sum
+and sums of outer products of the features each whitened branch sees over its shard, and sends
+those (:mod:`fedrs.models.statistics`).  No pixels leave the client: replies hold model arrays,
+those feature statistics and scalar metrics only.
 
 Update codec (``federation.update_codec``): the reply's arrays are encoded by the configured
 :class:`fedrs.comm.UpdateCodec` against the global model received in the same message
@@ -160,7 +164,8 @@ def receive_global(
 
 def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     """Train on the local shard from the received global model; reply with what was trained."""
-    from fedrs.train import build_model, train_local
+    from fedrs.models.statistics import WhiteningPool
+    from fedrs.train import build_model, measure_statistics, train_local
 
     config = settings.experiment()
     data = load_client_data(config, dict(context.node_config))
@@ -174,6 +179,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     global_round = int(cfg.get(protocol.ROUND_OFFSET, 0)) + int(cfg[protocol.SERVER_ROUND])
     is_local = protocol.LocalKeyMatcher([str(p) for p in cfg.get(protocol.LOCAL_KEYS, [])]).is_local
     partial = bool(cfg.get(protocol.PARTIAL_REPLIES, True))
+    send_statistics = bool(cfg.get(protocol.STATISTICS, False))
 
     model = build_model(config)
     state = model.state_dict()
@@ -182,6 +188,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         state.update(context.state.array_records[LOCAL_STATE_KEY].to_torch_state_dict())
     model.load_state_dict(state)
     stage = 1 if global_round <= config.federation.stage1_rounds else 2
+    rate = bool(cfg.get(protocol.RATE, True))  # the server says when a round leaves it out
     metrics = train_local(
         model,
         data.archive,
@@ -189,6 +196,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         config,
         modalities=data.modalities,
         stage=stage,
+        rate=rate,
         epochs=config.federation.local_epochs,
         seed=(config.seed, global_round, data.client_id),
         proximal_mu=float(cfg.get(protocol.PROXIMAL_MU, 0.0)),
@@ -196,7 +204,9 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     )
     trained = model.state_dict()
     sent = sent_modalities(config, data, partial)
-    keys = [k for k in model.keys_for_modalities(sent) if not is_local(k)]
+    # with pooled statistics the whitening buffers are computed by the server, not sent
+    derived = set(WhiteningPool(model).derived_keys()) if send_statistics else set()
+    keys = [k for k in model.keys_for_modalities(sent) if not is_local(k) and k not in derived]
     local = {k: v for k, v in trained.items() if is_local(k)}
     if local:
         context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(
@@ -219,8 +229,15 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     values[protocol.CLIENT_ID] = data.client_id
     # who trained what, for per-client tracking (train_s: seconds of train_local's loop)
     values |= {f"has-{m}": int(m in data.modalities) for m in ("s1", "s2")}
-    record = MetricRecord(values)
-    return Message(RecordDict({protocol.ARRAYS: reply, protocol.METRICS: record}), reply_to=msg)
+    content = RecordDict({protocol.ARRAYS: reply, protocol.METRICS: MetricRecord(values)})
+    if send_statistics:
+        moments = measure_statistics(
+            model, data.archive, data.rows, config, modalities=data.modalities
+        )
+        content[protocol.STATISTICS] = ArrayRecord(
+            {k: Array(v) for name, m in moments.items() for k, v in m.arrays(name).items()}
+        )
+    return Message(content, reply_to=msg)
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:

@@ -4,6 +4,19 @@ It is the reference a federation is compared with (``fedrs compare``): the same 
 losses and total local epochs, but one trainer that sees every patch and every modality.  Each
 stage keeps one :class:`fedrs.train.LocalTrainer` (one optimizer) across its epochs, as
 ``train_local(..., epochs=n)`` would: epochs are stepped one at a time only to log each.
+
+With ``train.no_bpp_epochs`` > 0, stage 1 starts with that many distortion-only epochs (a
+trainer of their own, ``rate=False``), the model being validated on the validation rows after
+each and the highest-PSNR one kept; the remaining stage-1 epochs (a new trainer, with rate)
+start from that model, and the lowest-bpp one of them is kept.  Stage 1 ends with the kept
+model (the lowest-bpp one; the highest-PSNR one when every stage-1 epoch is distortion-only),
+which stage 2 starts from.  ``summary.json`` names the epoch kept on each criterion
+(``selection``); the validation figures are logged as ``val/psnr``, ``val/bpp`` (and per
+modality) at each stage-1 step, and at the end of the warm-up and of stage 1 the epoch whose
+model the training goes on from as ``val/selected_epoch``.
+
+Before the evaluation the whitening statistics are set from the features of all the training
+data (:func:`fedrs.train.refresh_statistics`), as a federation pools its clients' ones.
 """
 
 from __future__ import annotations
@@ -19,7 +32,15 @@ import torch
 from fedrs.config import ExperimentConfig
 from fedrs.pipeline import Progress, load_run_data
 from fedrs.tracking import Tracker, default_tracking_uri
-from fedrs.train import LocalTrainer, build_model, evaluate
+from fedrs.train import (
+    KeptCheckpoint,
+    LocalTrainer,
+    build_model,
+    evaluate,
+    refresh_statistics,
+    validate,
+    validation_metrics,
+)
 
 EpochCallback = Callable[[int, int, int, dict[str, float]], None]
 """``on_epoch(stage, epoch, epochs, metrics)``."""
@@ -48,23 +69,55 @@ def run_centralized(
     tracker.log_params(config.to_dict() | {"mode": "centralized"})
     history: list[dict[str, float]] = []
     step = 0
+    warmup = min(config.train.no_bpp_epochs, config.train.stage1_epochs)
+    kept = {"psnr": KeptCheckpoint("psnr"), "bpp": KeptCheckpoint("bpp")}
     status = "FAILED"
     try:
         for stage, epochs in ((1, config.train.stage1_epochs), (2, config.train.stage2_epochs)):
             if epochs == 0:
                 continue
-            # one trainer a stage: Adam's moments (and the shuffling stream) last across epochs
-            trainer = LocalTrainer(
-                model, data.archive, data.train_rows, config, stage=stage, seed=(config.seed, stage)
-            )
-            for epoch in range(epochs):
-                step += 1
-                metrics = trainer.train(1)
-                logged = {f"train/{k}": v for k, v in metrics.items()} | {"stage": float(stage)}
-                tracker.log_metrics(logged, step=step)
-                history.append({"step": float(step), **logged})
-                if on_epoch is not None:
-                    on_epoch(stage, epoch + 1, epochs, metrics)
+            # one trainer a stage (a stage-1 warm-up has its own): Adam's moments and the
+            # shuffling stream last across its epochs
+            phases: list[tuple[int, int, bool, tuple[int, ...]]]
+            phases = [(0, epochs, True, (config.seed, stage))]
+            if stage == 1 and warmup:
+                phases = [(0, warmup, False, (config.seed, stage))]
+                if epochs > warmup:
+                    phases.append((warmup, epochs, True, (config.seed, stage, 1)))
+            for first, last, rate, seed in phases:
+                trainer = LocalTrainer(
+                    model,
+                    data.archive,
+                    data.train_rows,
+                    config,
+                    stage=stage,
+                    seed=seed,
+                    rate=rate,
+                )
+                for epoch in range(first, last):
+                    step += 1
+                    metrics = trainer.train(1)
+                    logged = {f"train/{k}": v for k, v in metrics.items()}
+                    logged["stage"] = float(stage)
+                    if stage == 1 and warmup:
+                        figures = validate(model, data)
+                        logged |= validation_metrics(figures) | {"rate": float(rate)}
+                        criterion = "bpp" if rate else "psnr"
+                        kept[criterion].offer(
+                            epoch + 1, figures[f"{criterion}_all"], model.state_dict()
+                        )
+                    tracker.log_metrics(logged, step=step)
+                    history.append({"step": float(step), **logged})
+                    if on_epoch is not None:
+                        on_epoch(stage, epoch + 1, epochs, metrics)
+                if stage == 1 and warmup:  # the next phase or stage starts from the kept model
+                    chosen = kept["bpp" if rate else "psnr"]
+                    model.load_state_dict(chosen.restore())
+                    selected = {"val/selected_epoch": float(chosen.step or 0)}
+                    tracker.log_metrics(selected, step=step)
+                    history[-1] |= selected
+        if config.model.whitening:  # whitening from all the training data, as a federation
+            refresh_statistics(model, data.archive, data.train_rows, config)  # pools its clients'
         result = evaluate(model, data, config)
         status = "FINISHED"
     finally:
@@ -80,6 +133,7 @@ def run_centralized(
         "train_patches": len(data.train_rows),
         "epochs": step,
         "history": history,
+        **({"selection": _selection(kept, len(data.validation_rows))} if warmup else {}),
         "mlflow_run_id": tracker.run_id,
         "tracking_uri": uri,
         "config": config.to_dict(),
@@ -91,3 +145,17 @@ def run_centralized(
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")
     return summary
+
+
+def _selection(kept: dict[str, KeptCheckpoint], rows: int) -> dict[str, Any]:
+    """What stage 1 kept: the stage-1 epoch and validation score on each criterion (``bpp``
+    None when every stage-1 epoch was distortion-only) and the one stage 2 started from (the
+    lowest-bpp one, else the best-PSNR one)."""
+    selected = kept["bpp"] if kept["bpp"].state is not None else kept["psnr"]
+    return {
+        "psnr": kept["psnr"].record("epoch"),
+        "bpp": kept["bpp"].record("epoch"),
+        "selected": selected.criterion,
+        "selected_epoch": selected.step,
+        "validation_patches": rows,
+    }

@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fedrs.errors import InputError
 from fedrs.losses import LossConfig
@@ -41,6 +48,20 @@ class DataConfig(_Section):
     max_train: int = Field(0, ge=0, description="cap on training patches; 0: all")
     max_queries: int = Field(200, ge=0, description="cap on queries (test split); 0: all")
     max_database: int = Field(800, ge=0, description="cap on database (train split); 0: all")
+    max_validation: int = Field(
+        200, ge=0, description="cap on validation patches (checkpoint selection); 0: all"
+    )
+
+
+def _at_most_stage1(value: int, info: ValidationInfo, name: str, stage1: str) -> int:
+    """``value`` (distortion-only epochs or rounds) checked against the stage-1 length."""
+    limit = info.data.get(stage1)
+    if isinstance(limit, int) and value > limit:
+        raise ValueError(
+            f"{name} = {value} exceeds {stage1} = {limit}: the distortion-only "
+            "part is the start of stage 1"
+        )
+    return value
 
 
 class TrainConfig(_Section):
@@ -51,12 +72,23 @@ class TrainConfig(_Section):
     codec_lr_scale: float = Field(0.1, gt=0, description="stage 2: codec lr = lr * this")
     stage1_epochs: int = Field(1, ge=0, description="codec only (rate-distortion)")
     stage2_epochs: int = Field(2, ge=0, description="codec and hash head jointly")
+    no_bpp_epochs: int = Field(
+        0,
+        ge=0,
+        description="first stage-1 epochs on distortion alone (best validation PSNR kept); "
+        "0: none, and no validation",
+    )
     max_batches: int | None = Field(None, ge=1, description="cap on batches per epoch")
     pcgrad: bool = True
     mgda: bool = True
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     threads: int = Field(1, ge=1, description="torch threads per trainer")
     device: str = "cpu"
+
+    @field_validator("no_bpp_epochs")
+    @classmethod
+    def _within_stage1(cls, epochs: int, info: ValidationInfo) -> int:
+        return _at_most_stage1(epochs, info, "no_bpp_epochs", "stage1_epochs")
 
 
 class EvalConfig(_Section):
@@ -126,9 +158,22 @@ class FederationConfig(_Section):
         description="regexes of keys that never leave a client (FedBN-style), e.g. "
         "['running_', 'whiten']; empty: every key is shared",
     )
+    statistics: Literal["pooled", "local", "averaged"] = Field(
+        "pooled",
+        description="whitening statistics: 'pooled' (clients send count, sum and outer "
+        "products of their features; the server whitens with those of the union), 'local' "
+        "(FedBN-style: each client keeps its own; the server evaluates with the pooled ones), "
+        "'averaged' (the buffers averaged like weights: the only choice under DP clipping)",
+    )
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1, description="fewer successful replies fail the round")
     stage1_rounds: int = Field(1, ge=0, description="rounds of codec-only training first")
+    no_bpp_rounds: int = Field(
+        0,
+        ge=0,
+        description="first stage-1 rounds on distortion alone (best validation PSNR kept); "
+        "0: none, and no validation",
+    )
     local_epochs: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, gt=0, description="CPUs per simulated client (Ray)")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per simulated client (Ray)")
@@ -150,6 +195,22 @@ class FederationConfig(_Section):
     )
     codec: UpdateCodecConfig = Field(default_factory=UpdateCodecConfig)  # type: ignore[arg-type]
     dp: DPConfig = Field(default_factory=DPConfig)  # type: ignore[arg-type]
+
+    @field_validator("dp")
+    @classmethod
+    def _statistics_under_dp(cls, dp: DPConfig, info: ValidationInfo) -> DPConfig:
+        statistics = info.data.get("statistics", "pooled")
+        if dp.clipping != "none" and statistics != "averaged":
+            raise ValueError(
+                f"federation.statistics = {statistics!r} sends feature statistics outside DP "
+                "clipping and noise; set federation.statistics = 'averaged' with federation.dp"
+            )
+        return dp
+
+    @field_validator("no_bpp_rounds")
+    @classmethod
+    def _within_stage1(cls, rounds: int, info: ValidationInfo) -> int:
+        return _at_most_stage1(rounds, info, "no_bpp_rounds", "stage1_rounds")
 
     @field_validator("update_codec")
     @classmethod

@@ -1,6 +1,7 @@
 """Losses of the joint model: rate-distortion, deep hashing, classification and cross-modal MIM.
 
-* Rate: bits of ``y`` and ``z`` from the likelihoods, per pixel of the original image.
+* Rate: bits of ``y`` and ``z`` from the likelihoods, per pixel of the original image (left
+  out of the optimised total, still measured, in a distortion-only warm-up: ``rate=False``).
 * Distortion: MSE or 1 - MS-SSIM (registry :data:`DISTORTIONS`) on the normalised bands.
 * Hashing: soft pairwise similarity (target = Jaccard overlap of the multi-label sets), bit
   balance, quantisation; multi-label classification (BCE over the 19 classes).
@@ -312,6 +313,8 @@ def compute_losses(
     labels: Tensor | None,
     config: LossConfig,
     stage: int,
+    *,
+    rate: bool = True,
 ) -> dict[str, Tensor]:
     """All loss terms of one batch.
 
@@ -321,6 +324,8 @@ def compute_losses(
         labels: (B, classes) multi-hot, required in stage 2.
         config: weights and options.
         stage: 1 (codec only: ``total = rd``) or 2 (``total = rd_weight * rd + hash``).
+        rate: Whether the rate enters ``rd``; without it ``rd = lmbda * distortion`` (the
+            distortion-only warm-up of stage 1; ``bpp`` is still measured and returned).
 
     Returns:
         ``bpp_<mod>``, ``distortion_<mod>`` per modality, ``bpp``, ``distortion``, ``rd``; in
@@ -348,7 +353,7 @@ def compute_losses(
         terms[f"distortion_{modality}"] = dist
         bpp_total = bpp if bpp_total is None else bpp_total + bpp
         dist_total = dist if dist_total is None else dist_total + dist
-        rd = bpp + config.lmbda * dist
+        rd = bpp + config.lmbda * dist if rate else config.lmbda * dist
         rd_total = rd if rd_total is None else rd_total + rd
     if rd_total is None or bpp_total is None or dist_total is None:
         raise InputError("model output holds no reconstruction")

@@ -1,8 +1,9 @@
 """From a data config to ready-to-train rows: archive (synthetic when none), cache, splits.
 
 Used by centralized runs, by the Flower apps and by the CLI, so that all of them see the same
-patches: the training rows (train split), the evaluation queries (test split) and the evaluation
-database (train split), each capped and subsampled deterministically.
+patches: the training rows (train split), the evaluation queries (test split), the evaluation
+database (train split) and the validation rows (validation split, for checkpoint selection),
+each capped and subsampled deterministically.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,18 +101,27 @@ def _cache_is_of(cache: Path, source: Path) -> bool:
 
 @dataclass(frozen=True)
 class RunData:
-    """An opened cache and the rows each part of a run uses."""
+    """An opened cache and the rows each part of a run uses.
+
+    ``validation_rows`` choose checkpoints during training (the distortion-only warm-up);
+    empty when not given.
+    """
 
     archive: CachedArchive
     train_rows: np.ndarray
     query_rows: np.ndarray
     database_rows: np.ndarray
+    validation_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
-    """Training rows (train split), queries (test split), database (train split), capped.
+    """Training rows (train split), queries (test split), database (train split) and
+    validation rows (validation split), capped.
 
-    Archives without split information get a deterministic 80/20 train/test split.
+    Archives without split information get a deterministic 80/20 train/test split.  Where the
+    archive has no validation split (or no split information, or its validation split stands
+    in for a missing test split), the validation rows are the query rows.  They are drawn
+    last, so the other rows do not depend on ``data.max_validation``.
     """
     if not isinstance(archive, CachedArchive):
         raise InputError(f"{archive.root}: runs read a fedrs cache (fedrs prepare)")
@@ -121,8 +131,9 @@ def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
         split = np.where(rng.random(len(split)) < 0.8, "train", "test").astype(object)
     train = np.flatnonzero(split == "train")
     test = np.flatnonzero(split == "test")
+    validation = np.flatnonzero(split == "validation")
     if len(test) == 0:
-        test = np.flatnonzero(split == "validation")
+        test = validation
     if len(train) == 0 or len(test) == 0:
         raise InputError(f"{archive.root}: needs patches in both the train and test splits")
 
@@ -131,11 +142,19 @@ def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
             return rows
         return np.sort(rng.choice(rows, size=limit, replace=False))
 
+    train_rows = cap(train, config.max_train)
+    query_rows = cap(test, config.max_queries)
+    database_rows = cap(train, config.max_database)
+    if len(validation) == 0 or validation is test:
+        validation_rows = query_rows
+    else:
+        validation_rows = cap(validation, config.max_validation)
     return RunData(
         archive=archive,
-        train_rows=cap(train, config.max_train),
-        query_rows=cap(test, config.max_queries),
-        database_rows=cap(train, config.max_database),
+        train_rows=train_rows,
+        query_rows=query_rows,
+        database_rows=database_rows,
+        validation_rows=validation_rows,
     )
 
 

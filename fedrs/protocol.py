@@ -4,15 +4,20 @@ A training message from the server holds the global model (an ArrayRecord under
 :data:`ARRAYS`) and a ConfigRecord (:data:`CONFIG`) with:
 
 * :data:`SERVER_ROUND` (Flower's) and :data:`ROUND_OFFSET` (rounds done before a resume);
+* :data:`RATE`: whether the round optimises the rate (false in the distortion-only rounds that
+  start stage 1; absent: true);
 * :data:`LOCAL_KEYS`: patterns of the keys that never leave a client (:class:`LocalKeyMatcher`);
 * :data:`PARTIAL_REPLIES`: whether the client sends only what it trained (its modalities' codecs
   and the shared parts) or every shared key;
+* :data:`STATISTICS`: whether the client measures and sends its features' whitening statistics
+  (count, sum, sums of outer products) instead of the whitening buffers themselves;
 * :data:`PROXIMAL_MU` (FedProx), and the fingerprints of coded broadcasts
   (:mod:`fedrs.comm`).
 
 A reply holds the arrays sent back under :data:`ARRAYS` and a MetricRecord under
 :data:`METRICS` with the example count (:data:`NUM_EXAMPLES`, the aggregation weight),
-:data:`CLIENT_ID` and the training metrics.  Nothing here imports Flower.
+:data:`CLIENT_ID` and the training metrics, and, when asked, the feature statistics under
+:data:`STATISTICS`.  Nothing here imports Flower.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ ROUND_OFFSET = "round-offset"
 LOCAL_KEYS = "local-keys"
 PARTIAL_REPLIES = "partial-replies"
 PROXIMAL_MU = "proximal-mu"
+RATE = "rate"
+"""Training ConfigRecord: false in a distortion-only round (``federation.no_bpp_rounds``)."""
+STATISTICS = "statistics"
+"""Training ConfigRecord: whether the client sends the feature statistics of its shard; in a
+reply: the RecordDict key of the ArrayRecord holding them (:mod:`fedrs.models.statistics`)."""
 DP_CLIENT_CLIPPING = "dp-client-clipping"
 """``"fixed"`` or ``"adaptive"``: the client clips its update (Flower's central-DP mods)."""
 

@@ -5,9 +5,12 @@ cache: stage 1 trains the codecs on rate-distortion; stage 2 trains codecs (at a
 rate) and the hash head jointly, with PCGrad over the hashing sub-losses and MGDA between the
 rate-distortion and hashing objectives on the shared analysis transforms (each switchable); a
 FedProx term's gradient is added after that manipulation.  ``LocalTrainer`` is the same stage
-kept across calls (one optimizer for all its epochs), e.g. for a centralized run's epochs.
+kept across calls (one optimizer for all its epochs), e.g. for a centralized run's epochs;
+with ``rate=False`` stage 1 optimises distortion alone (the warm-up before rate-distortion).
 ``evaluate`` measures what the product promises: mAP@k of hash codes read from real bitstreams,
-bits per pixel from the bitstream sizes, and PSNR of the decoded images.
+bits per pixel from the bitstream sizes, and PSNR of the decoded images.  ``validate`` measures
+the compression figures alone on validation rows, and :class:`KeptCheckpoint` keeps the best
+model on one of them (highest PSNR, lowest bpp) across epochs or rounds.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from fedrs.errors import InputError
 from fedrs.models import JointModel
 
 if TYPE_CHECKING:
+    from fedrs.models.statistics import Moments
     from fedrs.optim import GradientReport
     from fedrs.pipeline import RunData
 
@@ -134,6 +139,8 @@ class LocalTrainer:
         proximal_mu, reference: FedProx term towards ``reference`` (the received global model)
             over the trained parameters it names; its gradient is added after the gradient
             manipulation (:func:`add_proximal_gradient`).
+        rate: Whether the rate term is optimised; ``False``: distortion alone (``rd`` is
+            ``lmbda * distortion``; ``bpp`` is still reported), the warm-up of stage 1.
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class LocalTrainer:
         seed: int | Sequence[int] = 0,
         proximal_mu: float = 0.0,
         reference: Mapping[str, Tensor] | None = None,
+        rate: bool = True,
     ) -> None:
         from fedrs.optim import GradientManipulator
 
@@ -176,7 +184,7 @@ class LocalTrainer:
             ]
             params = codec_params + hash_params
         self.model, self.archive, self.rows, self.config = model, archive, rows, config
-        self.held, self.stage, self.params = held, stage, params
+        self.held, self.stage, self.params, self.rate = held, stage, params, rate
         self.optimizer = torch.optim.Adam(groups)
         self.manipulator = GradientManipulator(
             params,
@@ -206,7 +214,7 @@ class LocalTrainer:
 
         loss = self.config.loss
         out = self.model(batch)
-        terms = compute_losses(out, batch, batch["labels"], loss, self.stage)
+        terms = compute_losses(out, batch, batch["labels"], loss, self.stage, rate=self.rate)
         rd = loss.rd_weight * terms["rd"] if self.stage == 2 else terms["rd"]
         hash_terms = weighted_hash_terms(terms, loss) if self.stage == 2 else {}
         report = self.manipulator.backward(rd, hash_terms)
@@ -284,6 +292,7 @@ def train_local(
     seed: int | Sequence[int] = 0,
     proximal_mu: float = 0.0,
     reference: Mapping[str, Tensor] | None = None,
+    rate: bool = True,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``rows`` of ``archive`` for ``epochs`` epochs of ``stage``
     with a fresh :class:`LocalTrainer` (one optimizer for all the epochs).
@@ -294,6 +303,7 @@ def train_local(
         seed: shuffling and quantisation-noise seed (e.g. ``(seed, round, client)``), so a run
             is reproducible wherever it executes.
         proximal_mu, reference: FedProx term towards ``reference`` (the received global model).
+        rate: Whether the rate term is optimised (``False``: distortion alone).
 
     Returns:
         :meth:`LocalTrainer.train`'s metrics: mean loss terms over the batches seen (``loss`` is
@@ -310,6 +320,7 @@ def train_local(
         seed=seed,
         proximal_mu=proximal_mu,
         reference=reference,
+        rate=rate,
     )
     return trainer.train(epochs)
 
@@ -372,6 +383,130 @@ def encode_rows(
     return out
 
 
+def psnr_db(modality: str, sq_error: float, values: int) -> float | None:
+    """PSNR in dB of ``values`` physical values of ``modality`` whose squared errors sum to
+    ``sq_error`` (peak :data:`PEAK`); None when there are no values."""
+    if not values:
+        return None
+    mse = sq_error / values
+    return 10 * math.log10(PEAK[modality] ** 2 / max(mse, 1e-12))
+
+
+def validate(
+    model: JointModel,
+    data: RunData | CachedArchive,
+    rows: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Compression figures of ``model`` on ``rows`` of an archive, or on a run's validation rows
+    (:attr:`fedrs.pipeline.RunData.validation_rows`) when ``data`` is a run and ``rows`` None.
+
+    The rows are compressed to real bitstreams and decoded (:func:`encode_rows`); nothing is
+    retrieved.  Besides the per-modality figures, one figure per criterion across modalities
+    ranks checkpoints: ``bpp_all`` is the bits of every stream over the pixels of every coded
+    image (a patch with S1 and S2 counts twice), ``psnr_all`` the mean of the per-modality PSNRs
+    weighted by the patches coded in each.
+
+    Returns:
+        ``bpp`` and ``psnr`` per modality of the model (None where no row holds it),
+        ``bpp_all``, ``psnr_all`` (None when nothing was coded), ``patches`` per modality and
+        ``val_s``.
+    """
+    started = time.perf_counter()
+    if isinstance(data, CachedArchive):
+        if rows is None:
+            raise InputError("validate: rows are needed with an archive")
+        archive = data
+    else:
+        archive = data.archive
+        rows = data.validation_rows if rows is None else rows
+    if len(rows) == 0:
+        raise InputError("validate: no rows to validate on")
+    coded = encode_rows(model, archive, rows, decode=True)
+    pixels = 120 * 120
+    bpp: dict[str, float | None] = {}
+    psnr: dict[str, float | None] = {}
+    for modality in model.modalities:
+        count = coded["patches"].get(modality, 0)
+        bpp[modality] = coded["bits"][modality] / (count * pixels) if count else None
+        psnr[modality] = psnr_db(
+            modality, coded["sq_error"].get(modality, 0.0), coded["values"].get(modality, 0)
+        )
+    counts = {m: coded["patches"][m] for m in model.modalities if psnr[m] is not None}
+    total = sum(counts.values())
+    return {
+        "bpp": bpp,
+        "psnr": psnr,
+        "bpp_all": sum(coded["bits"].values()) / (total * pixels) if total else None,
+        "psnr_all": (
+            sum(n * float(psnr[m] or 0.0) for m, n in counts.items()) / total if total else None
+        ),
+        "patches": dict(coded["patches"]),
+        "val_s": time.perf_counter() - started,
+    }
+
+
+SELECTION_CRITERIA: dict[str, Literal["max", "min"]] = {"psnr": "max", "bpp": "min"}
+"""Validation criteria a checkpoint is kept by: the highest PSNR, the lowest bpp."""
+
+
+@dataclass
+class KeptCheckpoint:
+    """The best model seen so far on one validation criterion (:data:`SELECTION_CRITERIA`).
+
+    ``step`` is the epoch or round the kept ``state`` comes from; a tie keeps the earlier one
+    and a score that is not finite is never kept.
+    """
+
+    criterion: str
+    step: int | None = None
+    score: float | None = None
+    state: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.criterion not in SELECTION_CRITERIA:
+            raise InputError(
+                f"unknown selection criterion {self.criterion!r}; "
+                f"known: {sorted(SELECTION_CRITERIA)}"
+            )
+
+    def offer(self, step: int, score: float | None, state: Mapping[str, Tensor]) -> bool:
+        """Keep a copy of ``state`` when ``score`` beats the kept one; True when it was kept."""
+        if score is None or not math.isfinite(score):
+            return False
+        if self.score is not None:
+            highest = SELECTION_CRITERIA[self.criterion] == "max"
+            if not (score > self.score if highest else score < self.score):
+                return False
+        self.step, self.score = step, float(score)
+        self.state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        return True
+
+    def restore(self) -> dict[str, Tensor]:
+        """The kept state.
+
+        Raises:
+            FloatingPointError: Nothing was kept (no finite score was offered).
+        """
+        if self.state is None:
+            raise FloatingPointError(f"no model was kept: no finite validation {self.criterion}")
+        return self.state
+
+    def record(self, unit: str = "step") -> dict[str, Any]:
+        """``{unit: step, "score": score}`` (JSON-able; None for both when nothing was kept)."""
+        return {unit: self.step, "score": self.score}
+
+
+def validation_metrics(figures: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`validate`'s figures as flat metrics: ``val/bpp``, ``val/psnr`` (the figures
+    across modalities) and ``val/bpp_<modality>``, ``val/psnr_<modality>``."""
+    flat: dict[str, float] = {}
+    for key in ("bpp", "psnr"):
+        if figures.get(f"{key}_all") is not None:
+            flat[f"val/{key}"] = float(figures[f"{key}_all"])
+        flat |= {f"val/{key}_{m}": float(v) for m, v in figures[key].items() if v is not None}
+    return flat
+
+
 def evaluate(
     model: JointModel,
     data: RunData,
@@ -413,12 +548,9 @@ def evaluate(
         count = queries["patches"].get(modality, 0) + database["patches"].get(modality, 0)
         total = queries["bits"].get(modality, 0) + database["bits"].get(modality, 0)
         bpp[modality] = total / (count * pixels) if count else None
-        n = queries["values"].get(modality, 0)
-        if n:
-            mse = queries["sq_error"][modality] / n
-            psnr[modality] = 10 * math.log10(PEAK[modality] ** 2 / max(mse, 1e-12))
-        else:
-            psnr[modality] = None
+        psnr[modality] = psnr_db(
+            modality, queries["sq_error"].get(modality, 0.0), queries["values"].get(modality, 0)
+        )
     return {
         **{k: float(v) for k, v in retrieval.items()},
         **{f"{k}_random": float(v) for k, v in baseline.items() if k.startswith("map@")},
@@ -428,3 +560,44 @@ def evaluate(
         "psnr": psnr,
         "eval_s": time.perf_counter() - started,
     }
+
+
+def measure_statistics(
+    model: JointModel,
+    archive: CachedArchive,
+    rows: np.ndarray,
+    config: ExperimentConfig,
+    *,
+    modalities: Sequence[str] | None = None,
+) -> dict[str, Moments]:
+    """The whitening statistics of ``rows``: per whitened branch, the count, sum and sums of
+    outer products of the features it sees at evaluation (:mod:`fedrs.models.statistics`),
+    over the rows holding one of ``modalities`` (default: the model's), each item with the
+    modalities among them that it holds.  The model is left in eval mode."""
+    from fedrs.models.hash_head import FeatureWhitening
+    from fedrs.models.statistics import moments_from_features, pool_moments
+
+    whiten = model.hash_head.whiten
+    if not isinstance(whiten, FeatureWhitening):
+        return {}
+    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    rows = trainable_rows(archive, np.asarray(rows), held)
+    model.eval()
+    device = config.train.device
+    parts = []
+    with torch.no_grad():
+        for batch in iterate_batches(archive, rows, held, config.train.batch_size, device=device):
+            out = model(batch)
+            features = model.hash_head.fused_features(out["y_hat"], out["masks"])
+            parts.append({"hash_head.whiten": moments_from_features(features, whiten.group)})
+    return pool_moments(parts)
+
+
+def refresh_statistics(
+    model: JointModel, archive: CachedArchive, rows: np.ndarray, config: ExperimentConfig
+) -> None:
+    """Set the whitening statistics of ``model`` to those of ``rows`` (all its modalities):
+    what a federation pooling its clients' statistics computes on the union of their data."""
+    from fedrs.models.statistics import apply_moments
+
+    apply_moments(model, measure_statistics(model, archive, rows, config))

@@ -5,22 +5,38 @@ codes read from real bitstreams, bpp from their sizes, PSNR of the reconstructio
 MLflow with ``step=round`` together with the round's client and byte counts, and checkpointed in
 ``<out>/checkpoints``.  A round without a successful client stops the run with an error (the
 strategy raises); the MLflow run is then marked FAILED, and what was logged stays.
+
+With ``federation.no_bpp_rounds`` > 0, rounds 1 to ``no_bpp_rounds`` train on distortion alone
+(the training ConfigRecord says :data:`fedrs.protocol.RATE` false), and every stage-1 round the
+global model is also validated on the validation rows (``val/psnr``, ``val/bpp`` and per
+modality): the highest-PSNR model of the distortion-only rounds and the lowest-bpp one of the
+other stage-1 rounds are kept (``kept-<criterion>.round-NNNN.pt`` next to the round
+checkpoints, named in ``latest.json``).  The last distortion-only round ends with the
+highest-PSNR model, the last stage-1 round with the lowest-bpp one (the highest-PSNR one when
+every stage-1 round is distortion-only): it becomes the global model the next round starts
+from (``replace_global`` of the strategy), that round's evaluation and checkpoint are of it,
+and ``val/selected_round`` names it; the summary's ``selection`` records both kept models.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
+from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
 from fedrs.settings import RunSettings
+
+if TYPE_CHECKING:
+    from fedrs.train import KeptCheckpoint
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
@@ -36,9 +52,15 @@ def latest_checkpoint(out: Path) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(
-    out: Path, round_: int, arrays: ArrayRecord, run_id: str, strategy: Any = None
+    out: Path,
+    round_: int,
+    arrays: ArrayRecord,
+    run_id: str,
+    strategy: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """The global model of ``round_`` and, where the strategy keeps one, its server state."""
+    """The global model of ``round_`` and, where the strategy keeps one, its server state;
+    ``extra`` entries go into ``latest.json`` with them."""
     import numpy as np
     import torch
 
@@ -55,6 +77,7 @@ def _save_checkpoint(
             np.savez(handle, **strategy.server_state())
         (folder / "strategy.tmp").replace(state_file)
         record["strategy_file"] = state_file.name
+    record |= extra or {}
     (folder / "latest.tmp").write_text(json.dumps(record), encoding="utf-8")
     (folder / "latest.tmp").replace(folder / LATEST)
     return file
@@ -86,6 +109,17 @@ def strategy_for(
     }
     if fed.max_weight is not None or max_weight is not None:
         options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
+    if fed.statistics != "averaged" and config.model.whitening:
+        import torch
+
+        from fedrs.models import JointModel
+        from fedrs.models.statistics import WhiteningPool
+
+        with torch.random.fork_rng(devices=[]):  # a model's shape only: leave the RNG alone
+            pool = WhiteningPool(JointModel(config.model))
+        options["statistics"] = pool
+        if fed.statistics == "local":  # FedBN-style: pooled for the server's evaluation only
+            options["local_keys"] += [re.escape(k) for k in pool.derived_keys()]
     if fed.dp.clipping != "none":
         sampled = max(least, round(num_clients * fed.fraction_train))
         options["dp"] = fed.dp.model_dump() | {"num_sampled_clients": sampled}
@@ -102,6 +136,90 @@ def wait_for_nodes(grid: Grid, count: int, *, timeout: float) -> None:
         time.sleep(1.0)
 
 
+class _Selection:
+    """Checkpoint selection over stage 1 when it starts with distortion-only rounds (see the
+    module docstring): what is kept, on which criterion, and its files for a resumed run."""
+
+    def __init__(self, config: ExperimentConfig, out: Path, checkpoint: dict[str, Any] | None):
+        import torch
+
+        from fedrs.train import KeptCheckpoint
+
+        fed = config.federation
+        self.no_bpp_rounds, self.stage1_rounds = fed.no_bpp_rounds, fed.stage1_rounds
+        self.folder = out / CHECKPOINTS
+        self.kept = {c: KeptCheckpoint(c) for c in ("psnr", "bpp")}
+        for criterion, info in ((checkpoint or {}).get("kept") or {}).items():
+            kept = self.kept[criterion]
+            kept.step, kept.score = int(info["round"]), float(info["score"])
+            kept.state = torch.load(self.folder / info["file"], weights_only=True)
+        self.files = {c: self._file(c) for c in self.kept if self.kept[c].step is not None}
+
+    @property
+    def enabled(self) -> bool:
+        return self.no_bpp_rounds > 0
+
+    def validates(self, round_: int) -> bool:
+        """Whether the global model of ``round_`` is validated (a stage-1 round)."""
+        return self.enabled and round_ <= self.stage1_rounds
+
+    def rate(self, round_: int) -> bool:
+        """Whether clients optimise the rate in ``round_``."""
+        return round_ > self.no_bpp_rounds
+
+    def ends_phase(self, round_: int) -> bool:
+        """Whether ``round_`` ends the warm-up or stage 1 (the next round starts from
+        :meth:`selected`)."""
+        return self.enabled and round_ in (self.no_bpp_rounds, self.stage1_rounds)
+
+    def _file(self, criterion: str) -> str:
+        return f"kept-{criterion}.round-{self.kept[criterion].step:04d}.pt"
+
+    def offer(self, round_: int, figures: dict[str, Any], arrays: ArrayRecord) -> None:
+        """Keep the global model of ``round_`` when it beats the kept one (and save it)."""
+        import torch
+
+        criterion = "bpp" if self.rate(round_) else "psnr"
+        kept = self.kept[criterion]
+        if kept.offer(round_, figures[f"{criterion}_all"], arrays.to_torch_state_dict()):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            file = self.folder / self._file(criterion)
+            torch.save(kept.state, file.with_suffix(".tmp"))
+            file.with_suffix(".tmp").replace(file)
+            self.files[criterion] = file.name
+
+    def selected(self) -> KeptCheckpoint:
+        """The model the warm-up or stage 1 ends with: the lowest-bpp kept one, else (the
+        warm-up, or a stage 1 of warm-up only) the best-PSNR one."""
+        return self.kept["bpp"] if self.kept["bpp"].state is not None else self.kept["psnr"]
+
+    def record(self) -> dict[str, Any]:
+        """``latest.json``'s ``kept`` entry: round, score and file of each kept model."""
+        return {
+            c: {"round": k.step, "score": k.score, "file": self.files[c]}
+            for c, k in self.kept.items()
+            if k.step is not None
+        }
+
+    def prune(self) -> None:
+        """Remove kept files ``latest.json`` no longer names."""
+        for path in self.folder.glob("kept-*.pt"):
+            if path.name not in self.files.values():
+                path.unlink(missing_ok=True)
+
+    def summary(self, rounds_done: int, validation_rows: int) -> dict[str, Any]:
+        """The summary's ``selection``: round and score of each kept model and, once stage 1
+        is over, the one stage 2 started from."""
+        over = rounds_done >= self.stage1_rounds
+        return {
+            "psnr": self.kept["psnr"].record("round"),
+            "bpp": self.kept["bpp"].record("round"),
+            "selected": self.selected().criterion if over else None,
+            "selected_round": self.selected().step if over else None,
+            "validation_patches": validation_rows,
+        }
+
+
 def serve(
     grid: Grid,
     settings: RunSettings,
@@ -113,7 +231,7 @@ def serve(
 
     from fedrs.pipeline import load_run_data
     from fedrs.tracking import Tracker, default_tracking_uri
-    from fedrs.train import build_model, evaluate
+    from fedrs.train import build_model, evaluate, validate, validation_metrics
 
     started = time.perf_counter()
     config = settings.experiment()
@@ -155,15 +273,40 @@ def serve(
             with np.load(path, allow_pickle=False) as saved:
                 strategy.load_server_state(dict(saved))
     rounds = config.federation.rounds
+    selection = _Selection(config, out, checkpoint)
+    if selection.enabled and not hasattr(strategy, "replace_global"):
+        raise FedrsError(
+            f"strategy {config.federation.strategy!r} cannot start stage 2 from a selected "
+            "model (no replace_global): set federation.no_bpp_rounds = 0"
+        )
+    # Flower hands this record to every round's configure_train: the rate flag of the next
+    # round is set after each round's evaluation
+    train_config = ConfigRecord({protocol.ROUND_OFFSET: done})
+    if selection.enabled:
+        train_config[protocol.RATE] = selection.rate(done + 1)
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
         round_ = done + server_round
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        validated: dict[str, float] = {}
+        if selection.validates(round_):
+            figures = validate(model, data)
+            validated = validation_metrics(figures)
+            selection.offer(round_, figures, arrays)
+            if selection.ends_phase(round_):  # the next rounds start from the kept model
+                chosen = selection.selected()
+                state = chosen.restore()
+                model.load_state_dict(state, strict=False)
+                arrays = ArrayRecord(state)
+                strategy.replace_global(arrays)
+                validated["val/selected_round"] = float(chosen.step or 0)
+        if selection.enabled:
+            train_config[protocol.RATE] = selection.rate(round_ + 1)
         metrics = evaluate(model, data, config)
         stats = strategy.round_stats.get(server_round)
-        logged = _flat_eval(metrics)
+        logged = _flat_eval(metrics) | validated
         per_client: dict[str, float] = {}
         if stats is not None:
             logged |= {k: float(v) for k, v in stats.as_metrics().items()}
@@ -173,7 +316,12 @@ def serve(
         tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
         _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
-        _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
+        if selection.enabled:
+            kept = {"kept": selection.record()}
+            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy, kept)
+            selection.prune()
+        else:
+            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
 
     status = "FAILED"
@@ -185,7 +333,7 @@ def serve(
                 ArrayRecord(model.state_dict()),
                 num_rounds=rounds - done,
                 timeout=config.federation.round_timeout_s,
-                train_config=ConfigRecord({"round-offset": done}),
+                train_config=train_config,
                 evaluate_fn=evaluate_round,
             )
         status = "FINISHED"
@@ -195,6 +343,8 @@ def serve(
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
     summary = _summary(config, history, metrics_final=history[-1], started=started)
     summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
+    if selection.enabled:
+        summary["selection"] = selection.summary(len(history), len(data.validation_rows))
     torch.save(model.state_dict(), out / "model.pt")
     plot = _plot_history(history, out / "rounds.png")
     for artifact in (config_file, out / "model.pt", plot):

@@ -22,6 +22,14 @@ training replies with a checked one:
   anything else (the exception is the reason).  The checks are the pure functions of
   :mod:`fedrs.strategies.replies`.  Sampled clients that did not reply before the timeout are
   counted as failed too.
+* **Pooled statistics** (``statistics``, a :class:`fedrs.models.statistics.WhiteningPool`):
+  clients send the count, sum and sums of outer products of the features each whitened branch
+  sees (an ArrayRecord under :data:`fedrs.protocol.STATISTICS`, checked like the arrays); the
+  server adds those of all usable replies and sets the whitening buffers (``running_mean``,
+  ``running_whitening``) from the pooled mean and covariance, the statistics of the union of
+  the clients' features.  These keys are never averaged; a reply that sends them is not
+  required to and they are ignored.  Under local-only whitening keys (FedBN-style) the pooled
+  values are the server's alone: they are not broadcast.
 * **Merging**: aggregated keys replace those of the previous global model; every other key
   (local-only keys, keys no client returned) is kept, so ``aggregate_train`` always returns the
   full global ArrayRecord, in the same key order, dtypes and shapes.
@@ -101,13 +109,16 @@ from .replies import CLIENT_METRICS as CLIENT_METRICS  # re-exported
 from .replies import (
     METRICS_RECORD_KEY,
     CheckedReply,
+    KeyFilter,
     RejectedReply,
+    StatisticsPool,
     as_rejection,
     client_metrics,
     first_non_finite,
     read_reply,
     reply_metrics,
     reply_order,
+    reply_statistics,
 )
 
 DEFAULT_LOCAL_KEYS = protocol.DEFAULT_LOCAL_KEYS
@@ -182,6 +193,18 @@ def _check_key_name(name: str, value: object) -> None:
         raise InputError(f"{name} must be a non-empty string, got {value!r}")
 
 
+class _NotAveraged:
+    """Keys no reply contributes to by averaging: the local-only keys and the keys derived from
+    pooled statistics (ignored when a client sends them, never required in a reply)."""
+
+    def __init__(self, local: KeyFilter, derived: Iterable[str]) -> None:
+        self.local = local
+        self.derived = frozenset(derived)
+
+    def is_local(self, key: str) -> bool:
+        return key in self.derived or self.local.is_local(key)
+
+
 class AccountedFedAvg(FedAvg):
     """Flower ``FedAvg`` with local-only keys, checked replies and per-round accounting.
 
@@ -211,6 +234,11 @@ class AccountedFedAvg(FedAvg):
             replies are decoded whatever this is.
         max_weight: The largest weight (``weighted_by_key``) a reply may claim, e.g. the most
             examples any client can hold; a reply above it is failed.  ``None``: no bound.
+        statistics: Pools feature statistics (:class:`fedrs.models.statistics.WhiteningPool`):
+            clients are asked to send the statistics of their features
+            (:data:`fedrs.protocol.STATISTICS`) instead of the keys it derives, which are never
+            averaged but computed from the statistics of all the round's usable replies.
+            ``None``: every shared key is averaged.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -237,6 +265,7 @@ class AccountedFedAvg(FedAvg):
         accept_failures: bool = True,
         update_codec: UpdateCodec | str | None = None,
         max_weight: float | None = None,
+        statistics: StatisticsPool | None = None,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
@@ -265,6 +294,10 @@ class AccountedFedAvg(FedAvg):
             if fn is not None and not callable(fn):
                 raise InputError(f"{name} must be callable, got {fn!r}")
         self.local_keys = LocalKeyMatcher(local_keys)
+        self.statistics = statistics
+        self._not_averaged = _NotAveraged(
+            self.local_keys, () if statistics is None else statistics.derived_keys()
+        )
         if update_codec is None:
             update_codec = PlainCodec()
         elif isinstance(update_codec, str):
@@ -332,6 +365,7 @@ class AccountedFedAvg(FedAvg):
         shared = self.local_keys.shared(arrays)
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
         config[PARTIAL_REPLIES_CONFIG_KEY] = not self.requires_all_shared_keys
+        config[protocol.STATISTICS] = self.statistics is not None
         messages = self.sample_train(server_round, shared, config, grid)
         self._train_globals[server_round] = arrays
         if messages and self.update_codec.codes_broadcast:
@@ -449,6 +483,7 @@ class AccountedFedAvg(FedAvg):
             return None, None
 
         usable: list[CheckedReply] = []
+        moments: list[Any] = []
         metric_records: list[RecordDict] = []
         bytes_up = 0
         for msg in replies:
@@ -459,12 +494,16 @@ class AccountedFedAvg(FedAvg):
                     msg,
                     global_arrays,
                     global_numpy,
-                    local_keys=self.local_keys,
+                    local_keys=self._not_averaged,
                     weighted_by_key=self.weighted_by_key,
                     arrayrecord_key=self.arrayrecord_key,
                     requires_all_shared_keys=self.requires_all_shared_keys,
                     max_weight=self.max_weight,
                 )
+                if self.statistics is not None:
+                    found = reply_statistics(msg, self.statistics, self.max_weight)
+                    if found is not None:
+                        moments.append(found)
             except Exception as exc:  # MemoryError, RecursionError, bugs: this reply fails alone
                 self._reject(server_round, stats, node_id, as_rejection(exc))
                 continue
@@ -494,6 +533,9 @@ class AccountedFedAvg(FedAvg):
         self._check_round(stats)
 
         aggregated = self.aggregate_arrays(server_round, global_arrays, usable)
+        if self.statistics is not None and moments:
+            pooled = self.statistics.pool(moments)
+            aggregated |= self.statistics.running_arrays(pooled)
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below
             cast_back = {k: cast_like(v, global_arrays[k].dtype) for k, v in aggregated.items()}
         bad = first_non_finite(aggregated)

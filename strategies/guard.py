@@ -57,6 +57,7 @@ FEDRS_OPTIONS = (
     "max_weight",
     "partial_replies",
     "dp",
+    "statistics",
 )
 """Options fedrs adds to every strategy (the rest go to the Flower class)."""
 _NOT_OPTIONS = {"self", "strategy", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"}
@@ -160,6 +161,7 @@ class GuardedStrategy(AccountedFedAvg):
         self._groups: dict[frozenset[str], Strategy] = {}
         self.round_offset = 0
         """Rounds done before this run (a resumed run): Flower's strategies see global rounds."""
+        self._replacement: ArrayRecord | None = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -187,6 +189,26 @@ class GuardedStrategy(AccountedFedAvg):
         """Log the configuration (fedrs' settings, then the Flower strategy's)."""
         super().summary()
         self.primary.summary()
+
+    def replace_global(self, arrays: ArrayRecord) -> None:
+        """Make ``arrays`` (every key of the global model) the model the next round starts from.
+
+        Flower's ``start`` keeps the global model in a local variable; the next
+        :meth:`configure_train` uses ``arrays`` instead of the model it is given, once, so the
+        broadcast, the base the round's replies merge into and the Flower strategy's own copy
+        (FedOpt's ``current_arrays``, a DP wrapper's) all see ``arrays``.  E.g. a checkpoint
+        selected on a validation split at the end of stage 1.
+        """
+        self._replacement = arrays
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """:meth:`AccountedFedAvg.configure_train` of the global model, or of the one
+        :meth:`replace_global` set."""
+        if self._replacement is not None:
+            arrays, self._replacement = self._replacement, None
+        return super().configure_train(server_round, arrays, config, grid)
 
     def sample_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -41,6 +41,7 @@ from numpy.lib import format as npy_format
 from fedrs import protocol
 from fedrs.comm import UPDATE_PAYLOAD_KEY, UpdateCodecError, decode_payload
 from fedrs.comm.payload import short_repr
+from fedrs.errors import InputError
 
 METRICS_RECORD_KEY = protocol.METRICS
 """Preferred key of the MetricRecord in a reply when a reply carries several."""
@@ -90,6 +91,32 @@ class KeyFilter(Protocol):
 
     def is_local(self, key: str) -> bool:
         """Whether ``key`` stays on the clients (is never aggregated)."""
+        ...
+
+
+class StatisticsPool(Protocol):
+    """What the strategies need of :class:`fedrs.models.statistics.WhiteningPool`: the keys it
+    derives from pooled feature statistics, the arrays a reply may carry, and how to read,
+    pool and apply them."""
+
+    def derived_keys(self) -> list[str]:
+        """Global-model keys computed from pooled statistics (never averaged)."""
+        ...
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The float64 arrays a reply's statistics may hold, by key."""
+        ...
+
+    def read(self, arrays: Mapping[str, np.ndarray], max_count: float | None = None) -> Any:
+        """A reply's statistics, checked (raises an ``InputError`` otherwise)."""
+        ...
+
+    def pool(self, parts: list[Any]) -> Any:
+        """The statistics of several replies added up."""
+        ...
+
+    def running_arrays(self, pooled: Any) -> dict[str, np.ndarray]:
+        """The derived keys' values from pooled statistics."""
         ...
 
 
@@ -507,6 +534,33 @@ def read_reply(
     )
     check_modality_weights(checked)
     return checked
+
+
+def reply_statistics(
+    msg: Message, pool: StatisticsPool, max_count: float | None = None
+) -> Any | None:
+    """The feature statistics a training reply carries (:data:`fedrs.protocol.STATISTICS`),
+    read and checked, or None when it carries none.
+
+    Each array's ``.npy`` header is checked against the shape the pool expects before its data
+    is read.
+
+    Raises:
+        RejectedReply: An unknown key, a bad array, or statistics the pool refuses.
+    """
+    record = msg.content.array_records.get(protocol.STATISTICS)
+    if record is None:
+        return None
+    shapes = pool.shapes()
+    arrays: dict[str, np.ndarray] = {}
+    for key, array in record.items():
+        if key not in shapes:
+            raise RejectedReply(f"statistics key {short_repr(key)} is not expected")
+        arrays[key] = _npy_values(key, array, np.dtype(np.float64), shapes[key])
+    try:
+        return pool.read(arrays, max_count=max_count)
+    except InputError as exc:
+        raise RejectedReply(f"statistics: {exc}") from exc
 
 
 def first_non_finite(arrays: Mapping[str, npt.NDArray[Any]]) -> str | None:

@@ -246,6 +246,7 @@ def test_dp_clipping_completes_a_smoke_federation(
     out = tmp_path / side
     args = ["simulate", "--config", str(SMOKE), "--out", str(out), "--rounds", "1"]
     args += ["--strategy", "fedavg", "--set", 'federation.dp.clipping="fixed"']
+    args += ["--set", 'federation.statistics="averaged"']
     args += [
         "--set",
         f'federation.dp.side="{side}"',

@@ -15,7 +15,15 @@ from fedrs.config import load_config
 from fedrs.errors import InputError
 from fedrs.optim import GradientReport
 from fedrs.pipeline import load_run_data
-from fedrs.train import LocalTrainer, build_model, encode_rows, evaluate, load_batch, train_local
+from fedrs.train import (
+    LocalTrainer,
+    build_model,
+    encode_rows,
+    evaluate,
+    load_batch,
+    refresh_statistics,
+    train_local,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.toml"
@@ -225,6 +233,7 @@ def test_centralized_run_keeps_one_optimizer_a_stage(tmp_path: Path) -> None:
         train_local(
             model, data.archive, data.train_rows, config, stage=stage, epochs=2, seed=(0, stage)
         )
+    refresh_statistics(model, data.archive, data.train_rows, config)  # then the evaluation
     expected = model.state_dict()
     assert trained.keys() == expected.keys()
     for key in expected:

@@ -24,8 +24,10 @@ class FeatureWhitening(nn.Module):
     """Group-wise batch whitening by Newton iterations (IterNorm, Huang et al. 2019).
 
     Training whitens with the batch covariance (``eps``-regularised, so small batches work) and
-    tracks ``running_mean`` / ``running_whitening`` (buffers: per-client local state); evaluation
-    uses the running statistics.  A learned per-feature affine map follows.
+    tracks ``running_mean`` / ``running_whitening`` (buffers); evaluation uses them.  In a
+    federation they are set from the pooled statistics of all clients' features, and in a
+    centralized run from those of all its data (:mod:`fedrs.models.statistics`), rather than
+    left to the running averages.  A learned per-feature affine map follows.
 
     Args:
         features: feature dimension.
@@ -66,8 +68,14 @@ class FeatureWhitening(nn.Module):
     def _whitening_matrix(self, centred: Tensor) -> Tensor:
         """(G, g, g) whitening matrices of centred features (G, g, B)."""
         batch = centred.shape[-1]
-        eye = torch.eye(self.group, dtype=centred.dtype, device=centred.device)
-        sigma = self.eps * eye + centred @ centred.transpose(1, 2) / batch
+        return self.whitening_from_covariance(centred @ centred.transpose(1, 2) / batch)
+
+    def whitening_from_covariance(self, covariance: Tensor) -> Tensor:
+        """(G, g, g) whitening matrices of (G, g, g) group covariances: ``eps``-regularised,
+        trace-normalised Newton iterations, exactly as training whitens a batch (so statistics
+        pooled over clients whiten as one batch of their union would)."""
+        eye = torch.eye(self.group, dtype=covariance.dtype, device=covariance.device)
+        sigma = self.eps * eye + covariance
         trace = sigma.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)[:, None, None]
         sigma_n = sigma / trace
         p = eye.expand_as(sigma)
@@ -148,9 +156,10 @@ class HashHead(nn.Module):
             out[modality] = self.encoders[modality](latent)
         return out
 
-    def _forward(
+    def _fuse(
         self, y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor]
-    ) -> dict[str, Tensor | dict[str, Tensor]]:
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-modality embeddings and their masked mean (the features whitening sees)."""
         embeddings = self.embed(y_hat)
         total = torch.zeros_like(next(iter(embeddings.values())))
         count = total.new_zeros(total.shape[0], 1)
@@ -158,7 +167,20 @@ class HashHead(nn.Module):
             mask = masks[modality].to(embedding.dtype)[:, None]
             total = total + embedding * mask
             count = count + mask
-        fused = self.whiten(total / count.clamp_min(1.0))
+        return embeddings, total / count.clamp_min(1.0)
+
+    def fused_features(
+        self, y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """The fused embeddings (B, E) before whitening: the features whose statistics the
+        whitening uses (:mod:`fedrs.models.statistics`)."""
+        return self._fuse(*self._masks(y_hat, masks))[1]
+
+    def _forward(
+        self, y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+    ) -> dict[str, Tensor | dict[str, Tensor]]:
+        embeddings, fused = self._fuse(y_hat, masks)
+        fused = self.whiten(fused)
         code_logits = self.hash_mlp(fused)
         codes = torch.tanh(code_logits) if self.training else binarize(code_logits)
         return {
@@ -169,20 +191,11 @@ class HashHead(nn.Module):
             "logits": self.classifier(fused),
         }
 
-    def forward(
-        self, y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
-    ) -> dict[str, Tensor | dict[str, Tensor]]:
-        """Codes, class logits and embeddings.
-
-        Args:
-            y_hat: quantised latents (B, M, h, w) per available modality.
-            masks: optional (B,) bool per modality: which items really have it (absent items
-                hold filler and are left out of the fusion).
-
-        Returns:
-            ``{"embeddings": {mod: (B, E)}, "fused": (B, E), "code_logits": (B, K),
-            "codes": (B, K), "logits": (B, classes)}``.
-        """
+    @staticmethod
+    def _masks(
+        y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None
+    ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        """The latents checked, and a (B,) bool mask per modality (all True where not given)."""
         if not y_hat:
             raise InputError("the hash head needs at least one modality")
         sizes = {int(t.shape[0]) for t in y_hat.values()}
@@ -198,6 +211,23 @@ class HashHead(nn.Module):
             )
             for m in y_hat
         }
+        return y_hat, full
+
+    def forward(
+        self, y_hat: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Codes, class logits and embeddings.
+
+        Args:
+            y_hat: quantised latents (B, M, h, w) per available modality.
+            masks: optional (B,) bool per modality: which items really have it (absent items
+                hold filler and are left out of the fusion).
+
+        Returns:
+            ``{"embeddings": {mod: (B, E)}, "fused": (B, E), "code_logits": (B, K),
+            "codes": (B, K), "logits": (B, classes)}``.
+        """
+        y_hat, full = self._masks(y_hat, masks)
         if self.training:
             return self._forward(y_hat, full)
         # at evaluation an item's code must not depend on the batch it came in

@@ -17,7 +17,9 @@ from fedrs.models.hash_head import HashHead
 __all__ = ["LOCAL_STATE_MARKERS", "JointModel"]
 
 LOCAL_STATE_MARKERS: tuple[str, ...] = ("running_", "num_batches_tracked")
-"""Substrings of state-dict keys that are per-client statistics (kept local by strategies)."""
+"""Substrings of state-dict keys that hold statistics rather than trained weights (the whitening
+buffers: pooled from the clients' feature statistics in a federation, or kept local FedBN-style
+with ``federation.statistics = "local"``)."""
 
 Compressed = Mapping[str, Sequence[CompressedPatch | None]]
 
