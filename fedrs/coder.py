@@ -45,6 +45,9 @@ nibbles (low first) of ``raw = 2 (v - n)`` for ``v >= n`` or ``raw = -2 v - 1`` 
 with the fewest nibbles (``c = 0`` for ``raw = 0``).  A regular symbol of zero frequency is
 written as ``c = 15`` and its 16-bit index ``v``.  The last byte is zero-padded.
 
+:class:`StreamDecoder` decodes a stream a few symbols at a time, each call with its own tables
+(for autoregressive models, whose tables depend on the symbols decoded before).
+
 Any stream this encoder cannot have produced from the given indexes and tables (truncated,
 extended, corrupted, a wrong symbol count, wrong tables) raises :class:`CorruptStreamError`;
 malformed tables raise :class:`CdfTableError`.  Decoding never reads out of bounds and always
@@ -77,6 +80,7 @@ __all__ = [
     "CdfTables",
     "CoderError",
     "CorruptStreamError",
+    "StreamDecoder",
     "cdf_tables",
     "decode_with_indexes",
     "encode_with_indexes",
@@ -300,6 +304,70 @@ class CdfTables:
 
     def __repr__(self) -> str:
         return f"CdfTables(num_tables={self.num_tables}, width={self._arrays[0].shape[1]})"
+
+
+class StreamDecoder:
+    """Decodes one stream of :func:`encode_with_indexes` in order, a few symbols per call.
+
+    Each call of :meth:`decode` names the tables of its symbols, so the tables of later symbols
+    may depend on the symbols decoded before (an autoregressive model decodes position by
+    position).  The symbols of all calls together are those :func:`decode_with_indexes` gives for
+    the concatenated indexes, had every call used the same tables; the stream's layout and CRC
+    are checked when the decoder is made, the rest as the symbols are decoded.
+
+    Example::
+
+        decoder = StreamDecoder(stream)
+        first = decoder.decode(tables_a, indexes_a)
+        second = decoder.decode(tables_b(first), indexes_b)
+        decoder.finish()
+
+    Raises:
+        CorruptStreamError: the stream is damaged or does not match the tables and indexes (a
+            decoder that raised it while decoding refuses every later call); more symbols asked
+            for than remain; :meth:`finish` before the last symbol.
+        CoderError: bad arguments (an index outside the tables), with the decoder unchanged.
+    """
+
+    def __init__(self, stream: bytes | bytearray | memoryview) -> None:
+        with _native_errors():
+            self._native = _coder.StreamDecoder(_stream(stream))
+
+    @property
+    def count(self) -> int:
+        """Symbols the stream holds."""
+        return int(self._native.count)
+
+    @property
+    def position(self) -> int:
+        """Symbols decoded so far."""
+        return int(self._native.position)
+
+    def decode(self, tables: CdfTables, indexes: npt.NDArray[np.integer]) -> Int32Array:
+        """The next ``indexes.size`` symbols, symbol ``i`` with table ``indexes[i]`` of ``tables``.
+
+        Returns:
+            int32 symbols with the shape of ``indexes``.
+        """
+        if not isinstance(tables, CdfTables):
+            raise CoderError(f"tables must be CdfTables, got {type(tables).__name__}")
+        shape = indexes.shape if isinstance(indexes, np.ndarray) else None
+        idx = _int32("indexes", indexes)
+        with _native_errors():
+            out = self._native.decode(tables._native, idx)
+        return out.reshape(shape) if shape is not None else out
+
+    def finish(self) -> None:
+        """Check that every symbol was decoded and every check passed.
+
+        Raises:
+            CorruptStreamError: symbols are left, or decoding failed earlier.
+        """
+        with _native_errors():
+            self._native.finish()
+
+    def __repr__(self) -> str:
+        return f"StreamDecoder(count={self.count}, position={self.position})"
 
 
 def _float32_rows(name: str, value: Any) -> npt.NDArray[np.float32]:

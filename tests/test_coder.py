@@ -738,3 +738,50 @@ def test_cdf_tables_convention() -> None:
 def test_pmf_to_quantized_cdf_errors(pmf: list[float], precision: int, match: str) -> None:
     with pytest.raises(CoderError, match=match):
         coder.pmf_to_quantized_cdf(np.array(pmf, np.float32), precision)
+
+
+# ------------------------------------------------------------------------------------------------
+# Incremental decoding
+
+
+def _decode_in_calls(
+    stream: bytes, indexes: np.ndarray, tables: Tables, sizes: list[int]
+) -> np.ndarray:
+    """The stream through a StreamDecoder, in calls of the given sizes (repeated) and finish()."""
+    decoder = coder.StreamDecoder(stream)
+    prepared = CdfTables(*tables)
+    parts, done, call = [], 0, 0
+    while done < len(indexes):
+        n = sizes[call % len(sizes)]
+        parts.append(decoder.decode(prepared, indexes[done : done + n]))
+        done, call = done + n, call + 1
+    decoder.finish()
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def test_stream_decoder_in_all_lanes_and_with_escapes(gauss: Tables) -> None:
+    for n in (5, 9000, 20000, 40000):  # 1, 2, 4 and 8 lanes
+        symbols, indexes = sample(gauss, n, seed=n, escape_rate=0.02)
+        stream = coder.encode_with_indexes(symbols, indexes, *gauss)
+        got = _decode_in_calls(stream, indexes, gauss, [1, 7, 333])
+        assert np.array_equal(got, symbols)
+
+
+def test_stream_decoder_accepts_exactly_what_decode_accepts(
+    small: tuple[bytes, np.ndarray, Tables],
+) -> None:
+    # damage behind a recomputed CRC: the incremental decoder runs the same checks
+    stream, indexes, tables = small
+    rng = np.random.default_rng(21)
+    for _ in range(400):
+        damaged = bytearray(stream[:-4])
+        bit = int(rng.integers(8 * 3, 8 * len(damaged)))
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        candidate = bytes(damaged) + zlib.crc32(damaged).to_bytes(4, "little")
+        try:
+            whole = coder.decode_with_indexes(candidate, indexes, *tables)
+        except CorruptStreamError:
+            with pytest.raises(CorruptStreamError):
+                _decode_in_calls(candidate, indexes, tables, [13])
+            continue
+        assert np.array_equal(_decode_in_calls(candidate, indexes, tables, [13]), whole)

@@ -16,6 +16,7 @@ from fedrs.models.config import MODALITY_CHANNELS, ModelConfig
 if TYPE_CHECKING:
     from fedrs.models.codecs import (
         Cheng2020AttnCodec,
+        Cheng2020AttnContextCodec,
         Codec,
         CompressedPatch,
         HyperpriorCodec,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, str] = {
     "Cheng2020AttnCodec": "fedrs.models.codecs",
+    "Cheng2020AttnContextCodec": "fedrs.models.codecs",
     "Codec": "fedrs.models.codecs",
     "CompressedPatch": "fedrs.models.codecs",
     "HyperpriorCodec": "fedrs.models.codecs",
@@ -53,6 +55,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "MODALITY_CHANNELS",
     "Cheng2020AttnCodec",
+    "Cheng2020AttnContextCodec",
     "Codec",
     "CompressedPatch",
     "EntropyBottleneck",

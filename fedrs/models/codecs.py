@@ -1,13 +1,19 @@
 """Per-modality learned codecs and their registry.
 
-Two architectures, both with an analysis transform ``g_a``, a synthesis ``g_s``, a hyperprior
+Three codecs, all with an analysis transform ``g_a``, a synthesis ``g_s``, a hyperprior
 ``h_a`` / ``h_s``, a factorized bottleneck for ``z`` and a conditional entropy model for ``y``:
 
 * ``"hyperprior"``: the mean-scale hyperprior of Minnen et al. 2018 / Ballé et al. 2018
   (5x5 strided convolutions with GDN; Gaussian conditional);
 * ``"cheng2020-attn"``: Cheng et al. 2020 (residual and simplified attention blocks, sub-pixel
-  upsampling; Gaussian mixture conditional with K = 3).  The autoregressive context model is
-  left out, so decoding stays parallel.
+  upsampling; Gaussian mixture conditional with K = 3) without a context model: the parameters
+  of ``y`` come from ``z`` alone, so all positions decode at once;
+* ``"cheng2020-attn-ctx"``: the same transforms with the autoregressive context model of Minnen
+  et al. 2018 ("Joint"), as in Cheng et al.'s full model: a 5x5 masked convolution over the
+  already decoded latents joins the hyperprior in predicting the mixture's parameters.  The
+  context can lower the rate, but coding is serial: ``h * w`` sequential steps per piece of
+  ``EVAL_CHUNK`` patches (64 for 120x120 patches), each a few small convolutions, the tables of
+  one position and a call into the range coder; the encoder runs the same steps as the decoder.
 
 The latent ``y`` has stride 16 and ``z`` stride 64: inputs are padded (replicated edge) to a
 multiple of 64 and the reconstruction is cropped back (120 -> 128, ``y`` 8x8, ``z`` 2x2).
@@ -18,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +38,10 @@ from fedrs.models.entropy import (
     GaussianMixtureConditional,
 )
 from fedrs.models.layers import (
+    EVAL_CHUNK,
     GDN,
     AttentionBlock,
+    MaskedConv2d,
     ResidualBlock,
     ResidualBlockUpsample,
     ResidualBlockWithStride,
@@ -48,6 +56,7 @@ from fedrs.models.layers import (
 
 __all__ = [
     "Cheng2020AttnCodec",
+    "Cheng2020AttnContextCodec",
     "Codec",
     "CompressedPatch",
     "HyperpriorCodec",
@@ -91,7 +100,7 @@ def build_codec(
     """Instantiate the codec registered under ``name``.
 
     Args:
-        name: registry name (``"hyperprior"``, ``"cheng2020-attn"``).
+        name: registry name (``"hyperprior"``, ``"cheng2020-attn"``, ``"cheng2020-attn-ctx"``).
         in_channels: image bands.
         width: channels N of the transforms.
         latent: channels M of ``y``.
@@ -305,16 +314,21 @@ class Codec(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
-    def decompress_latents(self, patches: Sequence[CompressedPatch]) -> Tensor:
-        """Entropy-decode ``y_hat`` (B, M, h, w) only, without the synthesis transform."""
+    def _decompress_hyper(self, patches: Sequence[CompressedPatch]) -> Tensor:
+        """``z_hat`` (B, N, h, w) of a batch of patches, on the model's device."""
         if not patches:
             raise InputError("no compressed patches given")
         shapes = {p.z_shape for p in patches}
         if len(shapes) != 1:
             raise InputError(f"patches of different latent shapes in one batch: {sorted(shapes)}")
         z_hat = self.entropy_bottleneck.decompress([p.z for p in patches], patches[0].z_shape)
-        params = self.entropy_parameters(z_hat.to(self._device()), invariant=True)
+        return z_hat.to(self._device())
+
+    @torch.no_grad()
+    def decompress_latents(self, patches: Sequence[CompressedPatch]) -> Tensor:
+        """Entropy-decode ``y_hat`` (B, M, h, w) only, without the synthesis transform."""
+        z_hat = self._decompress_hyper(patches)
+        params = self.entropy_parameters(z_hat, invariant=True)
         return self.conditional.decompress([p.y for p in patches], params)
 
     @torch.no_grad()
@@ -428,3 +442,238 @@ class Cheng2020AttnCodec(Codec):
             nn.LeakyReLU(inplace=True),
             conv1x1(2 * m, self.conditional.hyper_channels(m)),
         )
+
+
+StepSymbols = Callable[[int, int, dict[str, Tensor], Tensor], Tensor]
+"""``(row, column, parameters, means) -> symbols``: the symbols (b, M, 1, 1) int32 of one
+position of a piece, given its entropy parameters and dequantisation means (b, M, 1, 1)."""
+
+
+def _pieces(total: int) -> list[slice]:
+    """Consecutive slices of ``EVAL_CHUNK`` items covering a batch of ``total``."""
+    return [slice(start, min(start + EVAL_CHUNK, total)) for start in range(0, total, EVAL_CHUNK)]
+
+
+def _padded(t: Tensor) -> Tensor:
+    """``t`` zero-padded along the batch dimension to ``EVAL_CHUNK`` items."""
+    missing = EVAL_CHUNK - int(t.shape[0])
+    return torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) if missing > 0 else t
+
+
+@register_codec("cheng2020-attn-ctx")
+class Cheng2020AttnContextCodec(Cheng2020AttnCodec):
+    """Cheng et al. 2020 with the autoregressive context model of Minnen et al. 2018 ("Joint").
+
+    The transforms are those of :class:`Cheng2020AttnCodec`, except that ``h_s`` stops at 2M
+    hyper features.  A type-A 5x5 masked convolution (``context_prediction``) over ``y_hat``
+    gives 2M context features per position; ``entropy_net`` (1x1 convolutions 4M -> 10M/3 ->
+    8M/3 -> 3KM) turns the concatenated hyper and context features into the mixture's weights,
+    means and scales (CompressAI's ``JointAutoregressiveHierarchicalPriors`` and
+    ``Cheng2020Attention``).
+
+    In training the context sees the noisy latents and all positions are computed at once.  At
+    evaluation, in :meth:`compress` and in :meth:`decompress_latents` the positions are visited
+    serially in raster order, in fixed pieces of ``EVAL_CHUNK`` items: at each position the
+    masked convolution runs on the 5x5 neighbourhood of the latents quantised so far, then
+    ``entropy_net``, then the position is quantised (``round(y - mean) + mean``) or decoded with
+    tables built from its parameters alone.  Encoder, decoder and the forward pass run the very
+    same computation, so they agree bit for bit, and a patch's bytes do not depend on its batch.
+    The ``y`` stream holds the symbols position by position (the M channels of each), each with
+    the table of its own element
+    (:meth:`~fedrs.models.entropy.GaussianMixtureConditional.element_tables`).  Coding costs
+    ``h * w`` sequential steps per piece (64 for a 120x120 patch), each building the tables of
+    one position for the piece's items; the decoder reads each stream with an incremental
+    :class:`fedrs.coder.StreamDecoder`.
+    """
+
+    conditional: GaussianMixtureConditional
+    context_prediction: MaskedConv2d
+
+    def __init__(
+        self, in_channels: int, *, width: int = 32, latent: int = 48, gmm_components: int = 3
+    ) -> None:
+        super().__init__(in_channels, width=width, latent=latent, gmm_components=gmm_components)
+        m = latent
+        self.h_s = cast(nn.Sequential, self.h_s)[:-2]  # up to the 2M hyper features
+        self.context_prediction = MaskedConv2d(m, 2 * m, kernel_size=5, padding=2, stride=1)
+        first, second = max(m * 10 // 3, 1), max(m * 8 // 3, 1)
+        self.entropy_net = nn.Sequential(
+            conv1x1(4 * m, first),
+            nn.LeakyReLU(inplace=True),
+            conv1x1(first, second),
+            nn.LeakyReLU(inplace=True),
+            conv1x1(second, self.conditional.hyper_channels(m)),
+        )
+
+    def hyper_features(self, z_hat: Tensor, *, invariant: bool) -> Tensor:
+        """``h_s(z_hat)``: 2M features per position of ``y`` (in fixed pieces if ``invariant``)."""
+        if invariant:
+            features: Tensor = in_fixed_chunks(self.h_s, z_hat)
+        else:
+            features = self.h_s(z_hat)
+        return features
+
+    def context_parameters(self, y_hat: Tensor, hyper: Tensor) -> dict[str, Tensor]:
+        """Entropy parameters of all positions at once from the masked context of ``y_hat`` and
+        the hyper features (the training path; position ``p`` depends only on ``y_hat`` before
+        ``p`` in raster order and on ``hyper``)."""
+        context = self.context_prediction(y_hat)
+        return self.conditional.parameters_from(self.entropy_net(torch.cat([hyper, context], 1)))
+
+    def entropy_parameters(self, z_hat: Tensor, *, invariant: bool) -> dict[str, Tensor]:
+        """Not defined for this codec: its parameters depend on ``y_hat`` as well (see
+        :meth:`context_parameters`)."""
+        raise InputError(
+            f"{self.name} conditions y on its decoded context: its entropy parameters come from "
+            "context_parameters(y_hat, hyper_features(z_hat)), or serially in compress/decompress"
+        )
+
+    def _serial_piece(
+        self, hyper: Tensor, symbols_at: StepSymbols
+    ) -> tuple[Tensor, list[tuple[dict[str, Tensor], Tensor]]]:
+        """Visit the positions of one piece (``EVAL_CHUNK`` items) in raster order.
+
+        Returns:
+            ``y_hat`` (b, M, h, w) and, per position, its parameters and symbols (b, M, 1, 1).
+        """
+        kernel = int(self.context_prediction.kernel_size[0])
+        pad = kernel // 2
+        b, _, height, width = hyper.shape
+        y_hat = hyper.new_zeros(b, self.latent, height + 2 * pad, width + 2 * pad)
+        weight = self.context_prediction.masked_weight()
+        bias = self.context_prediction.bias
+        steps: list[tuple[dict[str, Tensor], Tensor]] = []
+        for i in range(height):
+            for j in range(width):
+                crop = y_hat[:, :, i : i + kernel, j : j + kernel]
+                context = F.conv2d(crop, weight, bias)
+                features = torch.cat([hyper[:, :, i : i + 1, j : j + 1], context], 1)
+                params = self.conditional.parameters_from(self.entropy_net(features))
+                means = self.conditional.means(params)
+                symbols = symbols_at(i, j, params, means)
+                if torch.is_grad_enabled():  # earlier crops are views of y_hat
+                    y_hat = y_hat.clone()
+                values = self.conditional.dequantize(symbols, means)
+                y_hat[:, :, i + pad : i + pad + 1, j + pad : j + pad + 1] = values
+                steps.append((params, symbols))
+        return y_hat[:, :, pad : pad + height, pad : pad + width], steps
+
+    def _quantise_piece(
+        self, y: Tensor, hyper: Tensor
+    ) -> tuple[Tensor, list[tuple[dict[str, Tensor], Tensor]]]:
+        """:meth:`_serial_piece` quantising ``y`` (the encoder and the forward pass)."""
+
+        def quantise(i: int, j: int, params: dict[str, Tensor], means: Tensor) -> Tensor:
+            return self.conditional.quantize(y[:, :, i : i + 1, j : j + 1], "symbols", means)
+
+        return self._serial_piece(hyper, quantise)
+
+    def _decoding(self, decoders: Sequence[Any]) -> StepSymbols:
+        """Step function of :meth:`_serial_piece` decoding item ``k`` of the piece from
+        ``decoders[k]`` (the padding items get the symbols the encoder gives them)."""
+        count = len(decoders)
+
+        def decode(i: int, j: int, params: dict[str, Tensor], means: Tensor) -> Tensor:
+            tables = self.conditional.element_tables({k: v[:count] for k, v in params.items()})
+            decoded = self.conditional.decompress_steps(decoders, tables)
+            symbols = self.conditional.quantize(torch.zeros_like(means), "symbols", means)
+            symbols[:count] = decoded.view(count, -1, 1, 1).to(symbols.device)
+            return symbols
+
+        return decode
+
+    @staticmethod
+    def _stack(steps: list[tuple[dict[str, Tensor], Tensor]], height: int) -> dict[str, Tensor]:
+        """Per-position parameters (b, K, M, 1, 1) stacked into maps (b, K, M, h, w)."""
+        return {
+            key: torch.cat([params[key].flatten(-2) for params, _ in steps], -1).unflatten(
+                -1, (height, -1)
+            )
+            for key in steps[0][0]
+        }
+
+    def autoregress(self, y: Tensor, hyper: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``y_hat`` and the entropy parameters of the serial pass, as :meth:`compress` codes
+        them (pieces of ``EVAL_CHUNK`` items)."""
+        y_hats: list[Tensor] = []
+        maps: list[dict[str, Tensor]] = []
+        for rows in _pieces(int(y.shape[0])):
+            count = rows.stop - rows.start
+            y_hat, steps = self._quantise_piece(_padded(y[rows]), _padded(hyper[rows]))
+            y_hats.append(y_hat[:count])
+            stacked = self._stack(steps, int(y.shape[-2]))
+            maps.append({key: value[:count] for key, value in stacked.items()})
+        params = {key: torch.cat([m[key] for m in maps]) for key in maps[0]}
+        return torch.cat(y_hats), params
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
+        y, z = self.encode_latents(x, invariant=not self.training)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        hyper = self.hyper_features(z_hat, invariant=not self.training)
+        if self.training:
+            y_tilde = self.conditional.quantize(y, "noise")
+            params = self.context_parameters(y_tilde, hyper)
+            y_likelihoods = self.conditional.likelihood(y_tilde, params)
+            means = self.conditional.means(params)
+            y_hat = ste_round(y - means) + means
+        else:
+            y_hat, params = self.autoregress(y, hyper)
+            y_likelihoods = self.conditional.likelihood(y_hat, params)
+        return {
+            "x_hat": self.synthesis(y_hat, x.shape[-2:]),
+            "y": y,
+            "y_hat": y_hat,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+        }
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> list[CompressedPatch]:
+        y, z = self.encode_latents(x, invariant=True)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.quantize(
+            z, "dequantize", self.entropy_bottleneck.medians(z.dim())
+        )
+        hyper = self.hyper_features(z_hat, invariant=True)
+        y_strings: list[bytes] = []
+        m = self.latent
+        for rows in _pieces(int(y.shape[0])):
+            count = rows.stop - rows.start
+            _, steps = self._quantise_piece(_padded(y[rows]), _padded(hyper[rows]))
+            tables = [
+                self.conditional.element_tables({k: v[:count] for k, v in params.items()})
+                for params, _ in steps
+            ]
+            for item in range(count):
+                rows_of_item = slice(item * m, (item + 1) * m)
+                y_strings.append(
+                    self.conditional.compress_steps(
+                        [symbols[item] for _, symbols in steps],
+                        [(c[rows_of_item], n[rows_of_item], o[rows_of_item]) for c, n, o in tables],
+                    )
+                )
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        z_shape = (int(z.shape[-2]), int(z.shape[-1]))
+        return [
+            CompressedPatch(y=ys, z=zs, z_shape=z_shape, image_size=size)
+            for ys, zs in zip(y_strings, z_strings, strict=True)
+        ]
+
+    @torch.no_grad()
+    def decompress_latents(self, patches: Sequence[CompressedPatch]) -> Tensor:
+        """Entropy-decode ``y_hat`` (B, M, h, w) serially, position by position.
+
+        Raises:
+            fedrs.coder.CorruptStreamError: a stream is damaged or does not match the model.
+        """
+        hyper = self.hyper_features(self._decompress_hyper(patches), invariant=True)
+        height, width = int(hyper.shape[-2]), int(hyper.shape[-1])
+        count = height * width * self.latent
+        decoders = [self.conditional.step_decoder(p.y, count) for p in patches]
+        y_hats: list[Tensor] = []
+        for rows in _pieces(len(patches)):
+            members = decoders[rows]
+            y_hat, _ = self._serial_piece(_padded(hyper[rows]), self._decoding(members))
+            y_hats.append(y_hat[: len(members)])
+        for decoder in decoders:
+            decoder.finish()
+        return torch.cat(y_hats)

@@ -12,7 +12,11 @@ Differences from CompressAI: the factorized bottleneck finds its median and tail
 bisection of its cumulative in ``update()`` (no auxiliary loss and optimiser); the tables are
 non-persistent buffers (pickled with the module, absent from ``state_dict``) rebuilt whenever the
 density's parameters change, so they are a pure function of the weights.  The Gaussian mixture
-builds one table per coded symbol.  All tables are built vectorised in float64.
+builds one table per coded symbol.  All tables are built vectorised in float64.  For
+autoregressive models the mixture also builds tables row by row independent of the rows built
+with them (:meth:`GaussianMixtureConditional.element_tables`), codes groups of symbols with their
+own tables into one stream and decodes it group by group (``compress_steps``,
+``step_decoder``, ``decompress_steps``).
 
 Bitstreams decode only on the same software stack that wrote them (the entropy parameters come
 from a float network, whose rounding may change with the library version, the device, the
@@ -63,6 +67,10 @@ LIKELIHOOD_BOUND = 1e-9
 SCALES_MIN = 0.11
 SCALES_MAX = 256.0
 SCALES_LEVELS = 64
+CDF_GRID_LIMIT = 8.0
+"""Half-width of the grid of the interpolated normal CDF (beyond it the CDF is 0 or 1)."""
+CDF_GRID_BITS = 10
+"""The grid has ``2**CDF_GRID_BITS`` points per unit."""
 
 
 class EntropyModelError(FedrsError, RuntimeError):
@@ -124,9 +132,10 @@ def quantized_cdf_table(
         0.0
     )
     valid = positions[None, :] <= lengths[:, None]
-    total = probs.sum(1, keepdim=True)
-    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), valid.to(torch.float64))
+    total = torch.cumsum(probs, 1)[:, -1:]  # in order along the row: a row's own function
     count = (lengths + 1).to(torch.float64)[:, None]
+    uniform = valid.to(torch.float64) / count  # for rows without mass (or not a number)
+    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), uniform)
     scale = float(1 << precision)
     freq = torch.where(valid, torch.floor(probs * (scale - count)) + 1.0, 0.0).to(torch.long)
     deficit = (1 << precision) - freq.sum(1)
@@ -565,6 +574,7 @@ class GaussianMixtureConditional(ConditionalEntropyModel):
         self.components = int(components)
         self.scale_bound = float(scale_bound)
         self.max_half_width = int(max_half_width)
+        self._cdf_grid: Tensor | None = None  # not a buffer: stays float64 on the CPU
 
     def hyper_channels(self, latent_channels: int) -> int:
         return 3 * self.components * latent_channels
@@ -611,6 +621,123 @@ class GaussianMixtureConditional(ConditionalEntropyModel):
         cdf, cdf_lengths = quantized_cdf_table(pmf, lengths, tail)
         table_idx = torch.arange(cdf.shape[0], dtype=torch.int32)
         return cdf.cpu(), cdf_lengths.cpu(), (-half).to(torch.int32).cpu(), centre, table_idx
+
+    def _normal_cdf_grid(self) -> Tensor:
+        """The standard normal CDF on ``[-CDF_GRID_LIMIT, CDF_GRID_LIMIT]`` in steps of
+        ``2**-CDF_GRID_BITS`` (float64), built on first use."""
+        if self._cdf_grid is None:
+            steps = int(CDF_GRID_LIMIT * 2**CDF_GRID_BITS)
+            points = torch.arange(-steps, steps + 1, dtype=torch.float64) / 2**CDF_GRID_BITS
+            self._cdf_grid = _std_cumulative(points)
+        return self._cdf_grid
+
+    @torch.no_grad()
+    def element_tables(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Coding tables ``(cdfs, cdf_lengths, offsets)`` of every element of ``params``, one row
+        per element in C order (item, channel, positions), on the CPU.
+
+        Each row is a function of its own element's parameters alone, whatever the other rows:
+        the normal CDF is interpolated linearly in a fixed float64 grid (error below 3e-8) and
+        every sum runs in a fixed order (a loop over the components, prefix sums along a row),
+        so only exactly rounded arithmetic touches an element.  An encoder building the tables
+        of all items and positions at once and a decoder building them position by position
+        get the same rows.  Coverage as :meth:`compress`'s tables: ``tail_mass`` of every
+        component, at most ``max_half_width`` symbols either side of the mixture mean.
+        """
+        grid = self._normal_cdf_grid()
+        k = self.components
+
+        def rows(name: str) -> Tensor:
+            value = params[name].detach().to(grid.device, torch.float64)
+            return value.movedim(1, -1).reshape(-1, k)  # (n, K)
+
+        def cdf(x: Tensor) -> Tensor:
+            inside = x.nan_to_num(0.0).clamp(-CDF_GRID_LIMIT, CDF_GRID_LIMIT)
+            scaled = (inside + CDF_GRID_LIMIT) * 2**CDF_GRID_BITS
+            index = scaled.floor().clamp(max=grid.numel() - 2)
+            low = grid[index.to(torch.long)]
+            high = grid[index.to(torch.long) + 1]
+            return low + (scaled - index) * (high - low)
+
+        w, mu = rows("weights"), rows("means")
+        sigma = rows("scales").clamp_min(self.scale_bound)
+        centre = w[:, 0] * mu[:, 0]
+        for c in range(1, k):
+            centre = centre + w[:, c] * mu[:, c]
+        reach = (torch.abs(mu - centre[:, None]) + _tail_multiplier(self.tail_mass) * sigma).amax(1)
+        half = torch.ceil(reach).nan_to_num(float(self.max_half_width))
+        half = half.clamp(1, self.max_half_width).to(torch.long)
+        width = int(2 * half.max() + 1) if half.numel() else 1
+        offsets = torch.arange(width, dtype=torch.float64)[None, :] - half[:, None]
+        values = centre[:, None] + offsets  # (n, L)
+        pmf = torch.zeros_like(values)
+        for c in range(k):
+            distance = torch.abs(values - mu[:, c : c + 1])
+            scale = sigma[:, c : c + 1]
+            mass = cdf((0.5 - distance) / scale) - cdf((-0.5 - distance) / scale)
+            pmf = pmf + w[:, c : c + 1] * mass
+        pmf = torch.where(offsets <= half[:, None], pmf, 0.0)
+        tail = (1.0 - torch.cumsum(pmf, 1)[:, -1]).clamp_min(0.0)
+        cdfs, cdf_lengths = quantized_cdf_table(pmf, 2 * half + 1, tail)
+        return cdfs, cdf_lengths, (-half).to(torch.int32)
+
+    @torch.no_grad()
+    def compress_steps(
+        self, symbols: Sequence[Tensor], tables: Sequence[tuple[Tensor, Tensor, Tensor]]
+    ) -> bytes:
+        """One stream of groups of symbols, group ``g`` coded with its own tables ``tables[g]``
+        (from :meth:`element_tables`, one per symbol of ``symbols[g]``), in order.
+
+        An autoregressive model, whose tables at a step depend on the symbols of the steps before,
+        decodes it step by step (:meth:`step_decoder`, :meth:`decompress_steps`).
+        """
+        if not tables or len(symbols) != len(tables):
+            raise InputError(f"{len(symbols)} groups of symbols for {len(tables)} groups of tables")
+        width = max(int(cdf.shape[1]) for cdf, _, _ in tables)
+        cdfs = torch.cat([F.pad(cdf, (0, width - int(cdf.shape[1]))) for cdf, _, _ in tables])
+        lengths = torch.cat([cdf_lengths for _, cdf_lengths, _ in tables])
+        offsets = torch.cat([offset for _, _, offset in tables])
+        flat = torch.cat([group.reshape(-1).cpu() for group in symbols])
+        if flat.numel() != cdfs.shape[0]:
+            raise InputError(f"{flat.numel()} symbols for {cdfs.shape[0]} tables")
+        indexes = torch.arange(flat.numel(), dtype=torch.int32)
+        return self._encode(flat, indexes, cdfs, lengths, offsets)
+
+    @staticmethod
+    def step_decoder(stream: bytes, count: int) -> Any:
+        """A :class:`fedrs.coder.StreamDecoder` of a stream of :meth:`compress_steps` that must
+        hold ``count`` symbols.
+
+        Raises:
+            fedrs.coder.CorruptStreamError: the stream is damaged or holds another count.
+        """
+        coder = _coder()
+        decoder = coder.StreamDecoder(stream)
+        if decoder.count != count:
+            raise coder.CorruptStreamError(
+                f"stream holds {decoder.count} symbols, the latent has {count}"
+            )
+        return decoder
+
+    @staticmethod
+    def decompress_steps(decoders: Sequence[Any], tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The next step's symbols of several streams: ``decoders[k]`` (from
+        :meth:`step_decoder`) decodes one symbol with each table of the ``k``-th of
+        ``len(decoders)`` equal blocks of rows of ``tables``.
+
+        Returns:
+            int32 symbols (len(decoders), rows per block).
+        """
+        coder = _coder()
+        cdfs, lengths, offsets = tables
+        if not decoders or lengths.numel() % len(decoders):
+            raise InputError(f"{lengths.numel()} tables do not split among {len(decoders)} streams")
+        block = lengths.numel() // len(decoders)
+        prepared = coder.CdfTables(_np32(cdfs), _np32(lengths), _np32(offsets))
+        out = np.empty((len(decoders), block), dtype=np.int32)
+        for k, decoder in enumerate(decoders):
+            out[k] = decoder.decode(prepared, np.arange(k * block, (k + 1) * block, dtype=np.int32))
+        return torch.from_numpy(out)
 
     @torch.no_grad()
     def compress(self, y: Tensor, params: dict[str, Tensor]) -> list[bytes]:

@@ -46,7 +46,8 @@ class JointModel(nn.Module):
         self.config = config if config is not None else ModelConfig()
         cfg = self.config
         options: dict[str, dict[str, int]] = {
-            "cheng2020-attn": {"gmm_components": cfg.gmm_components}
+            name: {"gmm_components": cfg.gmm_components}
+            for name in ("cheng2020-attn", "cheng2020-attn-ctx")
         }
         self.codecs = nn.ModuleDict(
             {

@@ -1,5 +1,6 @@
-"""Building blocks of the learned codecs: GDN/IGDN, strided and sub-pixel convolutions, residual and
-attention blocks (the layers of Ballé et al. 2018 and Cheng et al. 2020, after CompressAI's design).
+"""Building blocks of the learned codecs: GDN/IGDN, strided, sub-pixel and masked convolutions,
+residual and attention blocks (the layers of Ballé et al. 2018, Minnen et al. 2018 and Cheng et al.
+2020, after CompressAI's design).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedrs.errors import InputError
+
 __all__ = [
     "EVAL_CHUNK",
     "GDN",
     "AttentionBlock",
+    "MaskedConv2d",
     "NonNegativeParametrizer",
     "ResidualBlock",
     "ResidualBlockUpsample",
@@ -202,6 +206,37 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 def subpel_conv3x3(in_channels: int, out_channels: int, r: int = 1) -> nn.Sequential:
     """3x3 convolution followed by a pixel shuffle upsampling by ``r``."""
     return nn.Sequential(conv3x3(in_channels, out_channels * r**2), nn.PixelShuffle(r))
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Convolution whose kernel sees only the positions before its centre in raster order.
+
+    Mask ``"A"`` hides the centre and everything after it, mask ``"B"`` only what follows the
+    centre (van den Oord et al. 2016; CompressAI's ``MaskedConv2d``).  The context model of
+    Minnen et al. 2018 is a type-A 5x5 masked convolution over ``y_hat``.  The kernel is
+    multiplied by the mask at every call (:meth:`masked_weight`), so the hidden weights get no
+    gradient and the result never depends on them.
+    """
+
+    mask: Tensor
+
+    def __init__(self, *args: Any, mask_type: str = "A", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if mask_type not in ("A", "B"):
+            raise InputError(f'mask_type must be "A" or "B", got {mask_type!r}')
+        self.mask_type = mask_type
+        height, width = self.weight.shape[-2:]
+        mask = torch.ones(1, 1, height, width)
+        mask[:, :, height // 2, width // 2 + (mask_type == "B") :] = 0
+        mask[:, :, height // 2 + 1 :] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        """The kernel with the hidden positions zeroed."""
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
 
 
 class ResidualBlockWithStride(nn.Module):

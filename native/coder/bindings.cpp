@@ -11,6 +11,7 @@
 namespace py = pybind11;
 using fedrs::coder::ArgumentError;
 using fedrs::coder::Encoded;
+using fedrs::coder::StreamDecoder;
 using fedrs::coder::StreamError;
 using fedrs::coder::TableArrays;
 using fedrs::coder::TableError;
@@ -107,6 +108,29 @@ py::array_t<int32_t> decode_impl(const Tables& tables, const py::bytes& stream,
   return out;
 }
 
+std::unique_ptr<StreamDecoder> make_stream_decoder(const py::bytes& stream) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(stream.ptr(), &data, &size) != 0) throw py::error_already_set();
+  py::gil_scoped_release nogil;  // the argument keeps the bytes alive; they are copied
+  return std::make_unique<StreamDecoder>(reinterpret_cast<const uint8_t*>(data),
+                                         static_cast<size_t>(size));
+}
+
+py::array_t<int32_t> stream_decode_impl(StreamDecoder& decoder, const Tables& tables,
+                                        const I32Array& indexes) {
+  require_1d(indexes, "indexes");
+  const uint64_t count = static_cast<uint64_t>(indexes.shape(0));
+  py::array_t<int32_t> out(static_cast<py::ssize_t>(count));
+  int32_t* o = out.mutable_data();
+  const int32_t* i = indexes.data();
+  {
+    py::gil_scoped_release nogil;
+    decoder.decode(tables, i, count, o);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_coder, m) {
@@ -143,6 +167,13 @@ PYBIND11_MODULE(_coder, m) {
             return decode_impl(t, stream, indexes, threads);
           },
           py::arg("stream"), py::arg("indexes").noconvert(), py::arg("threads") = 1);
+
+  py::class_<StreamDecoder>(m, "StreamDecoder")
+      .def(py::init(&make_stream_decoder), py::arg("stream"))
+      .def_property_readonly("count", &StreamDecoder::count)
+      .def_property_readonly("position", &StreamDecoder::position)
+      .def("decode", &stream_decode_impl, py::arg("tables"), py::arg("indexes").noconvert())
+      .def("finish", &StreamDecoder::finish);
 
   m.def(
       "encode_with_indexes",

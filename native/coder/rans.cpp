@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -488,6 +489,26 @@ void decode_chunk(const Tables& tables, const uint8_t* word_bytes, uint64_t num_
   escapes.finish();
 }
 
+// One symbol of table d with lane state `state`, reading renormalisation words with a bounds
+// check (the incremental decoder; decode_chunk inlines the same step).
+int32_t decode_symbol(const DecTable& d, uint64_t& state, const uint8_t* word_bytes,
+                      uint64_t num_words, uint64_t& pos, BitReader& escapes) {
+  const uint64_t slot = state & kSlotMask;
+  uint64_t sym = d.buckets[slot >> d.shift];
+  if (d.cdf[sym + 1] <= slot) sym = scan_forward(d.cdf, sym, slot);
+  const uint64_t lo = d.cdf[sym];
+  const uint64_t hi = d.cdf[sym + 1];
+  const uint64_t y = (hi - lo) * (state >> kPrecisionBits) + (slot - lo);
+  if (y < kStateLow) {
+    if (pos >= num_words) throw_stream("rANS data ends early");
+    state = (y << 32) | load_u32(word_bytes + 4 * pos);
+    ++pos;
+  } else {
+    state = y;
+  }
+  return sym == d.n ? read_escape(escapes, d) : d.offset + static_cast<int32_t>(sym);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header
 
@@ -514,11 +535,14 @@ uint64_t parse_count(const uint8_t* data, size_t size, size_t& pos) {
   return count;
 }
 
+// expected_count kAnyCount accepts the count the stream declares.
+constexpr uint64_t kAnyCount = ~0ull;
+
 Header parse_header(const uint8_t* data, size_t size, uint64_t expected_count) {
   size_t pos = 0;
   Header h;
   h.count = parse_count(data, size, pos);
-  if (h.count != expected_count)
+  if (expected_count != kAnyCount && h.count != expected_count)
     throw StreamError("stream holds " + std::to_string(h.count) + " symbols but indexes has " +
                       std::to_string(expected_count));
   const uint64_t chunks = chunk_count(h.count);
@@ -823,6 +847,109 @@ void decode(const Tables& tables, const uint8_t* data, size_t size, const int32_
         throw std::logic_error("bad lane count");
     }
   });
+}
+
+// -------------------------------------------------------------------------------------------------
+// Incremental decoder
+
+struct StreamDecoder::State {
+  std::vector<uint8_t> data;
+  Header header;
+  uint64_t position = 0;  // symbols decoded
+  bool failed = false;
+  // The chunk being decoded (open) or the next one.
+  uint64_t chunk = 0;
+  bool open = false;
+  uint64_t chunk_end = 0;  // first symbol after the open chunk
+  uint64_t lanes = 1;
+  uint64_t lane = 0;  // lane of the next symbol
+  uint64_t x[8] = {};
+  const uint8_t* words = nullptr;
+  uint64_t num_words = 0;
+  uint64_t pos = 0;  // words of the chunk read
+  BitReader escapes{nullptr, 0};
+  mutable std::mutex mutex;
+
+  void open_chunk() {
+    const uint64_t chunks = header.chunks.size();
+    const ChunkRange r = chunk_range(header.count, chunks, chunk);
+    const ChunkInfo& info = header.chunks[chunk];
+    lanes = static_cast<uint64_t>(lane_count(r.end - r.begin));
+    if (info.num_words < 2 * lanes) throw_stream("chunk shorter than its states");
+    words = data.data() + info.word_offset;
+    num_words = info.num_words;
+    for (uint64_t j = 0; j < lanes; ++j) {
+      x[j] = load_u32(words + 8 * j) | (static_cast<uint64_t>(load_u32(words + 8 * j + 4)) << 32);
+      if (x[j] < kStateLow || x[j] >= kStateHigh) throw_stream("bad initial state");
+    }
+    pos = 2 * lanes;
+    lane = 0;
+    escapes = BitReader(data.data() + info.escape_offset, info.num_escape_bytes);
+    chunk_end = r.end;
+    open = true;
+  }
+
+  void close_chunk() {
+    if (pos != num_words) throw_stream("unused rANS data");
+    for (uint64_t j = 0; j < lanes; ++j)
+      if (x[j] != kStateLow) throw_stream("final state mismatch (wrong tables or indexes?)");
+    escapes.finish();
+    open = false;
+    ++chunk;
+  }
+};
+
+StreamDecoder::StreamDecoder(const uint8_t* data, size_t size) : state_(new State) {
+  State& s = *state_;
+  s.data.assign(data, data + size);
+  s.header = parse_header(s.data.data(), s.data.size(), kAnyCount);
+}
+
+StreamDecoder::~StreamDecoder() = default;
+
+uint64_t StreamDecoder::count() const { return state_->header.count; }
+
+uint64_t StreamDecoder::position() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->position;
+}
+
+void StreamDecoder::decode(const Tables& tables, const int32_t* indexes, uint64_t n,
+                           int32_t* out) {
+  State& s = *state_;
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (!tables.can_decode()) throw ArgumentError("tables were not prepared for decoding");
+  if (s.failed) throw_stream("an earlier call failed");
+  const uint64_t num_tables = static_cast<uint64_t>(tables.num_tables());
+  for (uint64_t i = 0; i < n; ++i)
+    if (static_cast<uint64_t>(static_cast<uint32_t>(indexes[i])) >= num_tables)
+      throw_bad_index(i, indexes[i], tables.num_tables());
+  const uint64_t remaining = s.header.count - s.position;
+  if (n > remaining)
+    throw StreamError("asked for " + std::to_string(n) + " symbols but the stream holds " +
+                      std::to_string(remaining) + " more");
+  const DecTable* dec = tables.dec();
+  try {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (!s.open) s.open_chunk();
+      const DecTable& d = dec[static_cast<uint32_t>(indexes[i])];
+      out[i] = decode_symbol(d, s.x[s.lane], s.words, s.num_words, s.pos, s.escapes);
+      if (++s.lane == s.lanes) s.lane = 0;
+      if (++s.position == s.chunk_end) s.close_chunk();
+    }
+  } catch (...) {
+    s.failed = true;
+    throw;
+  }
+}
+
+void StreamDecoder::finish() const {
+  const State& s = *state_;
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (s.failed) throw_stream("an earlier call failed");
+  if (s.position != s.header.count)
+    throw StreamError("stream holds " + std::to_string(s.header.count) + " symbols, " +
+                      std::to_string(s.position) + " decoded");
 }
 
 void pmf_to_quantized_cdf(const float* pmfs, int64_t rows, int64_t row_length,

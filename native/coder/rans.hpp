@@ -134,6 +134,34 @@ void decode(const Tables& tables, const uint8_t* data, size_t size, const int32_
 // Number of symbols declared by a stream's header (StreamError if the header is malformed).
 uint64_t stream_symbol_count(const uint8_t* data, size_t size);
 
+// Decodes one stream of encode() a few symbols at a time, in order, each call naming the tables
+// and indexes of its symbols (so the tables of later symbols may depend on earlier ones, as in
+// autoregressive models).  The symbols decoded over all calls are those decode() gives for the
+// concatenated indexes and the same tables.
+//
+// The constructor copies the stream and checks its layout and CRC (StreamError).  decode()
+// checks its arguments first (ArgumentError for a bad index or unprepared tables, StreamError
+// for more symbols than remain) and then leaves the decoder as it was; a StreamError while
+// decoding (data this encoder cannot have written with these tables and indexes) leaves it
+// failed, and every later call raises StreamError.  finish() raises StreamError unless every
+// symbol was decoded and every check passed.  Calls are serialised by a mutex.
+class StreamDecoder {
+ public:
+  StreamDecoder(const uint8_t* data, size_t size);
+  ~StreamDecoder();
+  StreamDecoder(const StreamDecoder&) = delete;
+  StreamDecoder& operator=(const StreamDecoder&) = delete;
+
+  uint64_t count() const;     // symbols in the stream
+  uint64_t position() const;  // symbols decoded so far
+  void decode(const Tables& tables, const int32_t* indexes, uint64_t n, int32_t* out);
+  void finish() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // CompressAI's pmf_to_quantized_cdf for rows of a batch: row b has lengths[b] probabilities
 // pmfs[b, :lengths[b]] and gets lengths[b] + 1 CDF entries in out[b, :] (rest zero-filled).
 // out has row length row_length + 1.  Raises std::invalid_argument for a bad pmf.

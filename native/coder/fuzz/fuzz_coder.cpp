@@ -22,7 +22,9 @@
 //   2  build tables from the bytes; when valid, round-trip symbols taken from the bytes
 //   3  quantise a pmf read from the bytes; check the invariants of the CDF
 //   4  round-trip int32 symbols and table indexes read from the bytes (tables: TableSet)
-// A stream that decodes must re-encode to the very same bytes (the format is canonical).
+// A stream that decodes must re-encode to the very same bytes (the format is canonical).  In
+// modes 0 and 1 the incremental decoder (StreamDecoder, in calls of sizes derived from data[1])
+// must accept exactly the streams decode() accepts, with the same symbols.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -134,6 +136,30 @@ void check_canonical(const fc::Tables& t, const std::vector<int32_t>& decoded,
     fail("a decoded stream does not re-encode to itself");
 }
 
+// Decodes stream with StreamDecoder in calls of 1 ... 64 symbols; true when it succeeds, and
+// then its symbols must equal `expected` (valid when whole_ok).
+bool decode_in_pieces(const std::vector<uint8_t>& stream, const std::vector<int32_t>& idx,
+                      uint8_t seed, const std::vector<int32_t>& expected, bool whole_ok) {
+  const TableSet& ts = table_set();
+  std::vector<int32_t> out(idx.size());
+  try {
+    fc::StreamDecoder decoder(stream.data(), stream.size());
+    if (decoder.count() != idx.size()) return false;  // decode() rejects the count as well
+    uint64_t done = 0;
+    for (uint64_t call = 0; done < idx.size(); ++call) {
+      const uint64_t n = std::min<uint64_t>(idx.size() - done, 1 + mix(seed + call) % 64);
+      decoder.decode(*ts.tables, idx.data() + done, n, out.data() + done);
+      done += n;
+      if (decoder.position() != done) fail("incremental decoder position");
+    }
+    decoder.finish();
+  } catch (const fc::StreamError&) {
+    return false;
+  }
+  if (whole_ok && out != expected) fail("incremental decoding gives other symbols");
+  return true;
+}
+
 void decode_mode(const uint8_t* data, size_t size, bool fix_crc) {
   if (size < 2) return;
   const uint8_t seed = data[0];
@@ -152,12 +178,15 @@ void decode_mode(const uint8_t* data, size_t size, bool fix_crc) {
   const TableSet& ts = table_set();
   const std::vector<int32_t> idx = derived_indexes(n, seed, ts.num());
   std::vector<int32_t> out(n);
+  bool whole_ok = true;
   try {
     fc::decode(*ts.tables, stream.data(), stream.size(), idx.data(), n, out.data(), 1);
   } catch (const fc::StreamError&) {
-    return;
+    whole_ok = false;
   }
-  check_canonical(*ts.tables, out, idx, stream.data(), stream.size());
+  const bool pieces_ok = decode_in_pieces(stream, idx, seed, out, whole_ok);
+  if (pieces_ok != whole_ok) fail("incremental and whole decoding disagree on a stream");
+  if (whole_ok) check_canonical(*ts.tables, out, idx, stream.data(), stream.size());
 }
 
 void tables_mode(const uint8_t* data, size_t size) {
