@@ -226,3 +226,209 @@ def test_rounds_plot_has_integer_ticks(tmp_path: Path, monkeypatch: pytest.Monke
         ticks = ax.get_xticks()
         assert len(ticks) > 0 and all(float(t).is_integer() for t in ticks), ticks
     plt.close("all")
+
+
+def test_comparison_over_seeds_shows_half_widths_under_the_means_at_80_columns() -> None:
+    from fedrs.cli.compare import SPREAD_ROW, figures, figures_table, intervals
+
+    long = "a-strategy-with-a-rather-long-registered-name"
+    other = LONG | {"map@20": 0.917234, "wall_s": 1434.56}
+    means, half = intervals([figures(LONG), figures(other)])
+    # two seeds: t_{0.975,1} = 12.706 times the standard error (0.01 for mAP@20, 100 for wall s)
+    assert means["mAP@20"] == pytest.approx(0.907234)
+    assert half["mAP@20"] == pytest.approx(0.127062, abs=1e-6)
+    assert half["wall s"] == pytest.approx(1270.62, abs=0.01)
+    assert half["random"] == 0.0
+    rows = {"centralized": means, "fedavg": means, long: means}
+    text = render(
+        figures_table(rows, "fedrs compare: smoke, mean over 2 seeds", {n: half for n in rows})
+    )
+    lines = text.splitlines()
+    (fedavg,) = [i for i, line in enumerate(lines) if line.startswith("fedavg")]
+    assert lines[fedavg].split()[1:3] == ["0.907", "0.123"]
+    assert lines[fedavg + 1].split()[:3] == [SPREAD_ROW, "0.127", "0.000"]
+    assert (lines[fedavg].split()[-1], lines[fedavg + 1].split()[-1]) == ("1335", "1271")
+    assert sum(line.startswith(SPREAD_ROW) for line in lines) == 3
+    # one seed reports no spread
+    _, none = intervals([figures(LONG)])
+    assert set(none.values()) == {None}
+
+
+def test_targets_table_fits_80_columns() -> None:
+    from test_convergence import central_summary, federation_summary
+
+    from fedrs.cli.compare import TARGET_TITLES, mean_targets, targets_table
+    from fedrs.convergence import targets
+
+    found = [
+        targets(central_summary(), federation_summary(maps=m))
+        for m in ((0.70, 0.77, 0.79), (0.70, 0.77, 0.81), (0.70, 0.70, 0.70))
+    ]
+    mean = mean_targets(found)
+    assert mean["map@20 95%"] == {
+        "seeds": 3,
+        "reached": 2,
+        "round": 2.0,
+        "passes": 4.0,
+        "bytes": 60e6,
+    }
+    assert mean["map@20 99%"]["reached"] == 1 and mean["map@20 99%"]["round"] == 3.0
+    long = "a-strategy-with-a-rather-long-registered-name"
+    text = render(targets_table({"fedavg": mean, long: mean_targets(found[:2])}, "targets"))
+    cells = [line.split() for line in text.splitlines()]
+    assert ["fedavg", "mAP@20", "95%", "2", "4", "60.00", "2/3"] in cells
+    assert ["mAP@20", "99%", "3", "6", "90.00", "1/3"] in cells
+    assert ["min(k,R)", "99%", "3", "6", "90.00", "2/2"] in cells
+    assert all(title.split()[0] in text for title in TARGET_TITLES.values())
+    # one seed: whole rounds, no seeds column
+    one = render(targets_table({"fedavg": mean_targets(found[2:])}, "targets"))
+    assert ["fedavg", "mAP@20", "95%", "-", "-", "-"] in [line.split() for line in one.splitlines()]
+    assert "seeds" not in one.split()
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
+
+
+def _write_seed(out: Path, seed: int) -> dict[str, dict[str, Any]]:
+    """Handmade summaries of one seed: fedavg's last mAP@20 is 0.79 + 0.02 x seed."""
+    import json
+
+    from test_convergence import MB, central_summary, federation_summary
+
+    runs = {
+        "centralized": central_summary(wall_s=100.0 + 20 * seed),
+        "fedavg": federation_summary(maps=(0.70, 0.77, 0.79 + 0.02 * seed)),
+        "modality-aware": federation_summary(maps=(0.72, 0.78, 0.80), bytes_up=6 * MB),
+    }
+    for name, summary in runs.items():
+        (out / name).mkdir(parents=True)
+        (out / name / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return runs
+
+
+def _row(lines: list[list[str]], name: str) -> int:
+    """The index of the table line of run ``name`` (its cells split)."""
+    return next(i for i, cells in enumerate(lines) if cells[:1] == [name])
+
+
+def test_compare_over_seeds_runs_each_seed_in_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_env: Path
+) -> None:
+    """``--seeds 0,1``: seed 0 read from ``seed-0/<run>``, seed 1 run (stand-ins here) with
+    the seed and partition seed set, in ``seed-1/<run>``; means, 95% half widths and targets in
+    the tables and ``comparison.json``."""
+    import json
+
+    import fedrs.centralized
+    import fedrs.cli.compare as compare
+    import fedrs.server.simulation
+    from fedrs.cli import main as cli
+
+    out = tmp_path / "compare"
+    _write_seed(out / "seed-0", 0)
+    seed1 = _write_seed(tmp_path / "made", 1)
+    ran: list[tuple[str, int, int, Path]] = []
+
+    def finish(name: str, config: Any, folder: Path) -> dict[str, Any]:
+        """What a run does, as far as compare sees it: its summary, also in its folder."""
+        ran.append((name, config.seed, config.partition.seed, folder))
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(seed1[name]), encoding="utf-8")
+        return seed1[name]
+
+    def run_centralized(config: Any, folder: Path) -> dict[str, Any]:
+        # the federation's local epochs: 1 round of stage 1, 2 of stage 2, 1 epoch each
+        assert (config.train.stage1_epochs, config.train.stage2_epochs) == (1, 2)
+        return finish("centralized", config, folder)
+
+    def run_simulation(settings: Any, **_: Any) -> dict[str, Any]:
+        config = settings.experiment()
+        return finish(config.federation.strategy, config, settings.out_dir)
+
+    monkeypatch.setattr(fedrs.centralized, "run_centralized", run_centralized)
+    monkeypatch.setattr(fedrs.server.simulation, "run_simulation", run_simulation)
+    console = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(compare, "console", console)
+
+    args = ["compare", "--config", str(SMOKE), "--out", str(out), "--seeds", "0,1"]
+    args += ["--set", "federation.rounds=3"]
+    assert cli(args) == 0
+    assert ran == [
+        (name, 1, 1, out / "seed-1" / name) for name in ("centralized", "fedavg", "modality-aware")
+    ]
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("reading") == 3
+    lines = [line.split() for line in text.splitlines()]
+    fedavg = _row(lines, "fedavg")
+    # mAP@20 0.79 and 0.81: 0.80 +- 12.706 x 0.01
+    assert lines[fedavg][1] == "0.800" and lines[fedavg + 1][:2] == ["±95%", "0.127"]
+    central = _row(lines, "centralized")
+    assert lines[central][-1] == "110.0" and lines[central + 1][-1] == "127.1"
+    assert ["mAP@20", "99%", "3", "6", "90.00", "1/2"] in lines  # seed 1 only
+    assert ["PSNR", "S2", "within", "0.5", "dB", "3", "6", "78.00", "2/2"] in lines
+
+    result = json.loads((out / "comparison.json").read_text())
+    assert list(result) == ["centralized", "fedavg", "modality-aware"]
+    row = result["fedavg"]
+    assert row["confidence"] == 0.95 and list(row["seeds"]) == ["0", "1"]
+    assert row["mean"]["mAP@20"] == pytest.approx(0.80)
+    assert row["half_width"]["mAP@20"] == pytest.approx(0.127062, abs=1e-6)
+    assert [row["seeds"][s]["mAP@20"] for s in "01"] == pytest.approx([0.79, 0.81])
+    assert row["seeds"]["0"]["targets"]["map@20 99%"] is None
+    assert row["seeds"]["1"]["targets"]["map@20 99%"]["bytes"] == 90_000_000
+    assert row["targets"]["map@20 99%"] == {
+        "seeds": 2,
+        "reached": 1,
+        "round": 3.0,
+        "passes": 6.0,
+        "bytes": 90e6,
+    }
+    assert result["centralized"]["half_width"]["wall s"] == pytest.approx(127.062, abs=1e-3)
+    assert "targets" not in result["centralized"]
+    assert (out / "comparison.png").is_file()
+
+    # a second time every summary is read, none run
+    ran.clear()
+    assert cli(args) == 0
+    assert ran == [] and console.export_text().count("reading") == 6
+
+
+def test_compare_of_one_seed_keeps_one_folder_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_env: Path
+) -> None:
+    """Without ``--seeds``: ``<out>/<run>`` as ever, one figure a cell, targets beside them."""
+    import json
+
+    import fedrs.cli.compare as compare
+    from fedrs.cli import main as cli
+
+    out = tmp_path / "compare"
+    _write_seed(out, 0)
+    console = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(compare, "console", console)
+    assert cli(["compare", "--config", str(SMOKE), "--out", str(out)]) == 0
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "±95%" not in text and text.count("reading") == 3
+    lines = [line.split() for line in text.splitlines()]
+    assert lines[_row(lines, "fedavg")][:4] == ["fedavg", "0.790", "0.500", "0.595"]
+    assert ["PSNR", "S2", "within", "0.5", "dB", "3", "6", "90.00"] in lines
+    result = json.loads((out / "comparison.json").read_text())
+    assert list(result) == ["centralized", "fedavg", "modality-aware"]
+    assert result["fedavg"]["mAP@20"] == 0.79 and result["fedavg"]["MB up"] == 30.0
+    assert result["fedavg"]["targets"]["map@20 95%"]["round"] == 2
+    assert "targets" not in result["centralized"]
+
+
+def test_seeds_are_parsed_and_set_both_seeds() -> None:
+    from fedrs.cli.compare import parse_seeds, seed_overrides
+    from fedrs.config import load_config
+    from fedrs.errors import InputError
+
+    assert parse_seeds("0, 1,2,") == [0, 1, 2]
+    for bad in ("", "0,x", "1,1", " , "):
+        with pytest.raises(InputError):
+            parse_seeds(bad)
+    config = load_config(SMOKE, seed_overrides(7))
+    assert (config.seed, config.partition.seed) == (7, 7)

@@ -11,7 +11,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from fedrs.cli._common import console, number, progress, quiet_third_parties, round_printer
+from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
+from fedrs.convergence import mean_interval, target_labels, targets
 
 COLUMNS = (
     ("mAP@20", "map@20"),
@@ -52,8 +53,45 @@ def _metric_name(title: str) -> str:
     return re.sub(r"[^\w@./-]+", "_", title).strip("_")
 
 
-def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
-    """One row a run, one column a figure of :data:`COLUMNS`; fits an 80-column terminal.
+def figures(summary: dict[str, Any]) -> dict[str, float | None]:
+    """A run's figures by column title (:data:`COLUMNS`): a row of ``comparison.json``."""
+    return {title: _value(summary, key) for title, key in COLUMNS}
+
+
+CONFIDENCE = 0.95
+"""The confidence of the intervals over seeds."""
+
+SPREAD_ROW = "±95%"
+"""The run cell of the row of half widths under a run's means."""
+
+
+def intervals(
+    per_seed: list[dict[str, float | None]], confidence: float = CONFIDENCE
+) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Means and Student-t half widths (:func:`fedrs.convergence.mean_interval`) of a run's
+    figures over its seeds, each over the seeds that report it (None where none does; a half
+    width None where one does)."""
+    means: dict[str, float | None] = {}
+    half_widths: dict[str, float | None] = {}
+    for title, _ in COLUMNS:
+        values = [v for row in per_seed if (v := row.get(title)) is not None]
+        if values:
+            means[title], half_widths[title] = mean_interval(values, confidence)
+        else:
+            means[title] = half_widths[title] = None
+    return means, half_widths
+
+
+def figures_table(
+    rows: dict[str, dict[str, float | None]],
+    title: str,
+    half_widths: dict[str, dict[str, float | None]] | None = None,
+) -> Table:
+    """One row a run, one column a figure of :data:`COLUMNS` (``rows``: run -> title ->
+    figure); fits an 80-column terminal.
+
+    With ``half_widths`` (means over seeds in ``rows``), each run's row is followed by a row
+    :data:`SPREAD_ROW` of the half widths of their intervals, in the same columns.
 
     Numbers never wrap (:func:`fedrs.cli._common.number` keeps them short), headers stack on
     up to three lines, columns are one space apart and a long run name folds: no cell is cut
@@ -71,8 +109,103 @@ def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
     table.add_column("run", overflow="fold")
     for header, _ in COLUMNS:
         table.add_column(_header(header), justify="right", no_wrap=True)
-    for name, summary in rows.items():
-        table.add_row(name, *(number(_value(summary, key)) for _, key in COLUMNS))
+    for name, row in rows.items():
+        table.add_row(name, *(number(row.get(header)) for header, _ in COLUMNS))
+        if half_widths is not None:
+            spread = half_widths.get(name, {})
+            table.add_row(SPREAD_ROW, *(number(spread.get(header)) for header, _ in COLUMNS))
+    return table
+
+
+def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
+    """:func:`figures_table` of one summary a run."""
+    return figures_table({name: figures(summary) for name, summary in rows.items()}, title)
+
+
+TARGET_TITLES = dict(
+    zip(
+        target_labels(),
+        (
+            "mAP@20 95%",
+            "mAP@20 99%",
+            "min(k,R) 95%",
+            "min(k,R) 99%",
+            "PSNR S1 within 0.5 dB",
+            "PSNR S2 within 0.5 dB",
+        ),
+        strict=True,
+    )
+)
+"""The targets of :func:`fedrs.convergence.targets` as the targets table names them."""
+
+TARGETS_CAPTION = (
+    "round: the first at which the federation reaches 95 % or 99 % of the centralized mAP@20 "
+    "(min(k,R): in that convention), or the centralized PSNR less 0.5 dB at no more bpp; "
+    "passes: rounds x local epochs; MB: up + down until then; -: not reached (or no "
+    "centralized figure)."
+)
+"""The targets table's caption."""
+
+_COSTS = ("round", "passes", "bytes")
+
+
+def mean_targets(per_seed: list[dict[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any]]:
+    """Targets over seeds: for each target, ``seeds`` (how many), ``reached`` (by how many)
+    and the mean ``round``, ``passes`` and ``bytes`` over the seeds that reached it (None
+    where none did)."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in target_labels():
+        found = [t for seed in per_seed if (t := seed.get(label)) is not None]
+        entry: dict[str, Any] = {"seeds": len(per_seed), "reached": len(found)}
+        for cost in _COSTS:
+            entry[cost] = sum(f[cost] for f in found) / len(found) if found else None
+        out[label] = entry
+    return out
+
+
+def _count(value: float | None) -> str:
+    """A mean count: whole where it is, else to one decimal."""
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def targets_table(rows: dict[str, dict[str, dict[str, Any]]], title: str) -> Table:
+    """One row a federation and target (:func:`mean_targets`): the first round reaching it,
+    the passes over the data and the megabytes up + down it took; with more than one seed, a
+    ``seeds`` column says how many reached it and the figures are their means."""
+    several = any(t["seeds"] > 1 for found in rows.values() for t in found.values())
+    caption = TARGETS_CAPTION
+    if several:
+        caption += " Means over the seeds that reached it; seeds: how many of them did."
+    table = Table(
+        title=title,
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+    )
+    table.add_column("run", overflow="fold")
+    table.add_column("target", no_wrap=True)
+    for header in ("round", "passes", "MB"):
+        table.add_column(header, justify="right", no_wrap=True)
+    if several:
+        table.add_column("seeds", justify="right", no_wrap=True)
+    for name, found in rows.items():
+        for i, (label, entry) in enumerate(found.items()):
+            megabytes = None if entry["bytes"] is None else entry["bytes"] / 1e6
+            cells = [
+                name if i == 0 else "",
+                TARGET_TITLES.get(label, label),
+                _count(entry["round"]),
+                _count(entry["passes"]),
+                number(megabytes),
+            ]
+            if several:
+                cells.append(f"{entry['reached']}/{entry['seeds']}")
+            table.add_row(*cells)
     return table
 
 
@@ -86,25 +219,38 @@ def centralized_equivalent(config: Any) -> dict[str, Any]:
     }
 
 
-def _plot(rows: dict[str, dict[str, Any]], path: Path) -> Path:
+def _plot(
+    rows: dict[str, dict[str, float | None]],
+    path: Path,
+    half_widths: dict[str, dict[str, float | None]] | None = None,
+) -> Path:
+    """Bars of mAP@20 (both conventions, random codes as dashed ticks), bpp and PSNR a run
+    (``rows``: run -> title -> figure); with ``half_widths``, their intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rows)
+
+    def bars(title: str) -> tuple[list[float], list[float] | None]:
+        heights = [rows[n].get(title) or 0.0 for n in names]
+        if half_widths is None:
+            return heights, None
+        return heights, [(half_widths.get(n) or {}).get(title) or 0.0 for n in names]
+
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    panels = (("mAP@20", "map@20"), ("bpp", "bpp"), ("PSNR (dB)", "psnr"))
+    panels = (("mAP@20", "map@20"), ("bpp", "bpp"), ("PSNR (dB)", "PSNR"))
+    width = 0.4
     for ax, (title, key) in zip(axes, panels, strict=True):
         if key == "map@20":
             # both conventions (retrieved: AP / R_k; min(k,R): AP / min(20, R)), each with its
             # random-code baseline as a black tick on its bar
-            width = 0.4
-            for i, (label, convention) in enumerate((("mAP@20", ""), ("min(k,R)", "_min_k_r"))):
+            for i, (label, suffix) in enumerate((("mAP@20", ""), ("min(k,R)", " min(k,R)"))):
                 xs = [j + (i - 0.5) * width for j in range(len(names))]
-                figures = [_value(rows[n], f"map@20{convention}") or 0 for n in names]
-                ax.bar(xs, figures, width, label=label)
-                random = [_value(rows[n], f"map@20{convention}_random") for n in names]
+                heights, errors = bars(f"mAP@20{suffix}")
+                ax.bar(xs, heights, width, yerr=errors, capsize=3, label=label)
+                random = [rows[n].get(f"random{suffix}") for n in names]
                 ax.hlines(
                     [r if r is not None else float("nan") for r in random],
                     [x - width / 2 for x in xs],
@@ -113,25 +259,179 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path) -> Path:
                     linestyles="--",
                     label="random" if i == 0 else None,
                 )
-            ax.set_xticks(range(len(names)), names)
-            ax.legend()
         else:
-            width = 0.4
-            for i, modality in enumerate(("s1", "s2")):
+            for i, modality in enumerate(("S1", "S2")):
                 xs = [j + (i - 0.5) * width for j in range(len(names))]
-                ax.bar(
-                    xs,
-                    [_value(rows[n], (key, modality)) or 0 for n in names],
-                    width,
-                    label=modality.upper(),
-                )
-            ax.set_xticks(range(len(names)), names)
-            ax.legend()
+                heights, errors = bars(f"{key} {modality}")
+                ax.bar(xs, heights, width, yerr=errors, capsize=3, label=modality)
+        ax.set_xticks(range(len(names)), names)
+        ax.legend()
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``.
+
+    Raises:
+        InputError: an entry that is not a whole number, a repeated seed, or none at all.
+    """
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            seed = int(part)
+        except ValueError:
+            fail(f"--seeds: {part!r} is not a whole number (give e.g. --seeds 0,1,2)")
+        if seed in seeds:
+            fail(f"--seeds: seed {seed} is given twice")
+        seeds.append(seed)
+    if not seeds:
+        fail("--seeds: no seed given (give e.g. --seeds 0,1,2)")
+    return seeds
+
+
+def seed_overrides(seed: int) -> dict[str, Any]:
+    """The overrides of one seed's runs: the experiment's seed and its partition's."""
+    return {"seed": seed, "partition.seed": seed}
+
+
+def _runs(
+    out: Path,
+    config_path: str | None,
+    overrides: dict[str, Any],
+    names: list[str],
+    verbose: bool,
+    label: str = "",
+) -> dict[str, dict[str, Any]]:
+    """The summaries of the centralized run and of each federation, in ``out/<run>``: read
+    where ``summary.json`` exists, run otherwise."""
+    from fedrs.centralized import run_centralized
+    from fedrs.config import load_config
+    from fedrs.server.simulation import run_simulation
+    from fedrs.settings import RunSettings
+
+    rows: dict[str, dict[str, Any]] = {}
+    central = out / "centralized"
+    if (central / "summary.json").is_file():
+        console.print(f"reading {central / 'summary.json'}")
+        rows["centralized"] = json.loads((central / "summary.json").read_text())
+    else:
+        console.print(f"{label}[bold]centralized[/] run")
+        base = load_config(config_path, overrides)
+        central_config = load_config(config_path, overrides | centralized_equivalent(base))
+        rows["centralized"] = run_centralized(central_config, central)
+    for name in names:
+        folder = out / name
+        if (folder / "summary.json").is_file():
+            console.print(f"reading {folder / 'summary.json'}")
+            rows[name] = json.loads((folder / "summary.json").read_text())
+            continue
+        console.print(f"{label}[bold]{name}[/] federation")
+        run_settings = RunSettings(
+            config_path, overrides | {"federation.strategy": name}, str(folder)
+        )
+        rounds = run_settings.experiment().federation.rounds
+        with progress() as bar:
+            rows[name] = run_simulation(
+                run_settings,
+                on_round=round_printer(bar, rounds),
+                verbose=verbose,
+                echo=lambda line, bar=bar: bar.console.print(line, markup=False, highlight=False),
+            )
+    return rows
+
+
+def _metrics(prefix: str, row: dict[str, float | None], suffix: str = "") -> dict[str, float]:
+    return {f"{prefix}{_metric_name(k)}{suffix}": v for k, v in row.items() if v is not None}
+
+
+TARGETS_TITLE = "targets: the federations against the centralized run"
+
+
+def _rounds_to(name: str, found: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {
+        f"{name}/rounds_to_{_metric_name(label)}": float(entry["round"])
+        for label, entry in found.items()
+        if entry["round"] is not None
+    }
+
+
+def _one_seed(
+    rows: dict[str, dict[str, Any]], title: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Print the tables of one summary a run; return ``comparison.json`` (run -> title ->
+    figure, and ``targets`` for a federation) and the MLflow metrics."""
+    found = {
+        name: targets(rows["centralized"], summary)
+        for name, summary in rows.items()
+        if name != "centralized"
+    }
+    console.print(comparison_table(rows, title))
+    console.print(
+        targets_table({name: mean_targets([t]) for name, t in found.items()}, TARGETS_TITLE)
+    )
+    result: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    for name, summary in rows.items():
+        result[name] = figures(summary)
+        metrics |= _metrics(f"{name}/", result[name])
+        if name in found:
+            result[name]["targets"] = found[name]
+            metrics |= _rounds_to(name, mean_targets([found[name]]))
+    return result, metrics
+
+
+def _over_seeds(
+    by_seed: dict[int, dict[str, dict[str, Any]]], title: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Print the tables of runs repeated over seeds (means, their 95% half widths, targets);
+    return ``comparison.json`` and the MLflow metrics.
+
+    ``comparison.json`` holds a run as ``{"confidence", "mean", "half_width", "seeds"}``
+    (``seeds``: seed -> figures, and that seed's ``targets`` for a federation) and, for a
+    federation, ``targets`` (:func:`mean_targets`).
+    """
+    seeds = list(by_seed)
+    names = list(by_seed[seeds[0]])
+    result: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        per_seed = {seed: figures(by_seed[seed][name]) for seed in seeds}
+        mean, half_width = intervals(list(per_seed.values()))
+        result[name] = {
+            "confidence": CONFIDENCE,
+            "mean": mean,
+            "half_width": half_width,
+            "seeds": {str(seed): row for seed, row in per_seed.items()},
+        }
+        metrics |= _metrics(f"{name}/", mean) | _metrics(f"{name}/", half_width, "_half_width")
+        for seed, row in per_seed.items():
+            metrics |= _metrics(f"seed-{seed}/{name}/", row)
+        if name == "centralized":
+            continue
+        reached = {
+            seed: targets(by_seed[seed]["centralized"], by_seed[seed][name]) for seed in seeds
+        }
+        for seed, entry in reached.items():
+            result[name]["seeds"][str(seed)]["targets"] = entry
+        found[name] = mean_targets(list(reached.values()))
+        result[name]["targets"] = found[name]
+        metrics |= _rounds_to(name, found[name])
+    console.print(
+        figures_table(
+            {name: row["mean"] for name, row in result.items()},
+            f"{title}: mean over {len(seeds)} seeds, ± 95% interval",
+            {name: row["half_width"] for name, row in result.items()},
+        )
+    )
+    console.print(targets_table(found, TARGETS_TITLE))
+    return result, metrics
 
 
 def main(
@@ -140,21 +440,27 @@ def main(
     strategies: str = typer.Option("fedavg,modality-aware", help="Federated strategies."),
     data: Path | None = typer.Option(None, help="Archive or fedrs cache (default: synthetic)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
+    seeds: str | None = typer.Option(
+        None,
+        help="Seeds, e.g. 0,1,2: every run once a seed, in <out>/seed-<s>/<run>, figures as "
+        "mean and 95% interval (default: the experiment's seed, in <out>/<run>).",
+    ),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
-    """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates."""
-    from fedrs.centralized import run_centralized
+    """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates;
+    with ``--seeds``, every run once a seed in ``<out>/seed-<s>/<run>``, tabulated as means with
+    their 95% intervals."""
     from fedrs.cli.simulate import (
         experiment_overrides,
         prepare_data_with_progress,
         validate_components,
     )
     from fedrs.config import load_config
-    from fedrs.server.simulation import run_simulation
     from fedrs.settings import RunSettings
     from fedrs.tracking import Tracker, default_tracking_uri
 
     quiet_third_parties(verbose)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     out = out.resolve()
     overrides = experiment_overrides(data=data, sets=set_)
     # every run of the comparison logs to one MLflow store
@@ -166,55 +472,42 @@ def main(
         validate_components(experiment)
     settings = RunSettings(str(config.resolve()) if config else None, overrides, str(out))
     prepare_data_with_progress(settings)
-    rows: dict[str, dict[str, Any]] = {}
-    central = out / "centralized"
-    if (central / "summary.json").is_file():
-        console.print(f"reading {central / 'summary.json'}")
-        rows["centralized"] = json.loads((central / "summary.json").read_text())
-    else:
-        console.print("[bold]centralized[/] run")
-        central_config = load_config(config, overrides | centralized_equivalent(base))
-        rows["centralized"] = run_centralized(central_config, central)
-    for name in names:
-        folder = out / name
-        if (folder / "summary.json").is_file():
-            console.print(f"reading {folder / 'summary.json'}")
-            rows[name] = json.loads((folder / "summary.json").read_text())
-            continue
-        console.print(f"[bold]{name}[/] federation")
-        run_settings = RunSettings(
-            settings.config_path,
-            overrides | {"federation.strategy": name},
-            str(folder),
+    title = f"fedrs compare: {base.name} ({base.partition.name} partition)"
+    params = base.to_dict() | {"mode": "compare", "strategies": ",".join(names)}
+    if seed_list is None:
+        rows = _runs(out, settings.config_path, overrides, names, verbose)
+        result, metrics = _one_seed(rows, title)
+        plot = _plot(
+            {name: figures(summary) for name, summary in rows.items()}, out / "comparison.png"
         )
-        rounds = run_settings.experiment().federation.rounds
-        with progress() as bar:
-            rows[name] = run_simulation(
-                run_settings,
-                on_round=round_printer(bar, rounds),
-                verbose=verbose,
-                echo=lambda line, bar=bar: bar.console.print(line, markup=False, highlight=False),
+    else:
+        params["seeds"] = ",".join(map(str, seed_list))
+        by_seed = {
+            seed: _runs(
+                out / f"seed-{seed}",
+                settings.config_path,
+                overrides | seed_overrides(seed),
+                names,
+                verbose,
+                label=f"seed {seed}: ",
             )
-
-    console.print(
-        comparison_table(rows, f"fedrs compare: {base.name} ({base.partition.name} partition)")
-    )
-    result = {
-        name: {title: _value(summary, key) for title, key in COLUMNS}
-        for name, summary in rows.items()
-    }
+            for seed in seed_list
+        }
+        result, metrics = _over_seeds(by_seed, title)
+        plot = _plot(
+            {name: row["mean"] for name, row in result.items()},
+            out / "comparison.png",
+            {name: row["half_width"] for name, row in result.items()},
+        )
     (out / "comparison.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    plot = _plot(rows, out / "comparison.png")
     tracker = Tracker(
         str(base.tracking.uri),
         experiment=base.tracking.experiment,
         run_name=f"{base.name}-compare",
         artifact_root=out / "mlartifacts",
     )
-    tracker.log_params(base.to_dict() | {"mode": "compare", "strategies": ",".join(names)})
-    for name, figures in result.items():
-        safe = {f"{name}/{_metric_name(k)}": v for k, v in figures.items() if v is not None}
-        tracker.log_metrics(safe, step=0)
+    tracker.log_params(params)
+    tracker.log_metrics(metrics, step=0)
     tracker.log_artifact(out / "comparison.json")
     tracker.log_artifact(plot)
     tracker.end()
