@@ -37,6 +37,9 @@ from fedrs.train import (
     LocalTrainer,
     build_model,
     evaluate,
+    plateau_for,
+    plateau_summary,
+    plateau_value,
     refresh_statistics,
     validate,
     validation_metrics,
@@ -71,6 +74,8 @@ def run_centralized(
     step = 0
     warmup = min(config.train.no_bpp_epochs, config.train.stage1_epochs)
     kept = {"psnr": KeptCheckpoint("psnr"), "bpp": KeptCheckpoint("bpp")}
+    plateau = plateau_for(config)
+    metric = config.eval.plateau_metric
     status = "FAILED"
     try:
         for stage, epochs in ((1, config.train.stage1_epochs), (2, config.train.stage2_epochs)):
@@ -106,10 +111,19 @@ def run_centralized(
                         kept[criterion].offer(
                             epoch + 1, figures[f"{criterion}_all"], model.state_dict()
                         )
+                    if stage == 2 and plateau is not None:  # stopped on the validation split
+                        if config.model.whitening:  # as it will be evaluated
+                            refresh_statistics(model, data.archive, data.train_rows, config)
+                        figures = validate(model, data, retrieval=metric.startswith("map"))
+                        logged |= validation_metrics(figures)
+                        if plateau.update(plateau_value(figures, metric)):
+                            logged["val/plateau"] = 1.0
                     tracker.log_metrics(logged, step=step)
                     history.append({"step": float(step), **logged})
                     if on_epoch is not None:
                         on_epoch(stage, epoch + 1, epochs, metrics)
+                    if stage == 2 and plateau is not None and plateau.reached:
+                        break
                 if stage == 1 and warmup:  # the next phase or stage starts from the kept model
                     chosen = kept["bpp" if rate else "psnr"]
                     model.load_state_dict(chosen.restore())
@@ -132,6 +146,7 @@ def run_centralized(
         "wall_s": round(time.perf_counter() - started, 2),
         "train_patches": len(data.train_rows),
         "epochs": step,
+        "plateau": None if plateau is None else plateau_summary(plateau, metric, "epoch"),
         "history": history,
         **({"selection": _selection(kept, len(data.validation_rows))} if warmup else {}),
         "mlflow_run_id": tracker.run_id,

@@ -96,6 +96,16 @@ class EvalConfig(_Section):
 
     ks: tuple[int, ...] = (10, 20, 100)
     random_seed: int = 0
+    patience: int = Field(
+        0,
+        ge=0,
+        description="stop stage 2 when the validation figure has not improved by more than "
+        "tolerance for this many epochs (centralized) or rounds (federated); 0: never",
+    )
+    tolerance: float = Field(0.002, ge=0, allow_inf_nan=False)
+    plateau_metric: Literal["map@20", "map@20_min_k_r", "psnr", "bpp"] = Field(
+        "map@20", description="the validation figure watched (validation split as queries)"
+    )
 
     @field_validator("ks")
     @classmethod
@@ -246,7 +256,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     partition: PartitionConfig = Field(default_factory=PartitionConfig)  # type: ignore[arg-type]
     federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]

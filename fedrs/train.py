@@ -33,6 +33,7 @@ from fedrs.errors import InputError
 from fedrs.models import JointModel
 
 if TYPE_CHECKING:
+    from fedrs.convergence import Plateau
     from fedrs.models.statistics import Moments
     from fedrs.optim import GradientReport
     from fedrs.pipeline import RunData
@@ -396,6 +397,8 @@ def validate(
     model: JointModel,
     data: RunData | CachedArchive,
     rows: np.ndarray | None = None,
+    *,
+    retrieval: bool = False,
 ) -> dict[str, Any]:
     """Compression figures of ``model`` on ``rows`` of an archive, or on a run's validation rows
     (:attr:`fedrs.pipeline.RunData.validation_rows`) when ``data`` is a run and ``rows`` None.
@@ -406,10 +409,14 @@ def validate(
     image (a patch with S1 and S2 counts twice), ``psnr_all`` the mean of the per-modality PSNRs
     weighted by the patches coded in each.
 
+    With ``retrieval`` (``data`` a run), the validation rows are also queries against the
+    run's database (hash codes from their bitstreams): ``map@20`` and ``map@20_min_k_r``, the
+    figures training is stopped on (``eval.patience``), never the test queries'.
+
     Returns:
         ``bpp`` and ``psnr`` per modality of the model (None where no row holds it),
-        ``bpp_all``, ``psnr_all`` (None when nothing was coded), ``patches`` per modality and
-        ``val_s``.
+        ``bpp_all``, ``psnr_all`` (None when nothing was coded), ``patches`` per modality,
+        ``val_s``, and with ``retrieval`` ``map@20`` and ``map@20_min_k_r``.
     """
     started = time.perf_counter()
     if isinstance(data, CachedArchive):
@@ -433,7 +440,18 @@ def validate(
         )
     counts = {m: coded["patches"][m] for m in model.modalities if psnr[m] is not None}
     total = sum(counts.values())
-    return {
+    found: dict[str, Any] = {}
+    if retrieval:
+        if isinstance(data, CachedArchive):
+            raise InputError("validate: retrieval needs a run's database")
+        from fedrs.retrieval import evaluate_retrieval
+
+        database = encode_rows(model, archive, data.database_rows)
+        figures = evaluate_retrieval(
+            coded["codes"], database["codes"], coded["labels"], database["labels"], ks=(20,)
+        )
+        found = {k: float(figures[k]) for k in ("map@20", "map@20_min_k_r")}
+    return found | {
         "bpp": bpp,
         "psnr": psnr,
         "bpp_all": sum(coded["bits"].values()) / (total * pixels) if total else None,
@@ -442,6 +460,38 @@ def validate(
         ),
         "patches": dict(coded["patches"]),
         "val_s": time.perf_counter() - started,
+    }
+
+
+def plateau_for(config: ExperimentConfig) -> Plateau | None:
+    """The stopping rule of ``config.eval`` (None when ``eval.patience`` is 0): watches the
+    validation figure ``eval.plateau_metric`` each stage-2 epoch or round."""
+    from fedrs.convergence import Plateau
+
+    ev = config.eval
+    if ev.patience == 0:
+        return None
+    return Plateau(ev.patience, ev.tolerance, higher_is_better=ev.plateau_metric != "bpp")
+
+
+def plateau_value(figures: Mapping[str, Any], metric: str) -> float:
+    """The figure of :func:`validate`'s result that ``eval.plateau_metric`` names (NaN where
+    it was not measured: it never counts as an improvement)."""
+    value = figures.get({"psnr": "psnr_all", "bpp": "bpp_all"}.get(metric, metric))
+    return math.nan if value is None else float(value)
+
+
+def plateau_summary(plateau: Plateau, metric: str, unit: str) -> dict[str, Any]:
+    """The summary's ``plateau``: the figure watched, whether and at which stage-2 ``unit``
+    (epoch or round, counted from 1) it was reached, and the best one."""
+    return {
+        "metric": f"val/{metric}",
+        "patience": plateau.patience,
+        "tolerance": plateau.tolerance,
+        "reached": plateau.reached,
+        f"stage2_{unit}": plateau.round,
+        f"best_stage2_{unit}": plateau.best_round,
+        "best": plateau.best,
     }
 
 
@@ -498,8 +548,9 @@ class KeptCheckpoint:
 
 def validation_metrics(figures: Mapping[str, Any]) -> dict[str, float]:
     """:func:`validate`'s figures as flat metrics: ``val/bpp``, ``val/psnr`` (the figures
-    across modalities) and ``val/bpp_<modality>``, ``val/psnr_<modality>``."""
-    flat: dict[str, float] = {}
+    across modalities), ``val/bpp_<modality>``, ``val/psnr_<modality>`` and, where measured,
+    ``val/map@20`` and ``val/map@20_min_k_r``."""
+    flat = {f"val/{k}": float(figures[k]) for k in ("map@20", "map@20_min_k_r") if k in figures}
     for key in ("bpp", "psnr"):
         if figures.get(f"{key}_all") is not None:
             flat[f"val/{key}"] = float(figures[f"{key}_all"])

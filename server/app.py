@@ -16,11 +16,18 @@ highest-PSNR model, the last stage-1 round with the lowest-bpp one (the highest-
 every stage-1 round is distortion-only): it becomes the global model the next round starts
 from (``replace_global`` of the strategy), that round's evaluation and checkpoint are of it,
 and ``val/selected_round`` names it; the summary's ``selection`` records both kept models.
+
+With ``eval.patience`` > 0 every stage-2 round is also validated (the validation split as
+queries against the database, ``val/map@20``, and its compression figures), and the run ends
+at the round after which ``eval.plateau_metric`` has not improved by more than
+``eval.tolerance`` for ``patience`` rounds (``federation.rounds`` is then a cap); the summary's
+``plateau`` says where and which round was best.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -40,6 +47,15 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
+
+
+class PlateauReached(Exception):
+    """Raised from a round's evaluation to end the run: the validation figure has stopped
+    improving (``eval.patience``)."""
+
+    def __init__(self, round_: int) -> None:
+        super().__init__(f"validation plateau reached at round {round_}")
+        self.round = round_
 
 
 def latest_checkpoint(out: Path) -> dict[str, Any] | None:
@@ -231,7 +247,15 @@ def serve(
 
     from fedrs.pipeline import load_run_data
     from fedrs.tracking import Tracker, default_tracking_uri
-    from fedrs.train import build_model, evaluate, validate, validation_metrics
+    from fedrs.train import (
+        build_model,
+        evaluate,
+        plateau_for,
+        plateau_summary,
+        plateau_value,
+        validate,
+        validation_metrics,
+    )
 
     started = time.perf_counter()
     config = settings.experiment()
@@ -284,6 +308,13 @@ def serve(
     train_config = ConfigRecord({protocol.ROUND_OFFSET: done})
     if selection.enabled:
         train_config[protocol.RATE] = selection.rate(done + 1)
+    # eval.patience: stage 2 stops once the validation figure has stopped improving
+    plateau = plateau_for(config)
+    metric, stage1 = config.eval.plateau_metric, config.federation.stage1_rounds
+    if plateau is not None:  # a resumed run counts the rounds it already did
+        for entry in history:
+            if entry["round"] > stage1:
+                plateau.update(entry.get(f"val/{metric}", math.nan))
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -304,6 +335,11 @@ def serve(
                 validated["val/selected_round"] = float(chosen.step or 0)
         if selection.enabled:
             train_config[protocol.RATE] = selection.rate(round_ + 1)
+        if plateau is not None and round_ > stage1:
+            figures = validate(model, data, retrieval=metric.startswith("map"))
+            validated |= validation_metrics(figures)
+            if plateau.update(plateau_value(figures, metric)):
+                validated["val/plateau"] = 1.0
         metrics = evaluate(model, data, config)
         stats = strategy.round_stats.get(server_round)
         logged = _flat_eval(metrics) | validated
@@ -322,29 +358,37 @@ def serve(
             selection.prune()
         else:
             _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
+        if plateau is not None and plateau.reached:
+            raise PlateauReached(round_)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
 
     status = "FAILED"
+    stopped = plateau is not None and plateau.reached
     try:
-        if done < rounds:
+        if done < rounds and not stopped:
             wait_for_nodes(grid, num_clients, timeout=config.federation.round_timeout_s)
-            strategy.start(
-                grid,
-                ArrayRecord(model.state_dict()),
-                num_rounds=rounds - done,
-                timeout=config.federation.round_timeout_s,
-                train_config=train_config,
-                evaluate_fn=evaluate_round,
-            )
+            try:
+                strategy.start(
+                    grid,
+                    ArrayRecord(model.state_dict()),
+                    num_rounds=rounds - done,
+                    timeout=config.federation.round_timeout_s,
+                    train_config=train_config,
+                    evaluate_fn=evaluate_round,
+                )
+            except PlateauReached:
+                stopped = True
         status = "FINISHED"
     finally:
         tracker.end(status)
-    if len(history) < rounds:
+    if len(history) < rounds and not stopped:
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
     summary = _summary(config, history, metrics_final=history[-1], started=started)
     summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
     if selection.enabled:
         summary["selection"] = selection.summary(len(history), len(data.validation_rows))
+    if plateau is not None:
+        summary["plateau"] = plateau_summary(plateau, metric, "round")
     torch.save(model.state_dict(), out / "model.pt")
     plot = _plot_history(history, out / "rounds.png")
     for artifact in (config_file, out / "model.pt", plot):

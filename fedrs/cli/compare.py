@@ -209,12 +209,28 @@ def targets_table(rows: dict[str, dict[str, dict[str, Any]]], title: str) -> Tab
     return table
 
 
+def plateau_line(name: str, plateau: dict[str, Any] | None) -> str:
+    """One line on where a run's stage 2 stopped (``eval.patience``), or that it ran in full."""
+    if not plateau:
+        return f"{name}: every epoch or round run (no plateau rule)"
+    unit = "epoch" if "stage2_epoch" in plateau else "round"
+    best = plateau.get(f"best_stage2_{unit}")
+    if not plateau.get("reached"):
+        return f"{name}: {plateau['metric']} still improving at the last {unit} (best: {best})"
+    return (
+        f"{name}: {plateau['metric']} plateau at stage-2 {unit} {plateau[f'stage2_{unit}']} "
+        f"(best {unit} {best}: {plateau['best']:.4g})"
+    )
+
+
 def centralized_equivalent(config: Any) -> dict[str, Any]:
-    """Overrides giving a centralized run the federation's total local epochs per stage."""
+    """Overrides giving a centralized run the federation's total local epochs per stage (and
+    its distortion-only warm-up, in epochs)."""
     fed = config.federation
     stage1 = min(fed.stage1_rounds, fed.rounds)
     return {
         "train.stage1_epochs": stage1 * fed.local_epochs,
+        "train.no_bpp_epochs": min(fed.no_bpp_rounds, stage1) * fed.local_epochs,
         "train.stage2_epochs": (fed.rounds - stage1) * fed.local_epochs,
     }
 
@@ -445,6 +461,16 @@ def main(
         help="Seeds, e.g. 0,1,2: every run once a seed, in <out>/seed-<s>/<run>, figures as "
         "mean and 95% interval (default: the experiment's seed, in <out>/<run>).",
     ),
+    rounds: int | None = typer.Option(
+        None, min=1, help="Federation rounds (the centralized run gets as many epochs)."
+    ),
+    until_plateau: bool = typer.Option(
+        False,
+        "--until-plateau",
+        help="Stop each run's stage 2 once its validation figure (eval.plateau_metric) has not "
+        "improved by eval.tolerance for eval.patience epochs or rounds (patience 3 unless "
+        "set); the rounds become a cap.",
+    ),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
     """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates;
@@ -463,6 +489,10 @@ def main(
     seed_list = parse_seeds(seeds) if seeds is not None else None
     out = out.resolve()
     overrides = experiment_overrides(data=data, sets=set_)
+    if rounds is not None:
+        overrides["federation.rounds"] = rounds
+    if until_plateau and not load_config(config, overrides).eval.patience:
+        overrides["eval.patience"] = 3
     # every run of the comparison logs to one MLflow store
     overrides.setdefault("tracking.uri", default_tracking_uri(out))
     base = load_config(config, overrides)
@@ -477,6 +507,8 @@ def main(
     if seed_list is None:
         rows = _runs(out, settings.config_path, overrides, names, verbose)
         result, metrics = _one_seed(rows, title)
+        for name, summary in rows.items():
+            console.print(plateau_line(name, summary.get("plateau")), highlight=False)
         plot = _plot(
             {name: figures(summary) for name, summary in rows.items()}, out / "comparison.png"
         )
