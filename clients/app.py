@@ -24,6 +24,11 @@ to the previous one, the client rebuilds it from the previous global model it ke
 (the server asks a client to keep it by naming its fingerprint in the ConfigRecord); a client
 that no longer holds that model fails the round with :class:`MissingGlobalModelError`, and the
 server sends it the full model next time.
+
+Device (``train.device``, default ``"auto"``): a simulated client trains on the GPU Ray reserved
+for it (``federation.num_gpus``), on the CPU when it was given no GPU share; a deployed client on
+the GPU its process sees, if any (:mod:`fedrs.devices`).  The reply's metrics say which
+(``device-cuda``, and on a GPU ``cuda-max-memory-mb``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from fedrs.comm import (
 )
 from fedrs.config import ExperimentConfig
 from fedrs.data.cache import CachedArchive
+from fedrs.devices import resolve_device
 from fedrs.errors import InputError
 from fedrs.settings import RunSettings
 
@@ -173,6 +179,14 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
     import torch
 
+    # a simulated client trains on the GPU Ray reserved for it (its cuda:0), on the CPU when it
+    # was given no GPU share; the device is reported in the reply (device-cuda)
+    gpu_share = "data-path" in context.node_config or config.federation.num_gpus > 0
+    device = resolve_device(config.train.device, cuda_allowed=gpu_share)
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"device": str(device)})}
+    )
+
     cfg: dict[str, Any] = dict(msg.content.config_records[protocol.CONFIG])
     global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, context.state)
     received = {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()}
@@ -232,7 +246,12 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     content = RecordDict({protocol.ARRAYS: reply, protocol.METRICS: MetricRecord(values)})
     if send_statistics:
         moments = measure_statistics(
-            model, data.archive, data.rows, config, modalities=data.modalities
+            model,
+            data.archive,
+            data.rows,
+            config,
+            modalities=data.modalities,
+            limit=int(metrics[protocol.NUM_EXAMPLES]),
         )
         content[protocol.STATISTICS] = ArrayRecord(
             {k: Array(v) for name, m in moments.items() for k, v in m.arrays(name).items()}

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedrs.config import ExperimentConfig
+from fedrs.devices import resolve_device
+from fedrs.io import atomic_torch_save, atomic_write_text
 from fedrs.pipeline import Progress, load_run_data
 from fedrs.tracking import Tracker, default_tracking_uri
 from fedrs.train import (
@@ -61,7 +61,8 @@ def run_centralized(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = load_run_data(config.data, progress=progress)
-    model = build_model(config)
+    device = resolve_device(config.train.device)  # training and evaluation
+    model = build_model(config).to(device)
     uri = config.tracking.uri or default_tracking_uri(out)
     tracker = Tracker(
         uri,
@@ -145,6 +146,7 @@ def run_centralized(
         **{k: v for k, v in result.items() if k != "eval_s"},
         "wall_s": round(time.perf_counter() - started, 2),
         "train_patches": len(data.train_rows),
+        "device": str(device),
         "epochs": step,
         "plateau": None if plateau is None else plateau_summary(plateau, metric, "epoch"),
         "history": history,
@@ -153,9 +155,10 @@ def run_centralized(
         "tracking_uri": uri,
         "config": config.to_dict(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    (out / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-    torch.save(model.state_dict(), out / "model.pt")
+    # each file whole or not at all; the summary last: a summary.json means a complete run
+    atomic_write_text(out / "config.toml", config.to_toml())
+    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     for name in ("summary.json", "config.toml", "model.pt"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")

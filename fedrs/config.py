@@ -83,7 +83,25 @@ class TrainConfig(_Section):
     mgda: bool = True
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     threads: int = Field(1, ge=1, description="torch threads per trainer")
-    device: str = "cpu"
+    device: str = Field(
+        "auto",
+        description="'auto' (the GPU this process sees, e.g. the one Ray reserved for a client, "
+        "else the CPU), 'cpu', 'cuda' or 'cuda:N' (refused where no such GPU is seen)",
+    )
+    amp: Literal["off", "bf16"] = Field(
+        "off",
+        description="mixed precision of the training forward pass; rate and likelihoods stay "
+        "float32",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, device: str) -> str:
+        text = device.strip().lower()
+        kind, _, index = text.partition(":")
+        if text not in ("auto", "cpu", "cuda") and not (kind == "cuda" and index.isdigit()):
+            raise ValueError(f"{device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return text
 
     @field_validator("no_bpp_epochs")
     @classmethod

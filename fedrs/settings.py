@@ -59,3 +59,76 @@ class RunSettings:
             out=str(Path(out).resolve()),
             resume=resume,
         )
+
+
+RUN_FILES = (
+    "summary.json",
+    "model.pt",
+    "config.toml",
+    "history.json",
+    "rounds.png",
+    "checkpoints",
+)
+"""What a run writes into its output folder besides its MLflow store and logs: the files that
+mark a folder as holding a run, and that ``--overwrite`` removes."""
+
+
+def run_files(out: str | Path) -> list[Path]:
+    """The :data:`RUN_FILES` present in ``out``."""
+    folder = Path(out)
+    return [folder / name for name in RUN_FILES if (folder / name).exists()]
+
+
+def check_out_folder(
+    out: str | Path, *, resume: bool = False, overwrite: bool = False, resumable: bool = True
+) -> list[Path]:
+    """Refuse an output folder that holds a run, unless it is resumed or replaced on purpose.
+
+    Nothing is changed here: the caller removes what is returned (:func:`clear_run`) once its
+    other checks have passed.
+
+    Args:
+        out: the run's output folder.
+        resume: the run continues from the last checkpoint in ``out``.
+        overwrite: the run replaces the one in ``out``.
+        resumable: whether the command can resume (its messages mention ``--resume``).
+
+    Returns:
+        The run files ``overwrite`` replaces (empty when there is nothing to replace).
+
+    Raises:
+        InputError: both flags; ``resume`` without a checkpoint; a folder holding a run without
+            either flag (a finished run: ``summary.json``; an interrupted one: its checkpoints
+            or other files).
+    """
+    folder = Path(out)
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder")
+    if resume:
+        if not (folder / "checkpoints" / "latest.json").is_file():
+            raise InputError(f"{folder}: nothing to resume (no checkpoints)")
+        return []
+    found = run_files(folder)
+    if not found or overwrite:
+        return found
+    names = ", ".join(p.name for p in found)
+    finished = (folder / "summary.json").exists()
+    kind = "a finished run" if finished else "an interrupted run"
+    ways = ["choose another --out"]
+    if resumable and (folder / "checkpoints" / "latest.json").is_file():
+        ways.append("--resume to continue it")
+    ways.append("--overwrite to replace it")
+    raise InputError(f"{folder}: holds {kind} ({names}); {', '.join(ways[:-1])} or {ways[-1]}")
+
+
+def clear_run(files: list[Path]) -> None:
+    """Remove the run files :func:`check_out_folder` returned (the MLflow store stays)."""
+    import shutil
+
+    for path in files:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -11,10 +11,15 @@ with ``rate=False`` stage 1 optimises distortion alone (the warm-up before rate-
 bits per pixel from the bitstream sizes, and PSNR of the decoded images.  ``validate`` measures
 the compression figures alone on validation rows, and :class:`KeptCheckpoint` keeps the best
 model on one of them (highest PSNR, lowest bpp) across epochs or rounds.
+
+Training runs on ``train.device`` (:func:`fedrs.devices.resolve_device`), optionally in mixed
+precision (``train.amp``, :func:`mixed_precision`); ``encode_rows``, ``validate``, ``evaluate``
+and ``measure_statistics`` run where the model is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +34,7 @@ from fedrs.config import ExperimentConfig
 from fedrs.data.archive import MODALITIES
 from fedrs.data.cache import CachedArchive
 from fedrs.data.transforms import denormalize, normalize
+from fedrs.devices import AmpMode, autocast, resolve_device, to_device
 from fedrs.errors import InputError
 from fedrs.models import JointModel
 
@@ -66,16 +72,23 @@ def trainable_rows(
 
 
 def load_batch(
-    archive: CachedArchive, rows: np.ndarray, modalities: Sequence[str], device: str = "cpu"
+    archive: CachedArchive,
+    rows: np.ndarray,
+    modalities: Sequence[str],
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """A normalised batch of ``rows`` restricted to ``modalities`` (others left out)."""
+    """A normalised batch of ``rows`` restricted to ``modalities`` (others left out), on
+    ``device``: normalised on the host (the same values on every device), then copied there
+    (through pinned memory, without blocking, for a GPU: :func:`fedrs.devices.to_device`)."""
+    target = torch.device(device)
     raw = archive.get_batch(rows)
-    batch: dict[str, Any] = {"labels": raw["labels"].to(device), "patch_id": raw["patch_id"]}
+    labels = to_device(raw["labels"], target)
+    batch: dict[str, Any] = {"labels": labels, "patch_id": raw["patch_id"]}
     for modality in MODALITIES:
         has = raw[f"has_{modality}"]
         if modality in modalities and raw[modality] is not None and bool(has.any()):
-            batch[modality] = normalize(raw[modality], modality).to(device)
-            batch[f"has_{modality}"] = has.to(device)
+            batch[modality] = to_device(normalize(raw[modality], modality), target)
+            batch[f"has_{modality}"] = to_device(has, target)
     return batch
 
 
@@ -86,12 +99,53 @@ def iterate_batches(
     batch_size: int,
     *,
     rng: np.random.Generator | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> Iterator[dict[str, Any]]:
-    """Batches of ``rows`` (shuffled when ``rng`` is given)."""
+    """Batches of ``rows`` (shuffled when ``rng`` is given) on ``device``."""
     order = np.asarray(rows) if rng is None else rng.permutation(rows)
     for start in range(0, len(order), batch_size):
         yield load_batch(archive, order[start : start + batch_size], modalities, device)
+
+
+def _float32(tree: Any) -> Any:
+    """``tree`` (a model's output: tensors in dicts) with floating tensors in float32, so that
+    the losses of a mixed-precision forward pass are computed in full precision."""
+    if isinstance(tree, Tensor):
+        return tree.float() if tree.is_floating_point() else tree
+    if isinstance(tree, Mapping):
+        return {k: _float32(v) for k, v in tree.items()}
+    return tree
+
+
+@contextlib.contextmanager
+def mixed_precision(model: JointModel, device: torch.device, amp: AmpMode) -> Iterator[None]:
+    """The mixed precision of a training forward pass of ``model`` (``train.amp``).
+
+    ``"bf16"``: the codecs' transforms run under bfloat16 autocast, their entropy models'
+    quantisation noise and likelihoods in float32 (:mod:`fedrs.models.entropy`), and the hash
+    head (whose whitening keeps float32 running statistics) in float32 with autocast off, on
+    float32 copies of the latents.  ``"off"``: nothing changes.
+    """
+    if amp == "off":
+        yield
+        return
+    kind = device.type
+
+    def full(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        torch.set_autocast_enabled(kind, False)
+        return tuple(_float32(a) for a in args)
+
+    def mixed(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        torch.set_autocast_enabled(kind, True)
+
+    head = model.hash_head
+    handles = [head.register_forward_pre_hook(full), head.register_forward_hook(mixed)]
+    try:
+        with autocast(device, amp):  # leaving it restores autocast's state in any case
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def add_proximal_gradient(
@@ -132,11 +186,17 @@ class LocalTrainer:
     comes from torch's global generator, seeded when the trainer is made.  A new stage needs a new
     trainer (its own parameter groups and learning rates).
 
+    The model is moved to ``train.device`` (:func:`fedrs.devices.resolve_device`: ``"auto"`` is
+    the GPU this process sees, else the CPU) and batches follow it; with ``train.amp = "bf16"``
+    the forward pass runs under bfloat16 autocast, the entropy models' likelihoods and every
+    loss term in float32.  Loss terms are summed on the device and read once per :meth:`train`
+    call, not once per batch.
+
     Args:
         modalities: what this trainer holds (default: the model's); others are never read.
         stage: 1 (codec, rate-distortion) or 2 (codec at ``codec_lr_scale`` x lr + hash head).
         seed: shuffling and quantisation-noise seed (e.g. ``(seed, round, client)``), so a run
-            is reproducible wherever it executes.
+            is reproducible wherever it executes on one device type (a GPU draws other noise).
         proximal_mu, reference: FedProx term towards ``reference`` (the received global model)
             over the trained parameters it names; its gradient is added after the gradient
             manipulation (:func:`add_proximal_gradient`).
@@ -171,7 +231,8 @@ class LocalTrainer:
         seed_value = _seed_value(seed)
         self.rng = np.random.default_rng(seed_value)
         torch.manual_seed(seed_value)
-        model.to(tc.device).train()
+        self.device = resolve_device(tc.device)
+        model.to(self.device).train()
 
         codec_params = [p for m in held for p in model.codec(m).parameters()]
         hash_params = model.hash_parameters()
@@ -194,7 +255,7 @@ class LocalTrainer:
             use_mgda=tc.mgda,
             generator=torch.Generator().manual_seed(seed_value),
         )
-        self.reference = dict(reference or {})
+        self.reference = {k: v.to(self.device) for k, v in (reference or {}).items()}
         self.proximal_mu = proximal_mu
         trained = {id(p) for p in params}
         self.proximal = [
@@ -214,7 +275,10 @@ class LocalTrainer:
         from fedrs.losses import compute_losses, weighted_hash_terms
 
         loss = self.config.loss
-        out = self.model(batch)
+        with mixed_precision(self.model, self.device, self.config.train.amp):
+            out = self.model(batch)
+        if self.config.train.amp != "off":
+            out = _float32(out)
         terms = compute_losses(out, batch, batch["labels"], loss, self.stage, rate=self.rate)
         rd = loss.rd_weight * terms["rd"] if self.stage == 2 else terms["rd"]
         hash_terms = weighted_hash_terms(terms, loss) if self.stage == 2 else {}
@@ -231,12 +295,16 @@ class LocalTrainer:
             Mean loss terms over these epochs' batches (``loss`` is the total without the
             proximal term, ``prox`` that term when there is one), ``num-examples`` (patches per
             epoch), ``num-examples-<modality>`` (those holding each modality trained),
-            ``batches`` and ``train_s``.
+            ``batches``, ``train_s``, ``device-cuda`` (1 on a GPU, 0 on the CPU) and on a GPU
+            ``cuda-max-memory-mb`` (the most memory torch held there during the call).
         """
         tc = self.config.train
         self.model.train()
-        sums: dict[str, float] = {}
-        seen = {m: torch.zeros((), dtype=torch.int64) for m in self.held}
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sums: dict[str, Tensor] = {}
+        seen = {m: torch.zeros((), dtype=torch.int64, device=self.device) for m in self.held}
         batches = 0
         started = time.perf_counter()
         for _ in range(epochs):
@@ -247,7 +315,7 @@ class LocalTrainer:
                     self.held,
                     tc.batch_size,
                     rng=self.rng,
-                    device=tc.device,
+                    device=self.device,
                 )
             ):
                 if tc.max_batches is not None and i >= tc.max_batches:
@@ -260,12 +328,18 @@ class LocalTrainer:
                 batches += 1
                 for m in self.held:
                     if f"has_{m}" in batch:
-                        seen[m] += batch[f"has_{m}"].sum().cpu()
+                        seen[m] += batch[f"has_{m}"].sum()
                 for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                    term = value.detach().to(torch.float64)
+                    sums[name] = sums[name] + term if name in sums else term
         if batches == 0:
             raise InputError("no batch was trained (check train.max_batches and the data)")
-        metrics = {("loss" if k == "total" else k): v / batches for k, v in sums.items()}
+        # the one read of the device in this call: every sum and count at once
+        read = torch.stack([*sums.values(), *(n.to(torch.float64) for n in seen.values())])
+        values = read.tolist()
+        totals = dict(zip(sums, values, strict=False))
+        counts = dict(zip(seen, values[len(sums) :], strict=True))
+        metrics = {("loss" if k == "total" else k): v / batches for k, v in totals.items()}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"training diverged: {metrics}")
         rows = len(self.rows)
@@ -274,9 +348,12 @@ class LocalTrainer:
             "num-examples": float(per_epoch),
             "batches": float(batches),
             "train_s": time.perf_counter() - started,
+            "device-cuda": float(on_cuda),
         }
+        if on_cuda:
+            metrics["cuda-max-memory-mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         # patches of each modality trained on per epoch: the weight of that modality's keys
-        metrics |= {f"num-examples-{m}": float(n) / epochs for m, n in seen.items()}
+        metrics |= {f"num-examples-{m}": n / epochs for m, n in counts.items()}
         self.model.eval()
         return metrics
 
@@ -335,7 +412,8 @@ def encode_rows(
     decode: bool = False,
     modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Compress ``rows``, hash them from their bitstreams, optionally decode them.
+    """Compress ``rows``, hash them from their bitstreams, optionally decode them, on the
+    device the model is on (the range coder on the CPU).
 
     Returns ``codes`` (N, K) +-1, ``labels`` (N, 19), ``bits`` {modality: total bits},
     ``patches`` {modality: count}, and with ``decode`` ``sq_error`` {modality: per-band sum of
@@ -349,8 +427,9 @@ def encode_rows(
     patches = dict.fromkeys(held, 0)
     sq_error: dict[str, float] = dict.fromkeys(held, 0.0)
     values = dict.fromkeys(held, 0)
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for batch in iterate_batches(archive, rows, held, batch_size):
+        for batch in iterate_batches(archive, rows, held, batch_size, device=device):
             size = len(batch["labels"])
             compressed: dict[str, list[Any]] = {}
             for modality in held:
@@ -620,11 +699,14 @@ def measure_statistics(
     config: ExperimentConfig,
     *,
     modalities: Sequence[str] | None = None,
+    limit: int | None = None,
 ) -> dict[str, Moments]:
     """The whitening statistics of ``rows``: per whitened branch, the count, sum and sums of
     outer products of the features it sees at evaluation (:mod:`fedrs.models.statistics`),
     over the rows holding one of ``modalities`` (default: the model's), each item with the
-    modalities among them that it holds.  The model is left in eval mode."""
+    modalities among them that it holds; with ``limit``, over the first ``limit`` of those
+    (a client measures as many patches as it reports trained on per epoch, its weight).  The
+    model is left in eval mode."""
     from fedrs.models.hash_head import FeatureWhitening
     from fedrs.models.statistics import moments_from_features, pool_moments
 
@@ -632,9 +714,9 @@ def measure_statistics(
     if not isinstance(whiten, FeatureWhitening):
         return {}
     held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
-    rows = trainable_rows(archive, np.asarray(rows), held)
+    rows = trainable_rows(archive, np.asarray(rows), held)[:limit]
     model.eval()
-    device = config.train.device
+    device = next(model.parameters()).device
     parts = []
     with torch.no_grad():
         for batch in iterate_batches(archive, rows, held, config.train.batch_size, device=device):

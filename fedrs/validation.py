@@ -29,8 +29,11 @@ def check_experiment(config: ExperimentConfig) -> None:
     Raises:
         InputError: Unknown partition, partition option or bad option value; a model that
             cannot be built; a bad update codec option; unknown strategy or strategy option,
-            or a bad option value.  The message names the component.
+            or a bad option value; a ``train.device`` this process does not see (``"cuda"``
+            without a GPU), or ``train.amp = "bf16"`` on a GPU without bfloat16.  The message
+            names the component.
     """
+    _check_device(config)
     _check_partition(config)
     _check_model(config)
     _check_update_codec(config)
@@ -42,6 +45,12 @@ def _named(word: str, label: str, exc: Exception) -> InputError:
     already mention ``word``."""
     message = str(exc)
     return InputError(message if word in message else f"{label}: {message}")
+
+
+def _check_device(config: ExperimentConfig) -> None:
+    from fedrs.devices import autocast, resolve_device
+
+    autocast(resolve_device(config.train.device), config.train.amp)  # built, not entered
 
 
 def _check_partition(config: ExperimentConfig) -> None:

@@ -6,6 +6,11 @@ MLflow with ``step=round`` together with the round's client and byte counts, and
 ``<out>/checkpoints``.  A round without a successful client stops the run with an error (the
 strategy raises); the MLflow run is then marked FAILED, and what was logged stays.
 
+The evaluation runs on ``train.device`` (``"auto"``: a GPU where the server sees one); each
+round logs ``clients/cuda``, the clients that trained on a GPU (``client/<id>/device_cuda``
+each), and the summary records the evaluation's ``device`` and ``client_devices``, the
+client-rounds trained on each device type.
+
 With ``federation.no_bpp_rounds`` > 0, rounds 1 to ``no_bpp_rounds`` train on distortion alone
 (the training ConfigRecord says :data:`fedrs.protocol.RATE` false), and every stage-1 round the
 global model is also validated on the validation rows (``val/psnr``, ``val/bpp`` and per
@@ -40,7 +45,8 @@ import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
-from fedrs.settings import RunSettings
+from fedrs.io import atomic_file, atomic_torch_save, atomic_write_text
+from fedrs.settings import RunSettings, check_out_folder
 
 if TYPE_CHECKING:
     from fedrs.train import KeptCheckpoint
@@ -78,24 +84,18 @@ def _save_checkpoint(
     """The global model of ``round_`` and, where the strategy keeps one, its server state;
     ``extra`` entries go into ``latest.json`` with them."""
     import numpy as np
-    import torch
 
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
-    file = folder / f"round-{round_:04d}.pt"
-    tmp = file.with_suffix(".tmp")
-    torch.save(arrays.to_torch_state_dict(), tmp)
-    tmp.replace(file)
+    file = atomic_torch_save(arrays.to_torch_state_dict(), folder / f"round-{round_:04d}.pt")
     record: dict[str, Any] = {"round": round_, "file": file.name, "mlflow_run_id": run_id}
     if hasattr(strategy, "server_state"):
         state_file = folder / f"round-{round_:04d}.strategy.npz"
-        with (folder / "strategy.tmp").open("wb") as handle:
+        with atomic_file(state_file) as handle:
             np.savez(handle, **strategy.server_state())
-        (folder / "strategy.tmp").replace(state_file)
         record["strategy_file"] = state_file.name
     record |= extra or {}
-    (folder / "latest.tmp").write_text(json.dumps(record), encoding="utf-8")
-    (folder / "latest.tmp").replace(folder / LATEST)
+    atomic_write_text(folder / LATEST, json.dumps(record))
     return file
 
 
@@ -193,15 +193,11 @@ class _Selection:
 
     def offer(self, round_: int, figures: dict[str, Any], arrays: ArrayRecord) -> None:
         """Keep the global model of ``round_`` when it beats the kept one (and save it)."""
-        import torch
-
         criterion = "bpp" if self.rate(round_) else "psnr"
         kept = self.kept[criterion]
         if kept.offer(round_, figures[f"{criterion}_all"], arrays.to_torch_state_dict()):
             self.folder.mkdir(parents=True, exist_ok=True)
-            file = self.folder / self._file(criterion)
-            torch.save(kept.state, file.with_suffix(".tmp"))
-            file.with_suffix(".tmp").replace(file)
+            file = atomic_torch_save(kept.state, self.folder / self._file(criterion))
             self.files[criterion] = file.name
 
     def selected(self) -> KeptCheckpoint:
@@ -245,6 +241,7 @@ def serve(
     """Run the whole federation on ``grid``; returns the summary (also ``<out>/summary.json``)."""
     import torch
 
+    from fedrs.devices import resolve_device
     from fedrs.pipeline import load_run_data
     from fedrs.tracking import Tracker, default_tracking_uri
     from fedrs.train import (
@@ -260,9 +257,12 @@ def serve(
     started = time.perf_counter()
     config = settings.experiment()
     out = settings.out_dir
+    if not settings.resume:  # a run is replaced only on purpose (the commands' --overwrite)
+        check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = build_model(config)
+    device = resolve_device(config.train.device)  # the evaluation's: a GPU where one is seen
+    model = build_model(config).to(device)
     data = load_run_data(config.data)
 
     checkpoint = latest_checkpoint(out) if settings.resume else None
@@ -280,8 +280,7 @@ def serve(
         artifact_root=out / "mlartifacts",
     )
     tracker.log_params(config.to_dict() | {"num_clients": num_clients})
-    config_file = out / "config.toml"
-    config_file.write_text(config.to_toml(), encoding="utf-8")
+    config_file = atomic_write_text(out / "config.toml", config.to_toml())
     history = _load_history(out) if checkpoint else []
     history = [h for h in history if h["round"] <= done]
 
@@ -349,6 +348,8 @@ def serve(
             if "loss" in stats.train_metrics:
                 logged["train/loss"] = stats.train_metrics["loss"]
             per_client = stats.client_metrics()  # MLflow only: history rows stay small
+            cuda = sum(v.get("device_cuda", 0.0) for v in stats.per_client.values())
+            logged["clients/cuda"] = float(cuda)  # clients that trained on a GPU
         tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
         _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
@@ -385,19 +386,22 @@ def serve(
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
     summary = _summary(config, history, metrics_final=history[-1], started=started)
     summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
+    on_gpu = int(sum(h.get("clients/cuda", 0) for h in history))  # client-rounds on a GPU
+    summary |= {
+        "device": str(device),
+        "client_devices": {"cuda": on_gpu, "cpu": summary["clients_ok"] - on_gpu},
+    }
     if selection.enabled:
         summary["selection"] = selection.summary(len(history), len(data.validation_rows))
     if plateau is not None:
         summary["plateau"] = plateau_summary(plateau, metric, "round")
-    torch.save(model.state_dict(), out / "model.pt")
+    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     plot = _plot_history(history, out / "rounds.png")
     for artifact in (config_file, out / "model.pt", plot):
         tracker.log_artifact(artifact)
     tracker.log_dict(summary, "summary.json")
     # the summary is written last: a fresh summary.json means the run is complete
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    tmp.replace(out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -420,9 +424,7 @@ def _load_history(out: Path) -> list[dict[str, Any]]:
 
 
 def _save_history(out: Path, history: list[dict[str, Any]]) -> None:
-    tmp = out / "history.tmp"
-    tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
-    tmp.replace(out / "history.json")
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
 
 
 def _summary(

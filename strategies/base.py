@@ -27,7 +27,8 @@ training replies with a checked one:
   sees (an ArrayRecord under :data:`fedrs.protocol.STATISTICS`, checked like the arrays); the
   server adds those of all usable replies and sets the whitening buffers (``running_mean``,
   ``running_whitening``) from the pooled mean and covariance, the statistics of the union of
-  the clients' features.  These keys are never averaged; a reply that sends them is not
+  the clients' features.  A reply's count may not exceed its weight (``weighted_by_key``).
+  These keys are never averaged; a reply that sends them is not
   required to and they are ignored.  Under local-only whitening keys (FedBN-style) the pooled
   values are the server's alone: they are not broadcast.
 * **Merging**: aggregated keys replace those of the previous global model; every other key
@@ -501,7 +502,8 @@ class AccountedFedAvg(FedAvg):
                     max_weight=self.max_weight,
                 )
                 if self.statistics is not None:
-                    found = reply_statistics(msg, self.statistics, self.max_weight)
+                    # features of no more patches than the reply's weight claims
+                    found = reply_statistics(msg, self.statistics, checked.weight)
                     if found is not None:
                         moments.append(found)
             except Exception as exc:  # MemoryError, RecursionError, bugs: this reply fails alone

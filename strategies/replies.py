@@ -55,6 +55,8 @@ CLIENT_METRICS: dict[str, str] = {
     "train_s": "train_s",
     "has-s1": "has_s1",
     "has-s2": "has_s2",
+    "device-cuda": "device_cuda",
+    "cuda-max-memory-mb": "cuda_max_memory_mb",
 }
 """Reply metrics kept per client (MetricRecord key -> tracking name under ``client/<id>/``)."""
 

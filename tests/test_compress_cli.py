@@ -419,3 +419,103 @@ def test_search_real_v1_patch_folder(
     answer = json.loads(capsys.readouterr().out)
     assert answer["query"]["patch"] == folder.name and answer["query"]["modalities"] == ["s2"]
     assert len(answer["hits"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# crafted archives
+
+
+def _forge(source: Path, target: Path, edit: Any) -> Path:
+    """A copy of ``source`` whose records pass through ``edit(position, record)`` (which may
+    give ids, names and shapes the writer would refuse)."""
+    import fedrs.retrieval.container as container
+    from fedrs.retrieval.container import ArchiveWriter
+
+    with CompressedArchive.open(source) as archive, pytest.MonkeyPatch.context() as writing:
+        writing.setattr(container, "name_problem", lambda name: None, raising=False)
+        with ArchiveWriter(
+            target,
+            hash_bits=archive.hash_bits,
+            model_fingerprint=archive.model_fingerprint,
+            meta=archive.meta,
+            label_names=archive.label_names,
+        ) as writer:
+            for position in range(len(archive)):
+                writer.add(edit(position, archive.record(position)))
+    return target
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_decompress_never_writes_outside_out(
+    tmp_path: Path, compressed: Path, run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Patch ids and S1 names that traverse, or are absolute, are damaged records: refused
+    (naming them) or skipped with --skip-bad; nothing is written outside --out."""
+    escape = tmp_path / "escape"
+    escape.mkdir()
+    s2_id = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+    bad_ids = {1: "../../../escape/" + s2_id, 3: str(escape / s2_id)}
+    with CompressedArchive.open(compressed) as archive:
+        total = len(archive)
+        with_s1 = next(i for i in range(4, total) if "s1" in archive.record(i).streams)
+    bad_s1 = {with_s1: "../../../escape/S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39"}
+
+    def edit(position: int, record: Any) -> Any:
+        if position in bad_ids:
+            record.patch_id = bad_ids[position]
+        if position in bad_s1:
+            info = {"s1_name": bad_s1[position]}
+            record.streams[INFO_GROUP] = {"json": json.dumps(info).encode()}
+        return record
+
+    forged = _forge(compressed, tmp_path / "forged.fedrs", edit)
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    args = ["decompress", str(forged), "--model", str(run), "--out", str(out)]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot name a file" in err and repr(bad_ids[1]) in err
+    assert cli([*args, "--overwrite", "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    for name in (*bad_ids.values(), "S1 name"):
+        assert name in printed
+    assert len(open_archive(out)) == total - 3
+    assert {p for p in _files_under(tmp_path) if not p.is_relative_to(out)} == {forged}
+    assert not (Path("/") / "escape").exists()
+
+
+def test_decompress_checks_latent_shapes_before_decoding(
+    tmp_path: Path, compressed: Path, run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Shapes that disagree with the patch size and the codec's stride are damaged records,
+    found before anything is allocated from them (a 3000 x 3000 z would take 1.4 GB; a
+    60000 x 60000 image fails inside torch, past --skip-bad)."""
+    shapes = {
+        2: {"image": [120, 120], "z": [3000, 3000]},
+        4: {"image": [60000, 60000], "z": [938, 938]},
+        6: {"image": [120, 120], "z": [2, 3]},
+    }
+
+    def edit(position: int, record: Any) -> Any:
+        if position in shapes:
+            for modality in record.shapes:
+                record.shapes[modality] = shapes[position]
+        return record
+
+    forged = _forge(compressed, tmp_path / "forged.fedrs", edit)
+    out = tmp_path / "out"
+    args = ["decompress", str(forged), "--model", str(run), "--out", str(out)]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "latent z shape 3000x3000 does not fit a 120x120" in err
+    assert cli([*args, "--overwrite", "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "image size 60000x60000 is not the patch size 120x120" in printed
+    assert "latent z shape 2x3" in printed
+    with CompressedArchive.open(compressed) as archive:
+        ids = archive.patch_ids
+    back = set(open_archive(out).metadata["patch_id"])
+    assert back == set(ids) - {ids[p] for p in shapes}

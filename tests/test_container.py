@@ -451,6 +451,41 @@ def test_huge_count_in_index_is_rejected_without_allocation(archive_path: Path) 
         CompressedArchive.open(archive_path)
 
 
+@pytest.mark.parametrize(
+    ("offset", "where"), [(20, "preamble"), (31, "preamble"), (-12, "trailer")]
+)
+def test_reserved_bytes_must_be_zero(archive_path: Path, offset: int, where: str) -> None:
+    """The preamble's and the trailer's reserved bytes are outside every CRC: checked alone."""
+    data = bytearray(archive_path.read_bytes())
+    data[offset] = 1
+    archive_path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArchiveError, match=f"reserved bytes in the {where}"):
+        CompressedArchive.open(archive_path)
+
+
+def test_patch_id_that_cannot_name_a_file_is_a_corrupt_record(
+    tmp_path: Path, records: list[Record], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged archive (the writer refuses such ids) whose ids traverse: each record is
+    refused when read, named, and skippable; the other records read."""
+    import fedrs.retrieval.container as container
+
+    forged = {2: "../../../outside", 5: "/abs/x", 7: "a\x1b[2Jb"}
+    for position, pid in forged.items():
+        records[position].patch_id = pid
+    with monkeypatch.context() as writing:
+        writing.setattr(container, "name_problem", lambda name: None, raising=False)
+        path = _write(tmp_path / "forged.fedrs", records)
+    with CompressedArchive.open(path) as archive:  # the index is sound
+        for position, pid in forged.items():
+            with pytest.raises(CorruptRecordError, match="cannot name a file") as info:
+                archive.record(position)
+            assert info.value.record == pid and info.value.position == position
+        good = archive.iter_records(skip_bad=True)
+        assert [r.position for r in good] == [i for i in range(len(records)) if i not in forged]
+        assert [e.record for e in good.skipped] == list(forged.values())
+
+
 def test_huge_header_length_is_rejected(archive_path: Path) -> None:
     data = bytearray(archive_path.read_bytes())
     struct.pack_into("<I", data, 12, 2**32 - 1)
@@ -567,6 +602,9 @@ def test_writer_rejects_bad_records_and_stays_usable(tmp_path: Path) -> None:
             (Record("ok", np.zeros(2, np.uint8)), "duplicate"),
             (Record("", np.zeros(2, np.uint8)), "patch_id"),
             (Record("a\x00b", np.zeros(2, np.uint8)), "patch_id"),
+            (Record("../../etc/x", np.zeros(2, np.uint8)), "cannot name a file"),
+            (Record("/abs/x", np.zeros(2, np.uint8)), "cannot name a file"),
+            (Record(".hidden", np.zeros(2, np.uint8)), "cannot name a file"),
             (Record("c", np.zeros(3, np.uint8)), "16-bit"),
             (Record("c", np.zeros((1, 2), np.uint8)), "1-D"),
             (Record("c", np.zeros(2, np.uint8), streams={"s2": {"y": "text"}}), "bytes"),  # type: ignore[dict-item]

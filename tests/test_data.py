@@ -302,6 +302,56 @@ def test_cache_refuses_to_overwrite(tmp_path: Path, v1_sample: Path) -> None:
     assert len(open_archive(out)) == 9
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_prepare_overwrite_onto_itself_keeps_the_cache(
+    tmp_path: Path, v1_sample: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``fedrs prepare CACHE --out CACHE --overwrite`` is refused before anything is removed."""
+    cache = tmp_path / "cache"
+    assert cli(["prepare", str(v1_sample), "--out", str(cache), "--modalities", "s1"]) == 0
+    before = _snapshot(cache)
+    capsys.readouterr()
+    assert cli(["prepare", str(cache), "--out", str(cache), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be written into the archive itself" in err[0]
+    assert _snapshot(cache) == before
+    assert len(open_archive(cache)) == 9  # the patches with S1
+    # a folder that merely looks like a cache (an index.parquet, no marker) is never replaced
+    lookalike = tmp_path / "lookalike"
+    lookalike.mkdir()
+    (lookalike / "index.parquet").write_bytes(b"someone else's table")
+    assert cli(["prepare", str(v1_sample), "--out", str(lookalike), "--overwrite"]) == 2
+    assert "is not a fedrs cache" in capsys.readouterr().err
+    assert _snapshot(lookalike) == {"index.parquet": b"someone else's table"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "lookalike"]
+
+
+def test_interrupted_overwrite_leaves_the_old_cache_intact(tmp_path: Path, v1_sample: Path) -> None:
+    """The new cache is built beside the old one and swapped in only when complete."""
+    out = prepare_cache(open_archive(v1_sample, modalities=("s1",)), tmp_path / "cache")
+    before = _snapshot(out)
+    source = open_archive(v1_sample)
+    copied = [0]
+
+    def interrupt_midway(n: int) -> None:
+        copied[0] += n
+        if copied[0] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(source, out, overwrite=True, workers=1, on_progress=interrupt_midway)
+    assert copied[0] == 5
+    assert _snapshot(out) == before
+    assert list(tmp_path.iterdir()) == [out]  # no partial folder left beside it
+    assert len(open_archive(out)) == 9  # the patches with S1
+    prepare_cache(source, out, overwrite=True)
+    assert len(open_archive(out)) == 17
+    assert list(tmp_path.iterdir()) == [out]
+
+
 def test_cache_version_is_checked(tmp_path: Path, v1_sample: Path) -> None:
     out = prepare_cache(open_archive(v1_sample, modalities=("s1",)), tmp_path / "cache")
     marker = json.loads((out / "fedrs-cache.json").read_text())

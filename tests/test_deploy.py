@@ -100,6 +100,42 @@ def after_checkpoint(out: Path, action: Any, timeout: float = 600.0) -> threadin
     return thread
 
 
+def control_status(address: str, folder: Path) -> int:
+    """HTTP status of the Control API's ``list-nodes`` (unauthenticated in open-source Flower)
+    asked at ``address`` over TLS (the deployment's CA)."""
+    import http.client
+    import ssl
+
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(folder / "certs" / "ca.crt"))
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/v1/control/list-nodes",
+            body=b"",
+            headers={"Content-Type": "application/protobuf", "Accept": "application/protobuf"},
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def with_fleet_connection(deployment: LocalDeployment) -> None:
+    """Add a Flower CLI connection ``fleet`` aimed at the Fleet gateway (as an outsider would
+    aim at the address SuperNodes use)."""
+    import tomllib
+
+    import tomli_w
+
+    path = deployment.home / "config.toml"
+    config = tomllib.loads(path.read_text())
+    config["superlink"]["fleet"] = config["superlink"]["local"] | {
+        "address": deployment.fleet_address
+    }
+    path.write_text(tomli_w.dumps(config))
+
+
 # ------------------------------------------------------------------------------------ fast
 
 
@@ -139,7 +175,74 @@ def test_certificates_fit_flower(tmp_path: Path) -> None:
     renewed = x509.load_pem_x509_certificate(moved.server_cert.read_bytes())
     renewed.verify_directly_issued_by(ca)
     names = renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == [
+        "10.1.2.3",
+        "127.0.0.1",  # the loopback names always: the Control API and the gateway use them
+    ]
+    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
+
+
+def test_planted_temporary_key_files_are_not_used(tmp_path: Path) -> None:
+    """A world-readable file, or a link, at the old fixed temporary name does not carry the
+    private keys: each key is created afresh, exclusively, with mode 0600."""
+    folder = tmp_path / "c"
+    (folder / "nodes").mkdir(parents=True)
+    planted = folder / "ca.key.tmp"
+    planted.write_bytes(b"planted")
+    planted.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not a key")
+    (folder / "server.key.tmp").symlink_to(elsewhere)
+    (folder / "nodes" / "node-1.tmp").symlink_to(elsewhere)
+    made = create_credentials(folder, nodes=1)
+    for key in (made.ca_key, made.server_key, made.node_keys[0]):
+        assert key.stat().st_mode & 0o777 == 0o600, key
+        assert not key.is_symlink() and b"PRIVATE KEY" in key.read_bytes()
+    assert planted.read_bytes() == b"planted" and elsewhere.read_bytes() == b"not a key"
+    assert not list(folder.glob(".*.tmp")) and not list((folder / "nodes").glob(".*.tmp"))
+
+
+def test_expired_certificates_are_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expired (or soon-expiring) server certificate is made again by the same CA, said in
+    one line; an expired CA is refused; validity has an upper bound."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    import fedrs.deploy.certs as certs
+    from fedrs.errors import InputError
+
+    real_now = certs._now
+    folder = tmp_path / "c"
+    monkeypatch.setattr(certs, "_now", lambda: real_now() - dt.timedelta(days=400))
+    made = create_credentials(folder, nodes=1, days=365)
+    monkeypatch.setattr(certs, "_now", real_now)
+    old_ca = made.ca_cert.read_bytes()
+    old_key = made.node_keys[0].read_bytes()
+    assert cli(["certs", "--out", str(folder), "--nodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "server.pem: expired on" in out and "made again by the same CA" in out
+    ca = x509.load_pem_x509_certificate(made.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(made.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert server.not_valid_after_utc > real_now() + dt.timedelta(days=300)
+    assert made.ca_cert.read_bytes() == old_ca and made.node_keys[0].read_bytes() == old_key
+    again = create_credentials(folder, nodes=1)
+    assert again.notes == ()  # valid now: kept
+
+    monkeypatch.setattr(certs, "_now", lambda: real_now() - dt.timedelta(days=3640))
+    create_credentials(tmp_path / "old", nodes=0, ca_days=3650)
+    monkeypatch.setattr(certs, "_now", real_now)
+    with pytest.raises(InputError, match=r"CA certificate expires on .* in \d+ days.*--overwrite"):
+        create_credentials(tmp_path / "old", nodes=0)
+    assert create_credentials(tmp_path / "old", nodes=0, overwrite=True).notes == ()
+    for days, ca_days in ((826, 1825), (0, 1825), (365, 3651)):
+        with pytest.raises(InputError, match="days must be a whole number of days"):
+            create_credentials(tmp_path / "bounds", nodes=0, days=days, ca_days=ca_days)
+    assert cli(["certs", "--out", str(tmp_path / "d"), "--days", "100000"]) == 2
+    assert "from 1 to 825" in capsys.readouterr().err
 
 
 def test_certs_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,9 +365,15 @@ def test_deploy_local_tls_end_to_end(tmp_path: Path, certs: Path) -> None:
     argv = {p["name"]: p["argv"] for p in record["processes"]}
     assert "--enable-supernode-auth" in argv["superlink"]
     assert "--ssl-certfile" in argv["superlink"] and "--insecure" not in argv["superlink"]
+    assert argv["superlink"][argv["superlink"].index("--host") + 1] == "127.0.0.1"
+    gateway = argv["fleet-gateway"]
+    assert "--ssl-certfile" in gateway and "--insecure" not in gateway
+    fleet = gateway[gateway.index("--listen") + 1]
+    assert fleet != gateway[gateway.index("--superlink") + 1]
     for node in ("node-1", "node-2", "node-3"):
         assert "--auth-supernode-private-key" in argv[node]
         assert "--root-certificates" in argv[node]
+        assert argv[node][argv[node].index("--superlink") + 1] == fleet
     assert "Uvicorn running on https://" in (out / "logs" / "superlink.log").read_text()
     assert left_running(out) == []
 
@@ -396,6 +505,18 @@ def test_unregistered_supernodes_are_rejected(tmp_path: Path, certs: Path) -> No
         told = (folder / "logs" / "superlink.log").read_text()
         assert "No SuperNode found with the given public key" in told
         assert deployment.online() == 1
+        assert len(deployment.supernodes()) == 1
+
+        # the nodes came through the Fleet gateway; the Control API is not served there
+        assert deployment.fleet_address != deployment.address
+        record = json.loads((folder / "logs" / "processes.json").read_text())
+        argv = {p["name"]: p["argv"] for p in record["processes"]}
+        assert argv["node-1"][argv["node-1"].index("--superlink") + 1] == deployment.fleet_address
+        assert control_status(deployment.address, folder) == 200
+        assert control_status(deployment.fleet_address, folder) == 404
+        with_fleet_connection(deployment)
+        with pytest.raises(DeploymentError, match="supernode register"):
+            deployment.flwr("supernode", "register", str(stranger) + ".pub", "fleet")
         assert len(deployment.supernodes()) == 1
         raise KeyboardInterrupt  # leaving on Ctrl-C stops everything as well
     assert left_running(folder) == []

@@ -200,7 +200,7 @@ def _run_round(replies_stats: list[dict[str, Any] | None], **options: Any) -> An
 
 
 def test_strategy_sets_whitening_from_the_pooled_statistics_of_the_replies() -> None:
-    parts = [_moments(0, 5), _moments(1, 30)]
+    parts = [_moments(0, 5), _moments(1, 18)]
     strategy, merged = _run_round([p.arrays("whiten") for p in parts] + [None])
     assert strategy.round_stats[1].clients_ok == 3  # statistics are optional in a reply
     pooled = parts[0] + parts[1]
@@ -221,7 +221,7 @@ def test_strategy_sets_whitening_from_the_pooled_statistics_of_the_replies() -> 
     [
         ("nan", "NaN or inf"),
         ("negative-variance", "negative variance"),
-        ("count-above-max", "at most"),
+        ("count-above-weight", "at most 20"),
         ("zero-count", "at least 1"),
         ("unknown-key", "is not expected"),
         ("wrong-shape", "expected float64(2, 4, 4)"),
@@ -231,13 +231,13 @@ def test_strategy_sets_whitening_from_the_pooled_statistics_of_the_replies() -> 
 )
 def test_hostile_statistics_fail_their_reply_only(attack: str, reason: str) -> None:
     honest = _moments(0, 5).arrays("whiten")
-    bad = dict(_moments(1, 30).arrays("whiten"))
+    bad = dict(_moments(1, 18).arrays("whiten"))
     if attack == "nan":
         bad["whiten/sum"] = bad["whiten/sum"] * np.nan
     elif attack == "negative-variance":
         bad["whiten/outer"] = -bad["whiten/outer"]
-    elif attack == "count-above-max":
-        bad["whiten/count"] = np.asarray(1e9)
+    elif attack == "count-above-weight":  # more features than the 20 patches it claims
+        bad["whiten/count"] = np.asarray(21.0)
     elif attack == "zero-count":
         bad["whiten/count"] = np.asarray(0.0)
     elif attack == "unknown-key":

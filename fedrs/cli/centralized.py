@@ -14,18 +14,24 @@ def main(
     data: Path | None = typer.Option(None, help="Archive or fedrs cache (default: synthetic)."),
     out: Path = typer.Option(Path("runs/centralized"), help="Output folder."),
     tracking_uri: str | None = typer.Option(None, help="MLflow URI (default: sqlite in --out)."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run in --out (its summary, model and configuration)."
+    ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show third-party logs and notices."),
 ) -> None:
     from fedrs.centralized import run_centralized
     from fedrs.cli.simulate import experiment_overrides, print_summary
     from fedrs.config import load_config
+    from fedrs.settings import check_out_folder, clear_run
     from fedrs.validation import check_experiment
 
     quiet_third_parties(verbose)
     overrides = experiment_overrides(data=data, tracking_uri=tracking_uri, sets=set_)
     experiment = load_config(config, overrides)
+    replaced = check_out_folder(out, overwrite=overwrite, resumable=False)
     check_experiment(experiment)  # the same check as a federation's, before any data
+    clear_run(replaced)
     with progress() as bar:
         track = tracker(bar)
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
 from fedrs.convergence import mean_interval, target_labels, targets
+from fedrs.io import atomic_write_text
 
 COLUMNS = (
     ("mAP@20", "map@20"),
@@ -316,6 +317,25 @@ def seed_overrides(seed: int) -> dict[str, Any]:
     return {"seed": seed, "partition.seed": seed}
 
 
+def check_run_folders(folders: list[Path], overwrite: bool) -> list[Path]:
+    """The comparison's resume: a run folder holding a finished run (``summary.json``) is read,
+    an empty or new one is run; one holding an interrupted run is refused unless ``overwrite``,
+    which runs every run again.  Returns the run files to remove before running (nothing is
+    changed here).
+
+    Raises:
+        InputError: a folder holds an interrupted run and ``overwrite`` is not set.
+    """
+    from fedrs.settings import check_out_folder
+
+    replaced: list[Path] = []
+    for folder in folders:
+        if not overwrite and (folder / "summary.json").is_file():
+            continue
+        replaced += check_out_folder(folder, overwrite=overwrite, resumable=False)
+    return replaced
+
+
 def _runs(
     out: Path,
     config_path: str | None,
@@ -471,6 +491,11 @@ def main(
         "improved by eval.tolerance for eval.patience epochs or rounds (patience 3 unless "
         "set); the rounds become a cap.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        help="Run every run again, replacing the runs in --out (without it, finished runs are "
+        "read and a folder holding an interrupted run is refused).",
+    ),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
     """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates;
@@ -482,7 +507,7 @@ def main(
         validate_components,
     )
     from fedrs.config import load_config
-    from fedrs.settings import RunSettings
+    from fedrs.settings import RunSettings, clear_run
     from fedrs.tracking import Tracker, default_tracking_uri
 
     quiet_third_parties(verbose)
@@ -500,8 +525,15 @@ def main(
     runs = [load_config(config, overrides | {"federation.strategy": name}) for name in names]
     for experiment in runs or [base]:  # the experiments that will run (no strategy: centralized)
         validate_components(experiment)
+    folders = [
+        root / name
+        for root in ([out] if seed_list is None else [out / f"seed-{s}" for s in seed_list])
+        for name in ("centralized", *names)
+    ]
+    replaced = check_run_folders(folders, overwrite)
     settings = RunSettings(str(config.resolve()) if config else None, overrides, str(out))
     prepare_data_with_progress(settings)
+    clear_run(replaced)  # every check has passed
     title = f"fedrs compare: {base.name} ({base.partition.name} partition)"
     params = base.to_dict() | {"mode": "compare", "strategies": ",".join(names)}
     if seed_list is None:
@@ -531,7 +563,7 @@ def main(
             out / "comparison.png",
             {name: row["half_width"] for name, row in result.items()},
         )
-    (out / "comparison.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    atomic_write_text(out / "comparison.json", json.dumps(result, indent=2))
     tracker = Tracker(
         str(base.tracking.uri),
         experiment=base.tracking.experiment,

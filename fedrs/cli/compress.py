@@ -46,18 +46,25 @@ def main(
     threads: int = typer.Option(
         1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
     ),
+    device: str = typer.Option(
+        "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
+    ),
 ) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from fedrs.devices import resolve_device
     from fedrs.retrieval.compress import compress_archive
+    from fedrs.retrieval.trained import load_trained_model
 
+    target = resolve_device(device, key="--device")
+    trained = load_trained_model(model, device=str(target))  # the archive records the type
     with progress() as bar:
         track = tracker(bar)
 
         report = compress_archive(
             archive,
-            model,
+            trained,
             out,
             split=parse_split(split),
             modalities=parse_modalities(modalities),

@@ -23,24 +23,38 @@ def main(
     threads: int = typer.Option(
         1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
     ),
+    device: str = typer.Option(
+        "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
+    ),
 ) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from fedrs.devices import cross_device_note, resolve_device
     from fedrs.retrieval.compress import decompress_archive
+    from fedrs.retrieval.container import CompressedArchive
+    from fedrs.retrieval.trained import model_for_archive
 
-    with progress() as bar:
-        track = tracker(bar)
+    target = resolve_device(device, key="--device")
+    with CompressedArchive.open(container) as archive:
+        trained = model_for_archive(archive, model)
+        trained.model.to(target)
+        meta = archive.meta if isinstance(archive.meta, dict) else {}
+        note = cross_device_note(meta.get("device"), target, "decoding")
+        if note is not None:
+            typer.echo(f"fedrs: warning: {note}", err=True)
+        with progress() as bar:
+            track = tracker(bar)
 
-        report = decompress_archive(
-            container,
-            model,
-            out,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            skip_bad=skip_bad,
-            progress=track,
-        )
+            report = decompress_archive(
+                archive,
+                trained,
+                out,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                skip_bad=skip_bad,
+                progress=track,
+            )
     print_skipped(report.skipped)
     counts = ", ".join(f"{m.upper()} {n}" for m, n in sorted(report.written.items()))
     console.print(

@@ -2,11 +2,14 @@
 
 Starts `flower-superlink` and one `flower-supernode` per archive on 127.0.0.1 (each node with its
 own archive: synthetic ones, built once and cached, unless --data is given), submits the app with
-`flwr run`, follows the rounds and checks that the run completed.  Writes <out>/summary.json and
-the MLflow store as `fedrs simulate` does, with the processes' logs under <out>/logs.  With --tls
-every connection is encrypted and only the SuperNodes whose keys were registered may join
-(certificates and keys in <out>/certs).  Every process started is stopped at the end, also on
-failure or Ctrl-C.  The default experiment is the app's experiments/smoke.toml (small and quick).
+`flwr run`, follows the rounds and checks that the run completed.  Writes <out>/summary.json and the
+MLflow store as `fedrs simulate` does, with the processes' logs under <out>/logs.  As across
+machines, the SuperNodes reach the SuperLink through a Fleet gateway on a port of its own (the Fleet
+API only; the SuperLink's address, with the Control API, is for the operator).  By default every
+connection is encrypted and only the SuperNodes whose keys were registered may join (certificates
+and keys in <out>/certs); --no-tls turns both off.  Every process started is stopped at the end,
+also on failure or Ctrl-C.  The default experiment is the app's experiments/smoke.toml (small and
+quick).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from fedrs.cli._common import console, progress, quiet_third_parties, round_prin
 
 def main(
     supernodes: int = typer.Option(3, help="Number of SuperNodes (one archive each)."),
-    tls: bool = typer.Option(False, help="TLS on every connection, with SuperNode auth."),
+    tls: bool = typer.Option(
+        True, "--tls/--no-tls", help="TLS on every connection, with SuperNode auth."
+    ),
     node_auth: bool = typer.Option(True, help="With --tls: only registered SuperNodes join."),
     rounds: int | None = typer.Option(None, help="Federated rounds."),
     min_clients: int | None = typer.Option(None, help="Fewest successful clients per round."),
@@ -34,6 +39,9 @@ def main(
     app: Path | None = typer.Option(None, help="Flower app folder for `flwr run`."),
     timeout: float = typer.Option(1800.0, help="Seconds the run may take once submitted."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run in --out (its summary, model, checkpoints and history)."
+    ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show Flower's logs (the SuperLink's)."),
 ) -> None:
@@ -48,7 +56,7 @@ def main(
     )
     from fedrs.errors import InputError
     from fedrs.pipeline import resolve_cache
-    from fedrs.settings import RunSettings
+    from fedrs.settings import RunSettings, check_out_folder, clear_run
 
     quiet_third_parties(verbose)
     if supernodes < 1:
@@ -77,13 +85,7 @@ def main(
             f"federation.min_clients is {fed.min_clients} but only {supernodes} SuperNodes "
             "would run; lower it or add --supernodes"
         )
-    checkpointed = (out / "checkpoints" / "latest.json").is_file()
-    if resume and not checkpointed:
-        raise InputError(f"{out}: nothing to resume (no checkpoints)")
-    if not resume and (out / "summary.json").exists():
-        raise InputError(f"{out}: holds a finished run; choose another --out or --resume")
-    if not resume and checkpointed:
-        raise InputError(f"{out}: holds an interrupted run; continue it with --resume")
+    replaced = check_out_folder(out, resume=resume, overwrite=overwrite)
     import flwr.serverapp  # noqa: F401  (sets up Flower's logger, quietened below)
 
     flower_log = logging.getLogger("flwr")
@@ -98,6 +100,7 @@ def main(
         track = tracker(bar)
         resolve_cache(experiment.data, progress=track)
         nodes = prepare_node_data(experiment, supernodes, data or (), progress=track)
+    clear_run(replaced)  # every check has passed
     for node in nodes:
         console.print(
             f"{node.name}: {node.data_path} ({'+'.join(m.upper() for m in node.modalities)})"
@@ -119,7 +122,8 @@ def main(
             timeout=timeout,
             on_round=on_round,
             on_start=lambda d: bar.console.print(
-                f"SuperLink at {d.address}; {len(nodes)} SuperNodes online"
+                f"SuperLink at {d.address} (Control API); Fleet gateway at {d.fleet_address}; "
+                f"{len(nodes)} SuperNodes online"
             ),
         )
     print_summary(summary, f"fedrs deploy-local: {out}")

@@ -17,11 +17,16 @@ def main(
     ),
     modalities: str = typer.Option("s1,s2", help="Modalities to keep, comma-separated."),
     resample: str = typer.Option("bilinear", help="Upsampling of 20/60 m bands: bilinear|nearest."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache in --out."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the fedrs cache in --out (once the new one is complete)."
+    ),
     skip_bad: bool = typer.Option(False, help="Leave out patches with bad files (reported)."),
 ) -> None:
     from fedrs.data import open_archive, prepare_cache
+    from fedrs.data.cache import check_cache_target
 
+    # every check before the (possibly long) opening of the archive, and before any change
+    check_cache_target(out, source=archive, overwrite=overwrite)
     source = open_archive(
         archive,
         metadata=metadata,

@@ -35,6 +35,11 @@ def main(
     threads: int = typer.Option(
         1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
     ),
+    device: str = typer.Option(
+        "auto",
+        help="Where --query-patch is hashed: auto (a GPU where one is seen, else the CPU), cpu, "
+        "cuda or cuda:N.",
+    ),
 ) -> None:
     import torch
 
@@ -59,9 +64,18 @@ def main(
     else:
         if model is None:
             fail("--query-patch needs --model (the model that wrote the archives)")
+        from fedrs.devices import cross_device_note, resolve_device
+
+        target = resolve_device(device, key="--device")
         trained = model_for_archives(archives, model)
+        trained.model.to(target)
         meta = archives[0].meta
         resample = meta.get("resample", "bilinear") if isinstance(meta, dict) else "bilinear"
+        written = {a.meta.get("device") for a in archives if isinstance(a.meta, dict)}
+        for kind in sorted(w for w in written if isinstance(w, str)):
+            note = cross_device_note(kind, target, "the query's hash code")
+            if note is not None:
+                typer.echo(f"fedrs: warning: {note}", err=True)
         hashed = hash_query_patch(list(query_patch or []), trained, resample=str(resample))
         code = hashed.code
         query = {

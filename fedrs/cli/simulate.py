@@ -143,6 +143,9 @@ def main(
     out: Path = typer.Option(Path("runs/simulate"), help="Output folder."),
     tracking_uri: str | None = typer.Option(None, help="MLflow URI (default: sqlite in --out)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run in --out (its summary, model, checkpoints and history)."
+    ),
     num_cpus: float | None = typer.Option(None, help="CPUs per client (fractions allowed)."),
     num_gpus: float | None = typer.Option(None, help="GPUs per client (fractions allowed)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address ('auto' to join)."),
@@ -155,9 +158,8 @@ def main(
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
-    from fedrs.errors import InputError
     from fedrs.server.simulation import check_resources, run_simulation
-    from fedrs.settings import RunSettings
+    from fedrs.settings import RunSettings, check_out_folder, clear_run
 
     quiet_third_parties(verbose)
     overrides = experiment_overrides(
@@ -182,14 +184,12 @@ def main(
         resume=resume,
     )
     experiment = settings.experiment()
-    if resume and not (out / "checkpoints").is_dir():
-        raise InputError(f"{out}: nothing to resume (no checkpoints)")
-    if not resume and (out / "summary.json").exists():
-        raise InputError(f"{out}: holds a finished run; choose another --out or --resume")
+    replaced = check_out_folder(out, resume=resume, overwrite=overwrite)
     fed = experiment.federation
     check_resources(fed.num_cpus, fed.num_gpus, fed.ray_address)
     validate_components(experiment)
     prepare_data_with_progress(settings)
+    clear_run(replaced)  # every check has passed
     console.print(
         f"simulating [bold]{experiment.partition.clients}[/] clients "
         f"({experiment.partition.name} partition, {fed.strategy}, "

@@ -11,11 +11,17 @@ Layout of a cache folder::
 The arrays hold exactly the items the source archive returns (S2 upsampled to 120x120 with the
 ``resample`` mode recorded in the marker), so reading an item is one contiguous copy: 806 kB
 per patch with both modalities.  A cache answers only for the upsampling it was made with.
+
+A cache is built in a hidden folder beside its target and moved into place when complete; only a
+folder that carries the marker is ever replaced (``overwrite``), and only once the new cache is
+whole, so an interrupted build leaves the old cache as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +37,7 @@ from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS
 from fedrs.data.metadata import normalize_metadata, read_parquet
 from fedrs.errors import InputError
+from fedrs.io import atomic_write_text, sync_folder
 
 MARKER = "fedrs-cache.json"
 FORMAT = "fedrs-cache"
@@ -154,6 +161,51 @@ def _open_arrays(root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def is_cache(folder: str | Path) -> bool:
+    """Whether ``folder`` carries a fedrs cache marker (what ``--overwrite`` may replace)."""
+    path = Path(folder) / MARKER
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
+def check_cache_target(
+    out: str | Path, *, source: str | Path | None = None, overwrite: bool = False
+) -> bool:
+    """Refuse a folder :func:`prepare_cache` may not write; nothing is changed here.
+
+    Args:
+        out: the cache folder to write.
+        source: the archive folder the cache is made from.
+        overwrite: whether an existing cache in ``out`` may be replaced.
+
+    Returns:
+        True when ``out`` holds a cache that will be replaced.
+
+    Raises:
+        InputError: ``out`` is a link or a file, is (or holds) the archive itself, holds
+            something other than a fedrs cache, or holds a cache and ``overwrite`` is not set.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        raise InputError(f"{out}: is a symbolic link; give the cache folder itself")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if source is not None:
+        root, target = Path(source).resolve(), out.resolve()
+        if root == target or root.is_relative_to(target):
+            raise InputError(f"{out}: the cache cannot be written into the archive itself")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not is_cache(out):
+        raise InputError(f"{out}: folder exists, is not empty and is not a fedrs cache")
+    if not overwrite:
+        raise InputError(f"{out}: a cache exists already (use --overwrite to replace it)")
+    return True
+
+
 def prepare_cache(
     archive: PatchArchive,
     out: str | Path,
@@ -164,20 +216,52 @@ def prepare_cache(
 ) -> Path:
     """Convert ``archive`` into a cache folder ``out`` (see the module docstring).
 
-    The cache is written into ``out`` under temporary names and published by writing the marker
-    last, so an interrupted run leaves no half cache that would be read as complete.  An existing
-    non-empty ``out`` is refused unless ``overwrite`` is set (and it is a fedrs cache).
+    Every check comes first (:func:`check_cache_target`): a non-empty ``out`` is refused
+    unless it is a fedrs cache (it carries the marker) and ``overwrite`` is set.  The cache is
+    built in a hidden folder beside ``out`` and moved into place when complete, so that an
+    error or an interruption leaves ``out`` as it was (an old cache intact, readable
+    throughout) and no half cache is ever read as complete.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists() and not (out / "index.parquet").exists():
-            raise InputError(f"{out}: folder exists, is not empty and is not a fedrs cache")
-        if not overwrite:
-            raise InputError(f"{out}: a cache exists already (use --overwrite to replace it)")
-        shutil.rmtree(out)
-    if Path(archive.root).resolve() == out.resolve():
-        raise InputError(f"{out}: the cache cannot be written into the archive itself")
-    out.mkdir(parents=True, exist_ok=True)
+    replace = check_cache_target(out, source=archive.root, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{secrets.token_hex(6)}.partial")
+    partial.mkdir()
+    try:
+        _write_cache(archive, partial, workers, on_progress)
+        _swap_in(partial, out, replace)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(partial: Path, out: Path, replace: bool) -> None:
+    """Move the complete cache ``partial`` to ``out``; an old cache (or an empty folder)
+    there is moved aside first and removed once the new one is in place."""
+    old = out.with_name(f".{out.name}.{secrets.token_hex(6)}.old") if out.exists() else None
+    if old is not None:
+        if replace:
+            check_cache_target(out, overwrite=True)  # still the cache that was checked
+        os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    sync_folder(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_cache(
+    archive: PatchArchive,
+    out: Path,
+    workers: int,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    """Write the cache files of ``archive`` into the (new, empty) folder ``out``."""
     meta = archive.metadata.copy()
     has_s2 = meta["has_s2"].to_numpy(dtype=bool)
     has_s1 = meta["has_s1"].to_numpy(dtype=bool)
@@ -210,6 +294,8 @@ def prepare_cache(
     meta["s2_row"], meta["s1_row"] = s2_row, s1_row
     meta["labels"] = [list(map(str, v)) for v in meta["labels"]]
     meta.to_parquet(out / "index.parquet", index=False)
+    for name in ("s2.npy", "s1.npy", "index.parquet"):
+        _fsync(out / name)
     info = {
         "format": FORMAT,
         "version": VERSION,
@@ -221,5 +307,12 @@ def prepare_cache(
         "modalities": list(archive.modalities),
         "resample": archive.resample,
     }
-    (out / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return out
+    atomic_write_text(out / MARKER, json.dumps(info, indent=2))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

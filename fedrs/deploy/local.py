@@ -1,13 +1,16 @@
 """A Flower deployment on this machine: one SuperLink and N SuperNodes as real processes.
 
-:class:`LocalDeployment` starts ``flower-superlink`` and one ``flower-supernode`` per archive on
-the loopback address, each in its own session with its log under ``<folder>/logs``, and stops
-every process it started (SIGTERM, then SIGKILL) when the ``with`` block ends, also on an error,
-Ctrl-C or SIGTERM.  With TLS it makes a CA, the SuperLink's certificate and node keys
+:class:`LocalDeployment` starts ``flower-superlink`` and one ``flower-supernode`` per archive on the
+loopback address, each in its own session with its log under ``<folder>/logs``, and stops every
+process it started (SIGTERM, then SIGKILL) when the ``with`` block ends, also on an error, Ctrl-C or
+SIGTERM.  As a deployment across machines is laid out, the SuperNodes do not reach the SuperLink's
+own address, which also serves the Control API: they connect to a Fleet gateway (``fedrs
+fleet-gateway``, :mod:`fedrs.deploy.gateway`) on a port of its own, which forwards the Fleet API's
+calls and nothing else.  With TLS it makes a CA, the SuperLink's certificate and node keys
 (:mod:`fedrs.deploy.certs`) under ``<folder>/certs``; with node authentication (the default under
-TLS) it registers each node's public key (``flwr supernode register``) before the node starts,
-so that only those nodes are let in.  The operator side is the Flower CLI with its own
-``FLWR_HOME`` (``<folder>/flwr-home/config.toml`` names the connection ``local``).
+TLS) it registers each node's public key (``flwr supernode register``) before the node starts, so
+that only those nodes are let in.  The operator side is the Flower CLI with its own ``FLWR_HOME``
+(``<folder>/flwr-home/config.toml`` names the connection ``local``).
 
 :mod:`fedrs.deploy.run` runs a federation on it (``fedrs deploy-local``).
 """
@@ -35,10 +38,13 @@ HOST = "127.0.0.1"
 CONNECTION = "local"
 """Name of the SuperLink connection in the deployment's ``FLWR_HOME/config.toml``."""
 SUPERLINK = "superlink"
+GATEWAY = "fleet-gateway"
+"""The process that opens the SuperLink's Fleet API, and only it, to the SuperNodes
+(:mod:`fedrs.deploy.gateway`)."""
 SERVERAPP = "flwr-serverapp"
 RUN_LOG = "run-log"
 """The ``flwr log --stream`` process of a verbose run."""
-HELPERS = (SUPERLINK, RUN_LOG)
+HELPERS = (SUPERLINK, GATEWAY, RUN_LOG)
 SIMULATION = "flwr-simulation"
 """The process that runs a whole simulated federation (ServerApp and ClientApps on Ray)."""
 FINISHED = "finished:"
@@ -148,8 +154,8 @@ class LocalDeployment:
         if simulation and (nodes or node_auth):
             raise InputError("a simulation runtime has no SuperNodes to start or authenticate")
         names = [n.name for n in nodes]
-        if len(set(names)) != len(names) or SUPERLINK in names:
-            raise InputError(f"node names must be unique and not {SUPERLINK!r}: {names}")
+        if len(set(names)) != len(names) or set(names) & set(HELPERS):
+            raise InputError(f"node names must be unique and not one of {HELPERS}: {names}")
         self.folder = Path(folder).resolve()
         self.nodes = list(nodes)
         self.tls = tls
@@ -160,6 +166,7 @@ class LocalDeployment:
         self.logs = self.folder / "logs"
         self.home = self.folder / "flwr-home"
         self.port = 0
+        self.fleet_port = 0
         self.credentials: Credentials | None = None
         bin_dir = str(Path(sys.executable).parent)
         self.env: dict[str, str] = dict(os.environ) | {
@@ -213,6 +220,8 @@ class LocalDeployment:
         if self.tls:
             self.credentials = create_credentials(self.folder / "certs", nodes=len(self.nodes))
         self.start_superlink()
+        if not self.simulation:
+            self.start_gateway()
         self.write_connection()
         for index, node in enumerate(self.nodes):
             key = self.node_key(index)
@@ -244,8 +253,15 @@ class LocalDeployment:
 
     @property
     def address(self) -> str:
-        """``host:port`` of the SuperLink (Fleet, Control and Runtime APIs)."""
+        """``host:port`` of the SuperLink (its Control and Runtime APIs, and its Fleet API for
+        the gateway alone)."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """``host:port`` the SuperNodes connect to: the Fleet gateway, which forwards the Fleet
+        API calls and nothing else."""
+        return f"{HOST}:{self.fleet_port}"
 
     def node_key(self, index: int) -> Path | None:
         """Private key of node ``index`` under TLS (each node authenticates with one)."""
@@ -286,20 +302,56 @@ class LocalDeployment:
         process = self.supervisor.start(
             SUPERLINK, self.superlink_argv(), log=self.logs / "superlink.log", cwd=self.folder
         )
+        self._wait_port(process, "the SuperLink", self.port)
+        return process
+
+    def gateway_argv(self) -> list[str]:
+        """The ``fedrs fleet-gateway`` command line: the Fleet port, forwarding to the
+        SuperLink."""
+        argv = [
+            flower_executable("fedrs"),
+            "fleet-gateway",
+            "--listen",
+            self.fleet_address,
+            "--superlink",
+            self.address,
+        ]
+        if self.credentials is None:
+            argv.append("--insecure")
+        else:
+            argv += [
+                "--ssl-certfile",
+                str(self.credentials.server_cert),
+                "--ssl-keyfile",
+                str(self.credentials.server_key),
+                "--ssl-ca-certfile",
+                str(self.credentials.ca_cert),
+            ]
+        return argv
+
+    def start_gateway(self) -> ManagedProcess:
+        """Start the Fleet gateway on a free port and wait until it accepts connections."""
+        self.fleet_port = self._fresh_port()
+        process = self.supervisor.start(
+            GATEWAY, self.gateway_argv(), log=self.logs / "fleet-gateway.log", cwd=self.folder
+        )
+        self._wait_port(process, "the Fleet gateway", self.fleet_port)
+        return process
+
+    def _wait_port(self, process: ManagedProcess, what: str, port: int) -> None:
         deadline = time.monotonic() + self.start_timeout
-        while not port_open(HOST, self.port):
+        while not port_open(HOST, port):
             if not process.running():
                 raise DeploymentError(
-                    f"the SuperLink exited with code {process.returncode} while starting: "
+                    f"{what} exited with code {process.returncode} while starting: "
                     f"{_last_line(process.log)} (see {process.log})"
                 )
             if time.monotonic() > deadline:
                 raise DeploymentError(
-                    f"the SuperLink did not open port {self.port} within "
-                    f"{self.start_timeout:g} s; see {process.log}"
+                    f"{what} did not open port {port} within {self.start_timeout:g} s; "
+                    f"see {process.log}"
                 )
             time.sleep(0.3)
-        return process
 
     def supernode_argv(self, node: NodeSpec, *, key: Path | None, port: int) -> list[str]:
         """The ``flower-supernode`` command line of ``node`` (its node config in a TOML file)."""
@@ -311,7 +363,7 @@ class LocalDeployment:
         argv = [
             flower_executable("flower-supernode"),
             "--superlink",
-            self.address,
+            self.fleet_address,
             "--host",
             HOST,
             "--port",
@@ -437,13 +489,20 @@ class LocalDeployment:
         return list(latest.values())
 
     def check_superlink(self) -> None:
-        """Raise when the SuperLink process has exited."""
+        """Raise when the SuperLink process, or the Fleet gateway, has exited."""
         process = self.supervisor.get(SUPERLINK)
         if not process.running():
             raise DeploymentError(
                 f"the SuperLink (pid {process.pid}) exited with code {process.returncode}; "
                 f"see {process.log}"
             )
+        if self.fleet_port:
+            gateway = self.supervisor.get(GATEWAY)
+            if not gateway.running():
+                raise DeploymentError(
+                    f"the Fleet gateway (pid {gateway.pid}) exited with code "
+                    f"{gateway.returncode}: {_last_line(gateway.log)} (see {gateway.log})"
+                )
 
     def submit(self, app: Path, run_config: Path, federation_config: Path | None = None) -> int:
         """``flwr run APP local --run-config FILE [--federation-config FILE]``; the run id."""

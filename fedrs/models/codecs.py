@@ -143,6 +143,33 @@ class CompressedPatch:
         """Payload size (both streams, without the container header)."""
         return len(self.y) + len(self.z)
 
+    def check_shapes(
+        self, *, stride: int | None = None, image_size: tuple[int, int] | None = None
+    ) -> None:
+        """Refuse shapes no codec produces, before anything is allocated from them.
+
+        ``z_shape`` must be that of ``image_size`` padded to a multiple of ``stride`` (the
+        codecs' :attr:`Codec.stride`, 64 unless given): ``ceil(H / stride) x ceil(W /
+        stride)``.  With ``image_size`` given, the patch's own image size must equal it.
+
+        Raises:
+            InputError: the sizes disagree (the message gives both).
+        """
+        step = Codec.stride if stride is None else stride
+        height, width = self.image_size
+        if height < 1 or width < 1:
+            raise InputError(f"image size {height}x{width} is empty")
+        if image_size is not None and (height, width) != tuple(image_size):
+            raise InputError(
+                f"image size {height}x{width} is not the patch size {image_size[0]}x{image_size[1]}"
+            )
+        expected = (-(-height // step), -(-width // step))
+        if tuple(self.z_shape) != expected:
+            raise InputError(
+                f"latent z shape {self.z_shape[0]}x{self.z_shape[1]} does not fit a "
+                f"{height}x{width} image (stride {step}: {expected[0]}x{expected[1]})"
+            )
+
     def to_bytes(self) -> bytes:
         """Self-describing container: magic, shapes, stream lengths, ``z`` then ``y``."""
         header = _HEADER.pack(_MAGIC, *self.image_size, *self.z_shape, len(self.z), len(self.y))
@@ -153,7 +180,8 @@ class CompressedPatch:
         """Parse :meth:`to_bytes` output.
 
         Raises:
-            InputError: the data is not such a container or is truncated.
+            InputError: the data is not such a container, is truncated, or its shapes
+                disagree (:meth:`check_shapes`).
         """
         if len(data) < _HEADER.size:
             raise InputError(f"compressed patch too short ({len(data)} bytes)")
@@ -165,12 +193,14 @@ class CompressedPatch:
                 f"compressed patch has {len(data)} bytes, header says {_HEADER.size + nz + ny}"
             )
         start = _HEADER.size
-        return cls(
+        patch = cls(
             y=bytes(data[start + nz : start + nz + ny]),
             z=bytes(data[start : start + nz]),
             z_shape=(zh, zw),
             image_size=(height, width),
         )
+        patch.check_shapes()
+        return patch
 
 
 class Codec(nn.Module):
@@ -321,6 +351,8 @@ class Codec(nn.Module):
         shapes = {p.z_shape for p in patches}
         if len(shapes) != 1:
             raise InputError(f"patches of different latent shapes in one batch: {sorted(shapes)}")
+        for patch in patches:
+            patch.check_shapes(stride=self.stride)
         z_hat = self.entropy_bottleneck.decompress([p.z for p in patches], patches[0].z_shape)
         return z_hat.to(self._device())
 

@@ -29,6 +29,11 @@ batch is per element (subtraction, rounding, the scale-table lookup, the mixture
 its components in a fixed order) or per item (the mixture's float64 tables, the range coder).
 Training (``model.train()``) runs the networks on the whole batch, so there ``y`` and the
 likelihoods may differ in the last bits between batch sizes (|dy| up to ~5e-7 measured).
+
+Whatever device the model is on, the range coder and the mixture's tables run on the CPU
+(symbols, table indexes and entropy parameters copied once per batch).  Under mixed-precision
+training (``train.amp``) the quantisation noise and the likelihoods are computed in float32,
+autocast off (:func:`fedrs.devices.full_precision`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedrs.devices import full_precision
 from fedrs.errors import FedrsError, InputError
 from fedrs.models.layers import lower_bound
 
@@ -145,6 +151,13 @@ def quantized_cdf_table(
     return cdf.to(torch.int32), (lengths + 2).to(torch.int32)
 
 
+def _full(x: Tensor) -> Tensor:
+    """``x`` in float32 where it comes in a reduced precision (a mixed-precision forward pass:
+    quantisation noise, rates and likelihoods are computed in float32 whatever the transforms
+    ran in)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def _np32(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().cpu().numpy().astype(np.int32, copy=False))
 
@@ -200,6 +213,7 @@ class EntropyModel(nn.Module):
         """``"noise"``: add U(-0.5, 0.5); ``"dequantize"``: ``round(x - m) + m``;
         ``"symbols"``: ``round(x - m)`` as int32."""
         if mode == "noise":
+            inputs = _full(inputs)
             return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5)
         shifted = inputs if means is None else inputs - means
         rounded = torch.round(shifted)
@@ -301,19 +315,23 @@ class EntropyBottleneck(EntropyModel):
         return likelihood, lower, upper
 
     def likelihood(self, z: Tensor) -> Tensor:
-        """Probability mass of the unit interval around each value of ``z`` (B, C, ...)."""
-        perm = [1, 0, *range(2, z.dim())]
-        values = z.permute(*perm).reshape(self.channels, 1, -1)
-        likelihood, _, _ = self._likelihood(values)
-        shape = [z.shape[1], z.shape[0], *z.shape[2:]]
-        inverse = [1, 0, *range(2, z.dim())]
-        return self._bound_likelihood(likelihood.reshape(shape).permute(*inverse).contiguous())
+        """Probability mass of the unit interval around each value of ``z`` (B, C, ...), in
+        float32 at least (autocast off)."""
+        with full_precision(z):
+            z = _full(z)
+            perm = [1, 0, *range(2, z.dim())]
+            values = z.permute(*perm).reshape(self.channels, 1, -1)
+            likelihood, _, _ = self._likelihood(values)
+            shape = [z.shape[1], z.shape[0], *z.shape[2:]]
+            inverse = [1, 0, *range(2, z.dim())]
+            return self._bound_likelihood(likelihood.reshape(shape).permute(*inverse).contiguous())
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Quantise (noise in training, rounding with medians at evaluation) and return
         ``(z_hat, likelihoods)``."""
         if z.dim() < 2 or z.shape[1] != self.channels:
             raise InputError(f"expected {self.channels} channels, got shape {tuple(z.shape)}")
+        z = _full(z)
         if self.training:
             z_hat = self.quantize(z, "noise")
         else:
@@ -439,6 +457,8 @@ class ConditionalEntropyModel(EntropyModel):
 
     def forward(self, y: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(y_hat, likelihoods)``: noise in training, rounding with the means at evaluation."""
+        y = _full(y)
+        params = {k: _full(v) for k, v in params.items()}
         if self.training:
             y_hat = self.quantize(y, "noise")
         else:
@@ -496,11 +516,13 @@ class GaussianConditional(ConditionalEntropyModel):
         return params["means"]
 
     def likelihood(self, y: Tensor, params: dict[str, Tensor]) -> Tensor:
-        scales = lower_bound(params["scales"], self.scale_bound)
-        values = torch.abs(y - params["means"])
-        upper = _std_cumulative((0.5 - values) / scales)
-        lower = _std_cumulative((-0.5 - values) / scales)
-        return self._bound_likelihood(upper - lower)
+        with full_precision(y):
+            y = _full(y)
+            scales = lower_bound(_full(params["scales"]), self.scale_bound)
+            values = torch.abs(y - _full(params["means"]))
+            upper = _std_cumulative((0.5 - values) / scales)
+            lower = _std_cumulative((-0.5 - values) / scales)
+            return self._bound_likelihood(upper - lower)
 
     @torch.no_grad()
     def update(self, force: bool = False) -> bool:
@@ -599,8 +621,10 @@ class GaussianMixtureConditional(ConditionalEntropyModel):
         return _std_cumulative((0.5 - v) / scales) - _std_cumulative((-0.5 - v) / scales)
 
     def likelihood(self, y: Tensor, params: dict[str, Tensor]) -> Tensor:
-        mass = self._mass(y.unsqueeze(1), params["means"], params["scales"])
-        return self._bound_likelihood((params["weights"] * mass).sum(1))
+        with full_precision(y):
+            full = {k: _full(v) for k, v in params.items()}
+            mass = self._mass(_full(y).unsqueeze(1), full["means"], full["scales"])
+            return self._bound_likelihood((full["weights"] * mass).sum(1))
 
     def _tables(self, params: dict[str, Tensor], index: int) -> tuple[Tensor, ...]:
         """Tables of item ``index``: (cdfs, cdf_lengths, offsets, centre, table indexes)."""
@@ -742,9 +766,10 @@ class GaussianMixtureConditional(ConditionalEntropyModel):
     @torch.no_grad()
     def compress(self, y: Tensor, params: dict[str, Tensor]) -> list[bytes]:
         symbols = self.quantize(y, "symbols", self.means(params)).cpu()
+        host = {k: v.detach().cpu() for k, v in params.items()}  # one copy a batch
         streams = []
         for i in range(y.shape[0]):
-            cdf, lengths, offsets, _, idx = self._tables(params, i)
+            cdf, lengths, offsets, _, idx = self._tables(host, i)
             streams.append(self._encode(symbols[i], idx, cdf, lengths, offsets))
         return streams
 
@@ -753,9 +778,10 @@ class GaussianMixtureConditional(ConditionalEntropyModel):
         means = self.means(params)
         if len(strings) != means.shape[0]:
             raise InputError(f"{len(strings)} streams for {means.shape[0]} parameter sets")
+        host = {k: v.detach().cpu() for k, v in params.items()}  # one copy a batch
         out = []
         for i, s in enumerate(strings):
-            cdf, lengths, offsets, _, idx = self._tables(params, i)
+            cdf, lengths, offsets, _, idx = self._tables(host, i)
             out.append(self._decode(s, idx, cdf, lengths, offsets).reshape(means.shape[1:]))
         symbols = torch.stack(out).to(means.device)
         return self.dequantize(symbols, means)

@@ -12,8 +12,10 @@ What an archive written by :func:`compress_archive` holds (the container format 
 described in :mod:`fedrs.retrieval.container`):
 
 * Header ``meta``: ``{"format": "fedrs-compressed-archive", "version": 1, "model":
-  {"config", "fingerprint", "experiment"}, "modalities", "resample", "source": {"root",
-  "layout", "split"}, "georeference"}``; ``georeference`` says where the records' georeferences
+  {"config", "fingerprint", "experiment"}, "modalities", "resample", "device", "source":
+  {"root", "layout", "split"}, "georeference"}``; ``device`` is the device type that ran the
+  codec (``"cpu"``, ``"cuda"``: bitstreams are not promised to decode alike on another type,
+  see :mod:`fedrs.devices`); ``georeference`` says where the records' georeferences
   came from: ``"geotiff"`` (the patches' GeoTIFFs), ``"cache-source"`` (the archive a fedrs cache
   was made from) or ``"none"`` (a cache whose source folder is gone: its records carry none,
   since a cache stores no georeference).  The header's ``model_fingerprint`` is the model's
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrs.errors import InputError
+from fedrs.io import atomic_write_text, check_name, inside, name_problem
 from fedrs.retrieval.container import (
     ArchiveWriter,
     CompressedArchive,
@@ -55,6 +58,7 @@ from fedrs.retrieval.patch_files import (
     QueryPatch,
     geotiff_source,
     read_patch_folders,
+    v2_patch_folders,
 )
 from fedrs.retrieval.trained import TrainedModel, as_trained_model, model_for_archive
 
@@ -296,6 +300,7 @@ def compress_archive(
         "model": trained.header_meta(),
         "modalities": list(chosen),
         "resample": source.resample,
+        "device": _device(trained.model).type,
         "source": {
             "root": str(Path(source.root).resolve()),
             "layout": source.layout,
@@ -372,6 +377,8 @@ def _descriptive_fields(table: Any) -> list[dict[str, Any]]:
     out = []
     for pid, s1, split, country, season in zip(*columns.values(), strict=True):
         pid, s1, season = str(pid), _text(s1), _text(season)
+        if s1 is not None and s1 != pid:
+            check_name(s1, f"patch {pid!r}: S1 name")
         out.append(
             {
                 "s1_name": s1 if s1 != pid else None,
@@ -429,8 +436,10 @@ def record_patches(archive: CompressedArchive, record: Record) -> dict[str, Comp
     """The :class:`CompressedPatch` of each modality of a record.
 
     Raises:
-        CorruptRecordError: a modality without its ``y``/``z`` streams or shapes.
+        CorruptRecordError: a modality without its ``y``/``z`` streams or shapes, an image size
+            other than the patch size, or latent shapes other than those of that size.
     """
+    from fedrs.data.facts import PATCH_SIZE
     from fedrs.models import CompressedPatch
 
     out = {}
@@ -450,12 +459,20 @@ def record_patches(archive: CompressedArchive, record: Record) -> dict[str, Comp
             raise CorruptRecordError(
                 archive.path, record.patch_id, f"{modality} shapes are not 2-D", record.position
             )
-        out[modality] = CompressedPatch(
+        patch = CompressedPatch(
             y=named["y"],
             z=named["z"],
             z_shape=(int(z_shape[0]), int(z_shape[1])),
             image_size=(int(image[0]), int(image[1])),
         )
+        # before anything is allocated from them: a patch's size, and the latents of that size
+        try:
+            patch.check_shapes(image_size=(PATCH_SIZE, PATCH_SIZE))
+        except InputError as exc:
+            raise CorruptRecordError(
+                archive.path, record.patch_id, f"{modality}: {exc}", record.position
+            ) from None
+        out[modality] = patch
     if not out:
         raise CorruptRecordError(
             archive.path, record.patch_id, "no bitstream of any modality", record.position
@@ -478,6 +495,15 @@ def _record_info(archive: CompressedArchive, record: Record) -> dict[str, Any]:
     ):
         raise CorruptRecordError(
             archive.path, record.patch_id, "info is not an object of strings", record.position
+        )
+    s1_name = info.get("s1_name")
+    problem = None if s1_name is None else name_problem(s1_name)
+    if problem is not None:
+        raise CorruptRecordError(
+            archive.path,
+            record.patch_id,
+            f"S1 name {s1_name!r} cannot name a file ({problem})",
+            record.position,
         )
     return info
 
@@ -661,7 +687,7 @@ def _decompress(
         "model_fingerprint": archive.model_fingerprint,
         "complete": False,
     }
-    (out / DECOMPRESSED_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    atomic_write_text(out / DECOMPRESSED_MARKER, json.dumps(marker, indent=1))
     report = DecompressReport(out=out, patches=0, written={}, georeferenced=0)
     rows: list[dict[str, Any]] = []
     label_names = archive.label_names
@@ -671,7 +697,7 @@ def _decompress(
     with torch.no_grad():
         for chunk in _chunks(records, batch_size):
             handled = len(chunk)
-            usable = _usable(archive, chunk, trained.modalities, skip_bad, report)
+            usable = _usable(archive, out, chunk, trained.modalities, skip_bad, report)
             images: dict[str, dict[int, np.ndarray]] = {}
             for modality in trained.modalities:
                 holders = [r for r in usable if modality in r.streams]
@@ -692,19 +718,21 @@ def _decompress(
         report.skipped.append((str(error.record), error.reason))
     _write_metadata(rows, out / "metadata.parquet")
     marker |= {"complete": True, "patches": report.patches}
-    (out / DECOMPRESSED_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    atomic_write_text(out / DECOMPRESSED_MARKER, json.dumps(marker, indent=1))
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _usable(
     archive: CompressedArchive,
+    out: Path,
     chunk: list[Record],
     modalities: tuple[str, ...],
     skip_bad: bool,
     report: DecompressReport,
 ) -> list[Record]:
-    """Records whose structure is sound (others raise, or are skipped with ``skip_bad``)."""
+    """Records whose structure is sound and whose files would lie under ``out`` (others
+    raise, or are skipped with ``skip_bad``)."""
     kept = []
     for record in chunk:
         try:
@@ -716,7 +744,7 @@ def _usable(
                     f"streams of {unknown[0]!r}, which the model does not decode",
                     record.position,
                 )
-            _record_info(archive, record)
+            _output_folders(archive, out, record)
         except CorruptRecordError as exc:
             if not skip_bad:
                 raise
@@ -724,6 +752,25 @@ def _usable(
             continue
         kept.append(record)
     return kept
+
+
+def _output_folders(archive: CompressedArchive, out: Path, record: Record) -> dict[str, Path]:
+    """The folders a record's patch files go to, each checked to lie under ``out``.
+
+    Raises:
+        CorruptRecordError: a name that cannot name a file, or a folder outside ``out``.
+    """
+    info = _record_info(archive, record)
+    s1_name = info.get("s1_name") or record.patch_id
+    folders = {}
+    for modality, (folder, _) in v2_patch_folders(out, record.patch_id, s1_name).items():
+        try:
+            folders[modality] = inside(out, folder)
+        except InputError as exc:
+            raise CorruptRecordError(
+                archive.path, record.patch_id, str(exc), record.position
+            ) from None
+    return folders
 
 
 def _decode_checked(

@@ -59,7 +59,9 @@ they do not know.
       labels       ceil(L/8) bytes, the multi-hot labels packed (numpy.packbits bit order)
       payload      the bitstreams, concatenated in the order the meta lists them
 
-The record ``meta`` is a JSON object: ``patch_id`` (string); ``streams``: a list of
+The record ``meta`` is a JSON object: ``patch_id`` (a string that can name a file: no path
+separator, no ``..``, no leading dot, no control character, at most 200 UTF-8 bytes; see
+:func:`fedrs.io.name_problem`); ``streams``: a list of
 ``[modality, [[stream_name, byte_length], ...]]`` pairs (e.g. ``[["s2", [["y", 1234],
 ["z", 56]]]]``) whose lengths add up to the payload size; ``shapes``: an object
 ``{modality: {name: [int, ...]}}`` of small non-negative integers (latent shapes);
@@ -90,9 +92,11 @@ agree.
 
 Robustness: every length and offset read from the file is checked against the file size before
 anything is allocated from it; the header and the index carry their own CRC, and each record its
-own, so a damaged record raises :class:`CorruptRecordError` naming it while the other records
-remain readable. A file is written under a temporary name in the target folder and renamed when
-complete, so the final name never holds a partial archive.
+own, and the reserved fields of the preamble and the trailer must be zero, so that no bit of the
+file goes unchecked.  A damaged record, or one whose patch id cannot name a file, raises
+:class:`CorruptRecordError` naming it while the other records remain readable.  A file is
+written under a temporary name in the target folder and renamed when complete, so the final name
+never holds a partial archive.
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedrs.errors import InputError
+from fedrs.io import name_problem
 from fedrs.retrieval.index import HashIndex, _check_bits, as_packed
 
 __all__ = [
@@ -314,7 +319,8 @@ class Record:
     read back (:meth:`CompressedArchive.record`) they have the canonical form given here.
 
     Attributes:
-        patch_id: the patch name; unique within an archive, non-empty, no NUL character.
+        patch_id: the patch name; unique within an archive, and usable as a file name (see
+            :func:`fedrs.io.name_problem`).
         code: the hash code; read back as packed ``uint8`` ``(K/8,)``. Written as packed
             ``uint8`` ``(K/8,)`` or unpacked ``(K,)`` (``±1``, bool, scores with bit = value > 0).
         streams: ``{modality: {stream_name: bytes}}``, e.g. ``{"s2": {"y": b"...", "z":
@@ -541,6 +547,9 @@ class ArchiveWriter:
             raise InputError(f"add: expected a Record, got {type(record).__name__}")
         pid = _check_name(record.patch_id, "patch_id", "record")
         where = f"record {pid!r}"
+        problem = name_problem(pid)
+        if problem is not None:
+            raise InputError(f"{where}: patch_id cannot name a file ({problem})")
         if pid in self._seen:
             raise InputError(f"{where}: duplicate patch id in {self.path}")
         code = self._encode_code(record.code, where)
@@ -865,9 +874,11 @@ class CompressedArchive:
             raise CorruptArchiveError(
                 path, f"truncated: {size} bytes, a complete archive has at least {min_size}"
             )
-        _, _, flags, header_len, header_crc, _ = _PREAMBLE.unpack(head)
+        _, _, flags, header_len, header_crc, reserved = _PREAMBLE.unpack(head)
         if flags != 0:
             raise CorruptArchiveError(path, f"unknown flags {flags:#06x} in the preamble")
+        if any(reserved):
+            raise CorruptArchiveError(path, "non-zero reserved bytes in the preamble")
         if _PREAMBLE.size + header_len + _TRAILER.size > size:
             raise CorruptArchiveError(
                 path, f"header length {header_len} exceeds the file size {size}"
@@ -883,11 +894,13 @@ class CompressedArchive:
         self._records_start = _PREAMBLE.size + header_len
 
         trailer = self._read(size - _TRAILER.size, _TRAILER.size)
-        index_offset, index_len, index_crc, _, end = _TRAILER.unpack(trailer)
+        index_offset, index_len, index_crc, reserved_tail, end = _TRAILER.unpack(trailer)
         if end != END_MAGIC:
             raise CorruptArchiveError(
                 path, "truncated or damaged: no end marker (the write may not have completed)"
             )
+        if reserved_tail != 0:
+            raise CorruptArchiveError(path, "non-zero reserved bytes in the trailer")
         if index_offset < self._records_start or index_offset + index_len != size - _TRAILER.size:
             raise CorruptArchiveError(
                 path,
@@ -1081,6 +1094,10 @@ class CompressedArchive:
                 raise RecordNotFoundError(self._path, f"no record #{key} ({len(self)} records)")
         else:
             raise InputError(f"record: expected a position or a patch id, got {key!r}")
+        problem = name_problem(self._ids[position])
+        if problem is not None:
+            reason = f"patch id cannot name a file ({problem})"
+            raise CorruptRecordError(self._path, self._ids[position], reason, position)
         start, stop = int(self._offsets[position]), int(self._offsets[position + 1])
         data = self._read(start, stop - start)
         try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrs.errors import InputError
+from fedrs.io import check_name, inside
 from fedrs.retrieval.container import GeoReference
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "read_georeference",
     "read_patch_folders",
     "s2_native_bands",
+    "v2_patch_folders",
     "write_s1_patch",
     "write_s2_patch",
 ]
@@ -59,7 +61,8 @@ Folders = Callable[[Path, str, str | None], dict[str, tuple[Path, str]]]
 """``folders(root, patch_id, s1_name)`` -> ``{modality: (patch folder, file name prefix)}``."""
 
 
-def _v2_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tuple[Path, str]]:
+def v2_patch_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tuple[Path, str]]:
+    """``{modality: (patch folder, file name prefix)}`` of a patch in the v2 layout."""
     from fedrs.data.archive import V2Archive, _product
 
     out = {"s2": (root / V2Archive.S2_DIR / _product(patch_id, 2) / patch_id, patch_id)}
@@ -77,7 +80,7 @@ def _v1_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tup
     return out
 
 
-LAYOUT_FOLDERS: dict[str, Folders] = {"v2": _v2_folders, "v1": _v1_folders}
+LAYOUT_FOLDERS: dict[str, Folders] = {"v2": v2_patch_folders, "v1": _v1_folders}
 """Patch folders of each layout that stores GeoTIFFs, by layout name."""
 
 
@@ -337,11 +340,16 @@ def write_s2_patch(
 
     Returns:
         The patch folder.
+
+    Raises:
+        InputError: a name that cannot name a file, or a folder that would lie outside
+            ``root``.
     """
-    from fedrs.data.archive import V2Archive, _product
     from fedrs.data.facts import PATCH_SIZE
 
-    folder = root / V2Archive.S2_DIR / _product(patch_id, 2) / patch_id
+    check_name(patch_id, "patch id")
+    folder = v2_patch_folders(root, patch_id, None)["s2"][0]
+    inside(root, folder)
     folder.mkdir(parents=True, exist_ok=True)
     for band, data in s2_native_bands(image).items():
         scale = PATCH_SIZE // data.shape[0]
@@ -356,13 +364,18 @@ def write_s1_patch(
 
     Returns:
         The patch folder.
+
+    Raises:
+        InputError: a name that cannot name a file, or a folder that would lie outside
+            ``root``.
     """
-    from fedrs.data.archive import V2Archive, _product
     from fedrs.data.facts import PATCH_SIZE, S1_BANDS
 
     if image.shape != (len(S1_BANDS), PATCH_SIZE, PATCH_SIZE):
         raise InputError(f"expected a (2, 120, 120) S1 image, got {image.shape}")
-    folder = root / V2Archive.S1_DIR / _product(s1_name, 3) / s1_name
+    check_name(s1_name, "S1 name")
+    folder = v2_patch_folders(root, s1_name, s1_name)["s1"][0]
+    inside(root, folder)
     folder.mkdir(parents=True, exist_ok=True)
     for b, band in enumerate(S1_BANDS):
         data = np.ascontiguousarray(image[b], dtype=np.float32)
