@@ -120,7 +120,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedrs.errors import InputError
-from fedrs.io import name_problem
+from fedrs.io import name_problem, sync_folder
 from fedrs.retrieval.index import HashIndex, _check_bits, as_packed
 
 __all__ = [
@@ -652,7 +652,7 @@ class ArchiveWriter:
                 os.replace(self._tmp, self.path)
             else:
                 self._tmp.unlink()
-        _sync_folder(self.path.parent)
+        sync_folder(self.path.parent)
 
     def abort(self) -> None:
         """Discard everything written; ``path`` is left untouched."""
@@ -680,20 +680,6 @@ def _discard(handle: BinaryIO | None, tmp: Path) -> None:
             handle.close()
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fedrs_version() -> str:
