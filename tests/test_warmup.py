@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from test_strategies import FakeGrid
 
 import fedrs.centralized as centralized
 from fedrs import protocol
@@ -211,35 +211,6 @@ def test_centralized_warmup_selects_and_restores(
 # ---------------------------------------------------------------------------- strategy hook
 
 
-class NodesGrid(Grid):
-    """A Grid of fixed node ids that only lets a strategy sample them (nothing is sent)."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def set_run(self, run_id: int) -> None:  # type: ignore[override]
-        raise NotImplementedError
-
-    @property
-    def run(self) -> object:  # type: ignore[override]
-        raise NotImplementedError
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:  # type: ignore[override]
-        raise NotImplementedError
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def push_messages(self, messages: Any) -> Any:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Any) -> Any:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
-        raise NotImplementedError
-
-
 def _state(value: float) -> ArrayRecord:
     return ArrayRecord(
         {
@@ -256,7 +227,7 @@ def test_replace_global_is_what_the_next_round_starts_from(task_identity: None) 
     strategy = build_strategy(
         "fedadam", min_train_nodes=1, min_available_nodes=1, local_keys=["running_"]
     )
-    grid = NodesGrid([1])
+    grid = FakeGrid([1])
 
     def sent(messages: Any) -> np.ndarray:
         (message,) = list(messages)
