@@ -324,14 +324,17 @@ class Codec(nn.Module):
         updated = self.entropy_bottleneck.update(force=force)
         return self.conditional.update(force=force) or updated
 
+    def compress_hyperlatent(self, z: Tensor) -> tuple[list[bytes], Tensor]:
+        """The bitstreams of ``z`` (one per item) and ``z_hat``, the values the decoder gets."""
+        strings = self.entropy_bottleneck.compress(z)
+        medians = self.entropy_bottleneck.medians(z.dim())
+        return strings, self.entropy_bottleneck.quantize(z, "dequantize", medians)
+
     @torch.no_grad()
     def compress(self, x: Tensor) -> list[CompressedPatch]:
         """Entropy-code a batch (B, C, H, W) into one :class:`CompressedPatch` per image."""
         y, z = self.encode_latents(x, invariant=True)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.quantize(
-            z, "dequantize", self.entropy_bottleneck.medians(z.dim())
-        )
+        z_strings, z_hat = self.compress_hyperlatent(z)
         params = self.entropy_parameters(z_hat, invariant=True)
         y_strings = self.conditional.compress(y, params)
         size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -661,10 +664,7 @@ class Cheng2020AttnContextCodec(Cheng2020AttnCodec):
     @torch.no_grad()
     def compress(self, x: Tensor) -> list[CompressedPatch]:
         y, z = self.encode_latents(x, invariant=True)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.quantize(
-            z, "dequantize", self.entropy_bottleneck.medians(z.dim())
-        )
+        z_strings, z_hat = self.compress_hyperlatent(z)
         hyper = self.hyper_features(z_hat, invariant=True)
         y_strings: list[bytes] = []
         m = self.latent
