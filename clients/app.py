@@ -63,6 +63,10 @@ GLOBAL_META_KEY = "fedrs-global-meta"
 """Node state: ConfigRecord with the ``fingerprint`` of :data:`GLOBAL_STATE_KEY`."""
 RESIDUAL_STATE_KEY = "fedrs-residual"
 """Node state: the update codec's error-feedback residual."""
+OPTIMIZER_STATE_KEY = "fedrs-optimizer"
+"""Node state: Adam's state at the end of the last round (``federation.keep_optimizer``)."""
+OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
+"""Node state: ConfigRecord with the ``stage`` and ``rate`` that Adam state was reached in."""
 
 
 class InjectedClientFailure(RuntimeError):
@@ -168,6 +172,18 @@ def receive_global(
     return arrays
 
 
+def kept_optimizer_state(state: RecordDict, stage: int, rate: bool) -> dict[str, np.ndarray]:
+    """The Adam state this node kept from its last round when that round trained the same
+    stage with the same objective (a new stage, or the end of a distortion-only warm-up,
+    starts a fresh optimizer); empty otherwise."""
+    meta = state.config_records.get(OPTIMIZER_META_KEY)
+    if meta is None or OPTIMIZER_STATE_KEY not in state.array_records:
+        return {}
+    if meta.get("stage") != stage or meta.get("rate") != rate:
+        return {}
+    return _numpy(state.array_records[OPTIMIZER_STATE_KEY])
+
+
 def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     """Train on the local shard from the received global model; reply with what was trained."""
     from fedrs.models.statistics import WhiteningPool
@@ -194,6 +210,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     is_local = protocol.LocalKeyMatcher([str(p) for p in cfg.get(protocol.LOCAL_KEYS, [])]).is_local
     partial = bool(cfg.get(protocol.PARTIAL_REPLIES, True))
     send_statistics = bool(cfg.get(protocol.STATISTICS, False))
+    keep_adam = config.federation.keep_optimizer
 
     model = build_model(config)
     state = model.state_dict()
@@ -203,6 +220,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     model.load_state_dict(state)
     stage = 1 if global_round <= config.federation.stage1_rounds else 2
     rate = bool(cfg.get(protocol.RATE, True))  # the server says when a round leaves it out
+    optimizer_state = kept_optimizer_state(context.state, stage, rate) if keep_adam else None
     metrics = train_local(
         model,
         data.archive,
@@ -215,7 +233,13 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
         seed=(config.seed, global_round, data.client_id),
         proximal_mu=float(cfg.get(protocol.PROXIMAL_MU, 0.0)),
         reference={k: v for k, v in received.items() if not is_local(k)},
+        optimizer_state=optimizer_state,
     )
+    if optimizer_state is not None:
+        context.state.array_records[OPTIMIZER_STATE_KEY] = _record(optimizer_state)
+        context.state.config_records[OPTIMIZER_META_KEY] = ConfigRecord(
+            {"stage": stage, "rate": rate}
+        )
     trained = model.state_dict()
     sent = sent_modalities(config, data, partial)
     # with pooled statistics the whitening buffers are computed by the server, not sent

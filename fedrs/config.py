@@ -193,6 +193,11 @@ class FederationConfig(_Section):
         "(FedBN-style: each client keeps its own; the server evaluates with the pooled ones), "
         "'averaged' (the buffers averaged like weights: the only choice under DP clipping)",
     )
+    keep_optimizer: bool = Field(
+        False,
+        description="a client keeps its Adam state in its node state between rounds of a "
+        "stage instead of starting each round with a fresh optimizer",
+    )
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1, description="fewer successful replies fail the round")
     stage1_rounds: int = Field(1, ge=0, description="rounds of codec-only training first")

@@ -90,24 +90,24 @@ class LocalKeyMatcher:
         InputError: A pattern is not a string or not a valid regular expression.
     """
 
-    def __init__(self, patterns: Sequence[str] | str | None = None) -> None:
+    def __init__(
+        self, patterns: Sequence[str] | str | None = None, *, option: str = "local_keys"
+    ) -> None:
         if patterns is None:
             patterns = DEFAULT_LOCAL_KEYS
         elif isinstance(patterns, str):
             patterns = (patterns,)
         elif not isinstance(patterns, Sequence):
-            raise InputError(
-                f"local_keys must be a list of patterns, got {type(patterns).__name__}"
-            )
+            raise InputError(f"{option} must be a list of patterns, got {type(patterns).__name__}")
         compiled: list[re.Pattern[str]] = []
         for pattern in patterns:
             if not isinstance(pattern, str) or not pattern:
-                raise InputError(f"local_keys: pattern {pattern!r} is not a non-empty string")
+                raise InputError(f"{option}: pattern {pattern!r} is not a non-empty string")
             try:
                 compiled.append(re.compile(pattern))
             except re.error as exc:
                 raise InputError(
-                    f"local_keys: pattern {pattern!r} is not a valid regular expression: {exc}"
+                    f"{option}: pattern {pattern!r} is not a valid regular expression: {exc}"
                 ) from exc
         self.patterns: tuple[str, ...] = tuple(patterns)
         self._compiled = tuple(compiled)

@@ -264,6 +264,44 @@ class LocalTrainer:
             if name in self.reference and id(p) in trained
         ]
 
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Adam's state as named arrays (``<parameter>/exp_avg``, ``/exp_avg_sq``, ``/step``
+        of shape (1,)), e.g. for a client to keep in its node state between rounds."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        out: dict[str, np.ndarray] = {}
+        for param in self.params:
+            for key, value in self.optimizer.state.get(param, {}).items():
+                array = value.detach().cpu().numpy().copy()
+                out[f"{names[id(param)]}/{key}"] = array.reshape(1) if key == "step" else array
+        return out
+
+    def load_optimizer_state(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Continue from :meth:`optimizer_state` of an earlier trainer of the same stage and
+        parameters.  Arrays are checked (names, shapes, finite values) and ignored as a whole,
+        returning False, when they do not fit this trainer's parameters."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        state: dict[Tensor, dict[str, Tensor]] = {}
+        for param in self.params:  # a parameter that never had a gradient has no state
+            name = names[id(param)]
+            if f"{name}/step" not in arrays:
+                continue
+            entry = {}
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                value = arrays.get(f"{name}/{key}")
+                expected = (1,) if key == "step" else tuple(param.shape)
+                if value is None or tuple(value.shape) != expected:
+                    return False
+                if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                    return False
+                tensor = torch.as_tensor(value, dtype=torch.float32)
+                entry[key] = tensor[0] if key == "step" else tensor.to(param.device)
+            state[param] = entry
+        if len(arrays) != 3 * len(state):  # names of parameters this trainer does not train
+            return False
+        for tensor, entry in state.items():
+            self.optimizer.state[tensor] = entry
+        return True
+
     def backward(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], GradientReport]:
         """Add one batch's gradients to ``.grad`` (zero them first): the manipulated gradients
         of the objectives, then the proximal term's.
@@ -371,9 +409,14 @@ def train_local(
     proximal_mu: float = 0.0,
     reference: Mapping[str, Tensor] | None = None,
     rate: bool = True,
+    optimizer_state: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``rows`` of ``archive`` for ``epochs`` epochs of ``stage``
     with a fresh :class:`LocalTrainer` (one optimizer for all the epochs).
+
+    ``optimizer_state``, when given, is the Adam state to start from (a client's from its
+    previous round of the same stage; ignored when it does not fit) and is replaced by the
+    state reached, in place.
 
     Args:
         modalities: what this trainer holds (default: the model's); others are never read.
@@ -400,7 +443,13 @@ def train_local(
         reference=reference,
         rate=rate,
     )
-    return trainer.train(epochs)
+    if optimizer_state is not None:
+        trainer.load_optimizer_state(optimizer_state)
+    metrics = trainer.train(epochs)
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update(trainer.optimizer_state())
+    return metrics
 
 
 def encode_rows(

@@ -22,6 +22,11 @@ fedrs adds, around it,
   the merged model is checked finite before it is adopted
   (:class:`~fedrs.strategies.errors.NonFiniteModelError` otherwise, so the run fails loudly and
   the last good checkpoint stays) and cast back to the global dtypes;
+* **a server step on chosen keys** (``server_keys``): the Flower strategy's server-side update
+  (FedAvgM's momentum and learning rate, FedAdam's moments, ...) applies to the keys matching
+  these patterns only; every other shared key is averaged plainly (FedAvg), e.g. the GDN and
+  entropy-model parameters, which are only valid in a bounded region an extrapolated step can
+  leave.  ``None`` (default): every key, as in Flower;
 * **byte accounting, coded broadcasts and the failure policy** of
   :class:`~fedrs.strategies.base.AccountedFedAvg` (``round_stats``, ``min_successful``,
   ``accept_failures``, ``update_codec``).
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,6 +49,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedrs import protocol
 from fedrs.errors import InputError
+from fedrs.protocol import LocalKeyMatcher
 
 from .base import PARTIAL_REPLIES_CONFIG_KEY, AccountedFedAvg
 from .errors import RoundFailedError
@@ -58,6 +64,7 @@ FEDRS_OPTIONS = (
     "partial_replies",
     "dp",
     "statistics",
+    "server_keys",
 )
 """Options fedrs adds to every strategy (the rest go to the Flower class)."""
 _NOT_OPTIONS = {"self", "strategy", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"}
@@ -113,6 +120,9 @@ class GuardedStrategy(AccountedFedAvg):
         partial_replies: Clients send only what they trained (their modalities' codecs and
             the shared parts) and each key is aggregated over the replies that carry it;
             default :attr:`partial_default`.
+        server_keys: Regular expressions (searched in each key) of the keys the Flower
+            strategy's server step covers; the other keys are averaged plainly.  ``None``:
+            every key.  Not with ``dp`` (the plainly averaged keys would escape its noise).
         local_keys, min_successful, accept_failures, update_codec, max_weight: see
             :class:`~fedrs.strategies.base.AccountedFedAvg`.
         **options: Options of the Flower class (its defaults where not given).
@@ -131,8 +141,14 @@ class GuardedStrategy(AccountedFedAvg):
         *,
         partial_replies: bool | None = None,
         dp: Mapping[str, Any] | None = None,
+        server_keys: Sequence[str] | None = None,
         **options: Any,
     ) -> None:
+        self.server_keys = (
+            None if server_keys is None else LocalKeyMatcher(server_keys, option="server_keys")
+        )
+        if self.server_keys is not None and dp is not None:
+            raise InputError("server_keys cannot be combined with dp: every key must be noised")
         if partial_replies is None:
             partial_replies = self.partial_default
         if not isinstance(partial_replies, bool):
@@ -159,6 +175,9 @@ class GuardedStrategy(AccountedFedAvg):
             )
         self.primary = self._new_flower()
         self._groups: dict[frozenset[str], Strategy] = {}
+        self._plain = FedAvg(
+            weighted_by_key=self.weighted_by_key, arrayrecord_key=self.arrayrecord_key
+        )
         self.round_offset = 0
         """Rounds done before this run (a resumed run): Flower's strategies see global rounds."""
         self._replacement: ArrayRecord | None = None
@@ -299,43 +318,67 @@ class GuardedStrategy(AccountedFedAvg):
             groups.setdefault((tuple(carried_by), modality), []).append(key)
         out: dict[str, np.ndarray] = {}
         for (indexes, modality), keys in groups.items():
+            stepped = keys
+            if self.server_keys is not None:
+                stepped = [k for k in keys if self.server_keys.is_local(k)]
+                plain = [k for k in keys if not self.server_keys.is_local(k)]
+                if plain:
+                    out |= self._aggregate_group(
+                        server_round, replies, indexes, modality, plain, self._plain
+                    )
+                if not stepped:
+                    continue
             strategy = self.primary
-            if self.partial_replies:
+            if self.partial_replies or self.server_keys is not None:
                 # whole replies: one group, aggregated by the strategy that configured the
                 # round, exactly as in Flower (its state, e.g. an adaptive clipping norm, too);
-                # partial replies: one strategy (and so one server state) per group of keys
-                found = self._groups.get(frozenset(keys))
+                # partial replies (or a server step on some keys): one strategy (and so one
+                # server state) per group of keys
+                found = self._groups.get(frozenset(stepped))
                 if found is None:
-                    found = self._groups[frozenset(keys)] = self._new_flower()
+                    found = self._groups[frozenset(stepped)] = self._new_flower()
                 strategy = found
                 current = ArrayRecord(
-                    {k: Array(global_arrays[k].numpy().astype(np.float64)) for k in keys}
+                    {k: Array(global_arrays[k].numpy().astype(np.float64)) for k in stepped}
                 )
                 self._prime(strategy, server_round + self.round_offset, current)
-            messages = [
-                _reply_message(
-                    {k: replies[i].arrays[k].astype(np.float64) for k in keys},
-                    self.key_weight(replies[i], modality),
-                    node=i + 1,
-                    weighted_by_key=self.weighted_by_key,
-                    arrayrecord_key=self.arrayrecord_key,
-                )
-                for i in indexes
-            ]
-            aggregated, _ = strategy.aggregate_train(server_round + self.round_offset, messages)
-            if aggregated is None:
-                raise RoundFailedError(
-                    server_round,
-                    len(replies),
-                    0,
-                    [],
-                    f"{self.flower.__name__} aggregated nothing for {len(keys)} keys "
-                    f"({keys[0]!r}, ...) from the {len(indexes)} replies carrying them; "
-                    "it may need more replies (see its options)",
-                )
-            for key in keys:
-                out[key] = np.asarray(aggregated[key].numpy(), dtype=np.float64)
+            out |= self._aggregate_group(
+                server_round, replies, indexes, modality, stepped, strategy
+            )
         return out
+
+    def _aggregate_group(
+        self,
+        server_round: int,
+        replies: list[CheckedReply],
+        indexes: tuple[int, ...],
+        modality: str | None,
+        keys: list[str],
+        strategy: Strategy,
+    ) -> dict[str, np.ndarray]:
+        """``keys`` aggregated by ``strategy`` over the replies ``indexes`` (float64)."""
+        messages = [
+            _reply_message(
+                {k: replies[i].arrays[k].astype(np.float64) for k in keys},
+                self.key_weight(replies[i], modality),
+                node=i + 1,
+                weighted_by_key=self.weighted_by_key,
+                arrayrecord_key=self.arrayrecord_key,
+            )
+            for i in indexes
+        ]
+        aggregated, _ = strategy.aggregate_train(server_round + self.round_offset, messages)
+        if aggregated is None:
+            raise RoundFailedError(
+                server_round,
+                len(replies),
+                0,
+                [],
+                f"{self.flower.__name__} aggregated nothing for {len(keys)} keys "
+                f"({keys[0]!r}, ...) from the {len(indexes)} replies carrying them; "
+                "it may need more replies (see its options)",
+            )
+        return {k: np.asarray(aggregated[k].numpy(), dtype=np.float64) for k in keys}
 
 
 def _reply_message(

@@ -150,6 +150,45 @@ def test_fedadam_over_partial_replies_keeps_its_moments_per_key() -> None:
         assert set(group.m_t) == set(keys) and set(group.v_t) == set(keys)
 
 
+@pytest.mark.parametrize("partial", [True, False])
+def test_server_step_covers_only_the_server_keys(partial: bool) -> None:
+    """FedAvgM with a server learning rate of 2 extrapolates the keys ``server_keys`` names;
+    the others are the plain weighted average of the replies carrying them."""
+    strategy = build_strategy(
+        "fedavgm",
+        min_train_nodes=3,
+        partial_replies=partial,
+        server_learning_rate=2.0,
+        server_keys=["hash_head"],
+    )
+    base = global_model()
+    g = numpy_of(base)
+    a, b, c = instructions(strategy, 3, base, server_round=1)
+    sent = [
+        {S1: g[S1] + 0.1, S2: g[S2] + 0.3, HEAD: g[HEAD] + 0.1},
+        {S1: g[S1] + 0.2, S2: g[S2] - 0.1, HEAD: g[HEAD] + 0.2},
+        {S1: g[S1] + 0.3, S2: g[S2] + 0.2, HEAD: g[HEAD] + 0.6},
+    ]
+    if partial:  # an S1-only, an S2-only and a multi-modal client
+        del sent[0][S2], sent[1][S1]
+    weights = [100, 300, 100]
+    replies = [reply(m, arrays, w) for m, arrays, w in zip((a, b, c), sent, weights, strict=True)]
+    merged, _ = strategy.aggregate_train(1, replies)
+    assert merged is not None
+    out = numpy_of(merged)
+
+    def mean(key: str) -> np.ndarray:
+        pairs = [(arrays[key], w) for arrays, w in zip(sent, weights, strict=True) if key in arrays]
+        total = sum(w for _, w in pairs)
+        return sum(a.astype(np.float64) * w for a, w in pairs) / total
+
+    np.testing.assert_allclose(out[S1], mean(S1), rtol=1e-6)
+    np.testing.assert_allclose(out[S2], mean(S2), rtol=1e-6)
+    np.testing.assert_allclose(out[HEAD], g[HEAD] + 2.0 * (mean(HEAD) - g[HEAD]), rtol=1e-6)
+    with pytest.raises(InputError, match="server_keys"):
+        build_strategy("fedavgm", server_keys=["(unclosed"])
+
+
 def _only(msg: Message, key: str):  # type: ignore[no-untyped-def]
     from flwr.app import MetricRecord, RecordDict
 

@@ -218,6 +218,46 @@ def test_local_trainer_keeps_adam_across_epochs() -> None:
     assert any(not torch.equal(one_call[key], fresh[key]) for key in one_call)
 
 
+def test_adam_state_travels_between_trainers() -> None:
+    """``train_local(optimizer_state=...)`` continues the Adam state of the previous call
+    (steps add up, moments are those reached); a state of other parameters is ignored."""
+    config = load_config(SMOKE)
+    data = load_run_data(config.data)
+    model = build_model(config)
+    kept: dict[str, np.ndarray] = {}
+    first = train_local(
+        model, data.archive, data.train_rows, config, stage=2, epochs=1, optimizer_state=kept
+    )
+    steps = {k: float(v[0]) for k, v in kept.items() if k.endswith("/step")}
+    assert steps and set(steps.values()) == {first["batches"]}
+    reached = {k: v.copy() for k, v in kept.items()}
+    trainer = LocalTrainer(model, data.archive, data.train_rows, config, stage=2, seed=1)
+    assert trainer.load_optimizer_state(reached)
+    names = dict(model.named_parameters())
+    for key, value in reached.items():
+        name, field_ = key.rsplit("/", 1)
+        np.testing.assert_array_equal(
+            trainer.optimizer.state[names[name]][field_].cpu().numpy().reshape(value.shape), value
+        )
+    second = train_local(
+        model, data.archive, data.train_rows, config, stage=2, epochs=1, optimizer_state=kept
+    )
+    assert {float(v[0]) for k, v in kept.items() if k.endswith("/step")} == {
+        first["batches"] + second["batches"]
+    }
+    # stage 1 trains the codecs only: the stage-2 state names the hash head too, so it is
+    # refused as a whole, and so is a state of another shape
+    stage1 = LocalTrainer(model, data.archive, data.train_rows, config, stage=1)
+    assert not stage1.load_optimizer_state(reached)
+    assert not stage1.optimizer.state
+    bad = dict(reached)
+    conv = next(k for k, v in reached.items() if v.ndim == 4)
+    bad[conv] = reached[conv][..., :1]
+    fresh = LocalTrainer(model, data.archive, data.train_rows, config, stage=2)
+    assert not fresh.load_optimizer_state(bad)
+    assert not fresh.optimizer.state
+
+
 def test_centralized_run_keeps_one_optimizer_a_stage(tmp_path: Path) -> None:
     """A centralized run's stages are ``train_local`` calls of all their epochs (seeds
     ``(seed, stage)``), not one call (one fresh Adam) an epoch; every epoch is still reported."""

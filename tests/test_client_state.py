@@ -1,0 +1,72 @@
+"""What a client keeps in its node state between rounds (``federation.keep_optimizer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from test_strategies import task_identity  # noqa: F401  (fixture)
+
+from fedrs import protocol
+from fedrs.train import build_model
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
+
+
+def _round(settings: Any, state: RecordDict, server_round: int) -> dict[str, Any]:
+    from fedrs.clients.app import train
+
+    config = settings.experiment()
+    message = Message(
+        RecordDict(
+            {
+                protocol.ARRAYS: ArrayRecord(build_model(config).state_dict()),
+                protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round}),
+            }
+        ),
+        dst_node_id=1,
+        message_type="train",
+    )
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 2, "num-partitions": config.partition.clients},
+        state=state,
+        run_config={},
+    )
+    return dict(train(message, context, settings).content.metric_records[protocol.METRICS])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.usefixtures("task_identity")
+def test_client_keeps_adam_between_rounds_of_a_stage(keep: bool) -> None:
+    from fedrs.clients.app import OPTIMIZER_META_KEY, OPTIMIZER_STATE_KEY
+    from fedrs.settings import RunSettings
+
+    settings = RunSettings(
+        config_path=str(SMOKE),
+        overrides={
+            "federation.keep_optimizer": keep,
+            "federation.rounds": 3,
+            "federation.stage1_rounds": 2,
+        },
+    )
+    state = RecordDict()
+    first = _round(settings, state, 1)
+    if not keep:
+        assert OPTIMIZER_STATE_KEY not in state.array_records
+        return
+    steps = [a.numpy() for k, a in state.array_records[OPTIMIZER_STATE_KEY].items() if "/step" in k]
+    assert steps and {float(s[0]) for s in steps} == {first["batches"]}
+    second = _round(settings, state, 2)  # stage 1 again: Adam continues
+    steps = [a.numpy() for k, a in state.array_records[OPTIMIZER_STATE_KEY].items() if "/step" in k]
+    assert {float(s[0]) for s in steps} == {first["batches"] + second["batches"]}
+    third = _round(settings, state, 3)  # stage 2: a fresh Adam over other parameters
+    steps = [a.numpy() for k, a in state.array_records[OPTIMIZER_STATE_KEY].items() if "/step" in k]
+    assert {float(s[0]) for s in steps} == {third["batches"]}
+    assert state.config_records[OPTIMIZER_META_KEY]["stage"] == 2
+    assert any("hash_head" in k for k in state.array_records[OPTIMIZER_STATE_KEY])
+    assert np.isfinite(third["loss"])
