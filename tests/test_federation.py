@@ -246,6 +246,14 @@ def test_compare_runs_then_reads(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert fedavg["bytes_up"] > aware["bytes_up"]
     assert fedavg["clients_failed"] == aware["clients_failed"] == 0
     assert (out / "comparison.png").is_file()
+    # the centralized figures are kept as the reference a federation of the recipe is shown
+    from fedrs.config import load_config
+    from fedrs.reference import read_reference
+
+    reference = read_reference(load_config(SMOKE, {"federation.rounds": 1}))
+    assert reference is not None and reference["run"] == str(out / "centralized")
+    assert reference["figures"]["map@20"] == central["map@20"]
+    assert reference["figures"]["bpp"] == central["bpp"]
     capsys.readouterr()
     assert cli(args) == 0  # second time: reads the three summaries
     assert capsys.readouterr().out.count("reading") == 3

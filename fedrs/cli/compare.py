@@ -33,9 +33,18 @@ stacked a word a line (``(k,R)`` on a line of its own), heads the table."""
 CONVENTIONS = (
     "mAP@20: AP averaged over the relevant items retrieved in the top 20; min(k,R): AP divided "
     "by min(20, R), R = relevant items in the database; relevant = shares a label; random: "
-    "random codes, same queries and database."
+    "random codes, same queries and database; ±queries: half width of the mAP's 95 % "
+    "bootstrap interval over the queries (bounds in comparison.json)."
 )
 """The table's caption: what the mAP columns mean."""
+
+QUERY_INTERVALS = (("mAP@20", "map@20"), ("mAP@20 min(k,R)", "map@20_min_k_r"))
+"""``(title, summary key)`` of the columns whose figure comes with a 95 % bootstrap interval
+over the queries (the summary's ``<key>_ci_low`` and ``<key>_ci_high``); ``comparison.json``
+names its bounds ``<title> low`` and ``<title> high``."""
+
+QUERY_ROW = "±queries"
+"""The run cell of the row of those intervals' half widths under a run's figures."""
 
 
 def _value(summary: dict[str, Any], key: str | tuple[str, str]) -> float | None:
@@ -55,8 +64,23 @@ def _metric_name(title: str) -> str:
 
 
 def figures(summary: dict[str, Any]) -> dict[str, float | None]:
-    """A run's figures by column title (:data:`COLUMNS`): a row of ``comparison.json``."""
-    return {title: _value(summary, key) for title, key in COLUMNS}
+    """A run's figures by column title (:data:`COLUMNS`) and the bounds of its intervals over
+    the queries (:data:`QUERY_INTERVALS`; None in a summary without them): a row of
+    ``comparison.json``."""
+    row = {title: _value(summary, key) for title, key in COLUMNS}
+    for title, key in QUERY_INTERVALS:
+        row |= {f"{title} {end}": _value(summary, f"{key}_ci_{end}") for end in ("low", "high")}
+    return row
+
+
+def query_half_widths(row: dict[str, float | None]) -> dict[str, float | None]:
+    """Half widths of a row's intervals over the queries by column title (None where the row
+    lacks a bound)."""
+    out: dict[str, float | None] = {}
+    for title, _ in QUERY_INTERVALS:
+        low, high = row.get(f"{title} low"), row.get(f"{title} high")
+        out[title] = None if low is None or high is None else (high - low) / 2
+    return out
 
 
 CONFIDENCE = 0.95
@@ -71,7 +95,9 @@ def intervals(
 ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     """Means and Student-t half widths (:func:`fedrs.convergence.mean_interval`) of a run's
     figures over its seeds, each over the seeds that report it (None where none does; a half
-    width None where one does)."""
+    width None where one does).  The means also hold the mean bounds of the intervals over
+    the queries (:data:`QUERY_INTERVALS`) over the seeds that report both, so that their half
+    width is the seeds' mean half width."""
     means: dict[str, float | None] = {}
     half_widths: dict[str, float | None] = {}
     for title, _ in COLUMNS:
@@ -80,6 +106,12 @@ def intervals(
             means[title], half_widths[title] = mean_interval(values, confidence)
         else:
             means[title] = half_widths[title] = None
+    for title, _ in QUERY_INTERVALS:
+        ends = [f"{title} low", f"{title} high"]
+        bounds = [row for row in per_seed if all(row.get(end) is not None for end in ends)]
+        for end in ends:
+            values = [float(row[end] or 0.0) for row in bounds]
+            means[end] = sum(values) / len(values) if values else None
     return means, half_widths
 
 
@@ -91,8 +123,10 @@ def figures_table(
     """One row a run, one column a figure of :data:`COLUMNS` (``rows``: run -> title ->
     figure); fits an 80-column terminal.
 
-    With ``half_widths`` (means over seeds in ``rows``), each run's row is followed by a row
-    :data:`SPREAD_ROW` of the half widths of their intervals, in the same columns.
+    A run whose row holds intervals over the queries (:data:`QUERY_INTERVALS`) is followed by
+    a row :data:`QUERY_ROW` of their half widths under the mAP columns.  With ``half_widths``
+    (means over seeds in ``rows``), each run's rows are followed by a row :data:`SPREAD_ROW`
+    of the half widths of their intervals over the seeds, in the same columns.
 
     Numbers never wrap (:func:`fedrs.cli._common.number` keeps them short), headers stack on
     up to three lines, columns are one space apart and a long run name folds: no cell is cut
@@ -112,6 +146,10 @@ def figures_table(
         table.add_column(_header(header), justify="right", no_wrap=True)
     for name, row in rows.items():
         table.add_row(name, *(number(row.get(header)) for header, _ in COLUMNS))
+        queries = query_half_widths(row)
+        if any(v is not None for v in queries.values()):
+            cells = (number(queries[h]) if h in queries else "" for h, _ in COLUMNS)
+            table.add_row(QUERY_ROW, *cells)
         if half_widths is not None:
             spread = half_widths.get(name, {})
             table.add_row(SPREAD_ROW, *(number(spread.get(header)) for header, _ in COLUMNS))
@@ -226,14 +264,10 @@ def plateau_line(name: str, plateau: dict[str, Any] | None) -> str:
 
 def centralized_equivalent(config: Any) -> dict[str, Any]:
     """Overrides giving a centralized run the federation's total local epochs per stage (and
-    its distortion-only warm-up, in epochs)."""
-    fed = config.federation
-    stage1 = min(fed.stage1_rounds, fed.rounds)
-    return {
-        "train.stage1_epochs": stage1 * fed.local_epochs,
-        "train.no_bpp_epochs": min(fed.no_bpp_rounds, stage1) * fed.local_epochs,
-        "train.stage2_epochs": (fed.rounds - stage1) * fed.local_epochs,
-    }
+    its distortion-only warm-up, in epochs): :func:`fedrs.reference.centralized_overrides`."""
+    from fedrs.reference import centralized_overrides
+
+    return centralized_overrides(config)
 
 
 def _plot(
@@ -348,19 +382,22 @@ def _runs(
     where ``summary.json`` exists, run otherwise."""
     from fedrs.centralized import run_centralized
     from fedrs.config import load_config
+    from fedrs.reference import write_reference
     from fedrs.server.simulation import run_simulation
     from fedrs.settings import RunSettings
 
     rows: dict[str, dict[str, Any]] = {}
     central = out / "centralized"
+    base = load_config(config_path, overrides)
     if (central / "summary.json").is_file():
         console.print(f"reading {central / 'summary.json'}")
         rows["centralized"] = json.loads((central / "summary.json").read_text())
     else:
         console.print(f"{label}[bold]centralized[/] run")
-        base = load_config(config_path, overrides)
         central_config = load_config(config_path, overrides | centralized_equivalent(base))
         rows["centralized"] = run_centralized(central_config, central)
+    # what `fedrs simulate` shows beside a federation of the same archive and recipe
+    write_reference(base, rows["centralized"], central)
     for name in names:
         folder = out / name
         if (folder / "summary.json").is_file():

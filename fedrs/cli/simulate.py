@@ -103,7 +103,8 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     """The final figures of a run, numbers whole in an 80-column terminal.
 
     ``map@k`` divides AP by the relevant items retrieved in the top k, ``map@k_min_k_r`` by
-    min(k, R) (R = relevant items in the database); ``_random`` rows score random codes.
+    min(k, R) (R = relevant items in the database); ``_random`` rows score random codes; a
+    ``95% over queries`` row under an mAP is its bootstrap interval over the queries.
     """
     table = Table(title=title)
     table.add_column("metric", overflow="fold")
@@ -111,12 +112,16 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     for key in MAP_ROWS:
         if key in _ALWAYS_SHOWN or key in summary:
             table.add_row(key, number(summary.get(key)))
+        low, high = summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high")
+        if low is not None and high is not None:  # 95 % bootstrap interval over the queries
+            table.add_row(f"{key} 95% over queries", f"[{number(low)}, {number(high)}]")
     for key in ("bpp", "psnr"):
         for modality, value in (summary.get(key) or {}).items():
             table.add_row(f"{key} {modality.upper()}", number(value))
     for key in (
         "eval_queries",
         "eval_database",
+        "encode_s_per_10k",
         "rounds",
         "clients_ok",
         "clients_failed",
@@ -131,6 +136,64 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
 
 def print_summary(summary: dict[str, Any], title: str) -> None:
     console.print(summary_table(summary, title))
+
+
+REFERENCE_ROWS = (
+    ("mAP@20", ("map@20", None)),
+    ("mAP@20 min(k,R)", ("map@20_min_k_r", None)),
+    ("bpp S1", ("bpp", "s1")),
+    ("bpp S2", ("bpp", "s2")),
+    ("PSNR S1", ("psnr", "s1")),
+    ("PSNR S2", ("psnr", "s2")),
+)
+"""``(row title, (summary key, modality))`` of :func:`reference_table`."""
+
+
+def reference_table(summary: dict[str, Any], reference: dict[str, Any]) -> Table:
+    """A federation's final figures beside the centralized reference of the same archive and
+    recipe (:mod:`fedrs.reference`): the difference for mAP and PSNR, the ratio for bpp."""
+    figures = reference["figures"]
+    epochs = figures.get("epochs")
+    table = Table(
+        title="federated vs centralized"
+        + (f" ({int(epochs)} epochs on the pooled data)" if epochs else ""),
+        caption=f"reference: {reference['run']}",
+    )
+    for column in ("figure", "federated", "centralized", "gap"):
+        table.add_column(column, justify="left" if column == "figure" else "right", no_wrap=True)
+
+    def get(values: dict[str, Any], key: str, modality: str | None) -> float | None:
+        value = values.get(key) if modality is None else (values.get(key) or {}).get(modality)
+        return None if value is None else float(value)
+
+    for title, (key, modality) in REFERENCE_ROWS:
+        mine, theirs = get(summary, key, modality), get(figures, key, modality)
+        if mine is None and theirs is None:
+            continue
+        gap = "-"
+        if mine is not None and theirs is not None:
+            if key == "bpp":
+                gap = f"x{mine / theirs:.2f}" if theirs > 0 else "-"
+            else:
+                gap = f"{mine - theirs:+.3f}" if key != "psnr" else f"{mine - theirs:+.2f} dB"
+        table.add_row(title, number(mine), number(theirs), gap)
+    return table
+
+
+def print_reference(summary: dict[str, Any], experiment: Any) -> None:
+    """Show the centralized reference beside ``summary`` when one is cached, else say how
+    to make one."""
+    from fedrs.reference import read_reference
+
+    reference = read_reference(experiment)
+    if reference is None:
+        console.print(
+            "no centralized reference of this archive and recipe is cached: `fedrs compare` "
+            "with the same experiment writes one, shown here next time",
+            highlight=False,
+        )
+        return
+    console.print(reference_table(summary, reference))
 
 
 def main(
@@ -204,4 +267,5 @@ def main(
             echo=lambda line: bar.console.print(line, markup=False, highlight=False),
         )
     print_summary(summary, f"fedrs simulate: {out}")
+    print_reference(summary, experiment)
     console.print(f"summary: {out / 'summary.json'}; MLflow: {summary['tracking_uri']}")
