@@ -412,3 +412,12 @@ def test_damaged_cache_index_and_arrays_name_the_file(tmp_path: Path, v1_sample:
     with pytest.raises(CorruptPatchError, match="expected float32") as info:
         open_archive(out)
     assert "s1.npy" in str(info.value)
+    s2 = np.load(out / "s2_20m.npy")
+    np.save(out / "s1.npy", np.zeros((9, 2, 120, 120), np.float32))
+    np.save(out / "s2_20m.npy", s2.astype(np.float32))  # the cache keeps S2 as uint16
+    with pytest.raises(CorruptPatchError, match="expected uint16") as info:
+        open_archive(out)
+    assert "s2_20m.npy" in str(info.value)
+    np.save(out / "s2_20m.npy", s2[:-1])
+    with pytest.raises(CorruptPatchError, match="S2 arrays of different lengths"):
+        open_archive(out)

@@ -1,4 +1,8 @@
-"""Convert an archive (v1, v2 or synthetic) into a memory-mapped fedrs cache."""
+"""Convert an archive (v1, v2 or synthetic) into a memory-mapped fedrs cache.
+
+The cache is built in ``.<name>.partial`` beside ``--out`` by ``--workers`` processes and moved
+into place when whole; an interrupted preparation is continued by the same command.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ def main(
         False, help="Replace the fedrs cache in --out (once the new one is complete)."
     ),
     skip_bad: bool = typer.Option(False, help="Leave out patches with bad files (reported)."),
+    workers: int = typer.Option(
+        2, min=1, help="Processes reading the archive (each opens it itself; 1: this process)."
+    ),
 ) -> None:
     from fedrs.data import open_archive, prepare_cache
-    from fedrs.data.cache import check_cache_target
+    from fedrs.data.cache import check_cache_target, partial_folder
 
     # every check before the (possibly long) opening of the archive, and before any change
     check_cache_target(out, source=archive, overwrite=overwrite)
@@ -37,7 +44,23 @@ def main(
     print_skipped(source.skipped)
     with progress() as bar:
         task = bar.add_task("caching patches", total=len(source))
-        prepare_cache(source, out, overwrite=overwrite, on_progress=lambda n: bar.advance(task, n))
+
+        def resumed(done: int) -> None:
+            bar.console.print(
+                f"continuing the interrupted preparation in {partial_folder(out)}: "
+                f"{done} of {len(source)} patches are cached already",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        prepare_cache(
+            source,
+            out,
+            overwrite=overwrite,
+            workers=workers,
+            on_progress=lambda n: bar.advance(task, n),
+            on_resume=resumed,
+        )
     console.print(
         f"cache [bold]{out}[/]: {len(source)} patches "
         f"({int(source.metadata['has_s2'].sum())} with S2, "
