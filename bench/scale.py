@@ -17,11 +17,20 @@ figure reported as peak memory; the plain sum of RSS (shared pages once per proc
 beside it.  Round times come from the run's own files: ``config.toml`` is written
 when the ServerApp starts, ``history.json`` grows by one row at the end of every round.
 
-The synthetic archive and its cache are built first (once, under ``$FEDRS_CACHE_DIR`` or
-~/.cache/fedrs, where later runs find them), outside the measured runs.  The last line is
-one JSON object with the figures.
+(3) ``setup``: a client's set-up before training (``fedrs.clients.app.load_client_data``: open
+    the run's cache, split it, partition the training rows, keep the shard in the node's state)
+    on an index of 480,038 patches, the size of BigEarthNet v2, generated with the official
+    metadata's columns: the first round of the first client of a process (it opens the cache),
+    the first round of another client of that process, and later rounds (median of 3).  The
+    cache holds no pixels (set-up reads none), so no archive of that size is built.
 
-    python bench/scale.py [--runs default,hundred] [--clients-many 100] [--keep DIR]
+The synthetic archive and its cache are built first (once, under ``$FEDRS_CACHE_DIR`` or
+~/.cache/fedrs, where later runs find them), outside the measured runs; ``--patches`` sets its
+size (default: the experiment's, 2,000), and :func:`archive_figures` reports on it.  The last
+line is one JSON object with the figures.
+
+    python bench/scale.py [--runs default,hundred,setup] [--clients-many 100] [--patches N]
+                          [--keep DIR]
 """
 
 from __future__ import annotations
@@ -310,6 +319,162 @@ def model_figures() -> dict[str, Any]:
     }
 
 
+def archive_figures(run_args: list[str]) -> dict[str, Any]:
+    """Figures of the synthetic archive a simulation run reads (built by :func:`prepare_data`):
+    for now its size in patches."""
+    from fedrs.config import load_config, parse_override
+
+    sets = [run_args[i + 1] for i, a in enumerate(run_args[:-1]) if a == "--set"]
+    config = load_config(None, dict(parse_override(s) for s in sets))
+    return {"patches": config.data.patches}
+
+
+V2_PATCHES = 480_038
+"""Patches of BigEarthNet v2 (the official metadata.parquet)."""
+V2_COUNTRIES = {
+    "Finland": 155_227,
+    "Portugal": 89_792,
+    "Serbia": 73_385,
+    "Lithuania": 48_365,
+    "Ireland": 48_326,
+    "Austria": 43_797,
+    "Belgium": 11_196,
+    "Switzerland": 4_874,
+    "Luxembourg": 3_460,
+    "Kosovo": 1_616,
+}
+V2_SPLITS = {"train": 237_871, "validation": 122_342, "test": 119_825}
+
+
+def generated_metadata(patches: int = V2_PATCHES, seed: int = 0) -> Any:
+    """A metadata table with the official v2 columns (``patch_id``, ``labels``, ``split``,
+    ``country``, ``s1_name``, ``s2v1_name``): v2's country and split shares, 1 to 6 labels a
+    patch, names in the Sentinel product format."""
+    import numpy as np
+    import pandas as pd
+
+    from fedrs.data.facts import LABELS_19
+
+    rng = np.random.default_rng(seed)
+
+    def drawn(shares: dict[str, int]) -> np.ndarray:
+        weights = np.array(list(shares.values()), dtype=np.float64)
+        names = np.array(list(shares), dtype=object)
+        return names[rng.choice(len(names), size=patches, p=weights / weights.sum())]
+
+    day = rng.integers(0, 365, patches)
+    dates = pd.Timestamp("2017-06-01") + pd.to_timedelta(day, unit="D")
+    stamp = pd.Series(dates.strftime("%Y%m%dT101031"))
+    tile = pd.Series(rng.integers(0, 999, patches).astype(str)).str.zfill(3)
+    row = np.arange(patches)  # tile-free cell numbers keep every name unique
+    place = (
+        "T"
+        + tile
+        + "_"
+        + pd.Series(row // 1000).astype(str)
+        + "_"
+        + pd.Series(row % 1000).astype(str)
+    )
+    labels_per_patch = rng.integers(1, 7, patches)
+    label_names = np.array(LABELS_19, dtype=object)
+    rank = rng.random((patches, len(LABELS_19))).argsort(axis=1).argsort(axis=1)
+    labels = [list(label_names[chosen]) for chosen in rank < labels_per_patch[:, None]]
+    return pd.DataFrame(
+        {
+            "patch_id": ("S2A_MSIL2A_" + stamp + "_N9999_R022_" + place).to_numpy(object),
+            "labels": labels,
+            "split": drawn(V2_SPLITS),
+            "country": drawn(V2_COUNTRIES),
+            "s1_name": ("S1A_IW_GRDH_1SDV_" + stamp + "_" + place).to_numpy(object),
+            "s2v1_name": ("S2A_MSIL2A_" + stamp + "_" + place).to_numpy(object),
+        }
+    )
+
+
+def client_setup_figures(
+    base: Path, *, patches: int = V2_PATCHES, clients: int = 100, later: int = 3
+) -> dict[str, Any]:
+    """Seconds of a client's set-up before training (``load_client_data``) on a cache whose
+    index holds ``patches`` generated patches and no pixels: first round of the process' first
+    client (opens the cache), first round of another client, later rounds (median)."""
+    import statistics
+    from collections import OrderedDict
+    from unittest import mock
+
+    import pandas as pd
+    from flwr.app import RecordDict
+
+    import fedrs.pipeline as pipeline
+    from fedrs.clients.app import load_client_data
+    from fedrs.config import load_config
+    from fedrs.data.archive import PatchArchive
+    from fedrs.data.cache import MARKER, CachedArchive
+    from fedrs.data.metadata import load_metadata
+
+    class MetadataOnlyCache(CachedArchive):
+        """A cache over an index alone (the set-up reads no pixel)."""
+
+        def __init__(self, root: Path, metadata: pd.DataFrame, **kwargs: Any) -> None:
+            PatchArchive.__init__(self, root, metadata, **kwargs)
+
+        def _index_columns(self) -> None:
+            PatchArchive._index_columns(self)
+
+    cache = base / f"index-{patches}"
+    cache.mkdir(parents=True, exist_ok=True)
+    generated_metadata(patches).to_parquet(cache / "index.parquet", index=False)
+    (cache / MARKER).write_text("{}", encoding="utf-8")
+
+    def open_index(root: Path, *, modalities: tuple[str, ...]) -> CachedArchive:
+        meta = load_metadata(Path(root) / "index.parquet")  # read + normalise, as a cache does
+        return MetadataOnlyCache(
+            Path(root), meta, modalities=modalities, split=None, on_error="raise"
+        )
+
+    config = load_config(None, {"partition.clients": clients})
+    states = [RecordDict(), RecordDict()]
+
+    def set_up(client: int) -> float:
+        started = time.perf_counter()
+        node = {"partition-id": client, "num-partitions": clients}
+        load_client_data(config, node, states[client])
+        return time.perf_counter() - started
+
+    with (
+        mock.patch.object(pipeline, "resolve_cache", lambda data, progress=None: cache),
+        mock.patch.object(pipeline, "open_archive", open_index),
+        mock.patch.object(pipeline, "_OPENED", OrderedDict()),
+    ):
+        first_open = set_up(0)
+        first = set_up(1)
+        later_s = statistics.median(set_up(0) for _ in range(later))
+    return {
+        "patches": patches,
+        "clients": clients,
+        "first_round_open_s": round(first_open, 3),
+        "first_round_s": round(first, 3),
+        "later_round_s": round(later_s, 4),
+    }
+
+
+def print_runs(results: dict[str, dict[str, Any]]) -> None:
+    """The table of the simulation runs."""
+    header = (
+        f"{'run':<8} {'clients':>7} {'rounds':>6} {'ok':>4} {'peak PSS GiB':>12} "
+        f"{'RSS sum GiB':>11} {'procs':>5} {'s/round':>7} {'rounds (s)':<24} {'wall s':>7}"
+    )
+    print(header)
+    for r in results.values():
+        print(
+            f"{r['name']:<8} {r['clients']:>7} {r['rounds']:>6} {r['clients_ok']:>4} "
+            f"{r['peak_pss_gib']:>12.2f} {r['peak_rss_sum_gib']:>11.2f} "
+            f"{r['peak_processes']:>5} {r['s_per_round']:>7.1f} {r['round_s']!s:<24} "
+            f"{r['wall_s']:>7.1f}"
+        )
+    for r in results.values():
+        print(f"{r['name']}: largest processes at the peak (MiB): {r['peak_top']}")
+
+
 RUNS: dict[str, list[str]] = {
     # The main job: no experiment file, only what DESIGN.md's command line gives.
     "default": ["--clients", "10", "--partition", "modality"],
@@ -336,52 +501,70 @@ RUNS: dict[str, list[str]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--runs", default="default,hundred", help="comma-separated: default,hundred"
+        "--runs", default="default,hundred,setup", help="comma-separated: default,hundred,setup"
     )
     parser.add_argument("--clients-many", type=int, default=100)
     parser.add_argument("--patches-per-client", type=int, default=5)
+    parser.add_argument(
+        "--patches", type=int, default=None, help="synthetic archive size (default: 2,000)"
+    )
     parser.add_argument("--interval", type=float, default=0.5, help="sampling period, seconds")
     parser.add_argument("--pss-interval", type=float, default=2.0, help="smaps_rollup period")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     args = parser.parse_args()
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(RUNS))
+    unknown = sorted(set(names) - set(RUNS) - {"setup"})
     if unknown:
-        parser.error(f"unknown run(s) {unknown}; known: {sorted(RUNS)}")
+        parser.error(f"unknown run(s) {unknown}; known: {[*sorted(RUNS), 'setup']}")
+    data_args = [] if args.patches is None else ["--set", f"data.patches={args.patches}"]
     values = {
         "clients": args.clients_many,
         "max_train": args.clients_many * args.patches_per_client,
     }
     results: dict[str, dict[str, Any]] = {}
+    archive: dict[str, Any] = {}
+    setup: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedrs-scale-") as tmp:
         base = args.keep.resolve() if args.keep else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
         for name in names:
-            run_args = [a.format(**values) for a in RUNS[name]]
+            if name == "setup":
+                print("[setup] client set-up on a generated BigEarthNet v2-sized index", flush=True)
+                setup = client_setup_figures(base / "setup", clients=args.clients_many)
+                continue
+            run_args = [a.format(**values) for a in RUNS[name]] + data_args
             prepare_data(run_args, base)
+            archive = archive or archive_figures(run_args)
             out = base / name
             results[name] = run_simulation(name, run_args, out, args.interval, args.pss_interval)
     figures = model_figures()
     print()
-    header = (
-        f"{'run':<8} {'clients':>7} {'rounds':>6} {'ok':>4} {'peak PSS GiB':>12} "
-        f"{'RSS sum GiB':>11} {'procs':>5} {'s/round':>7} {'rounds (s)':<24} {'wall s':>7}"
-    )
-    print(header)
-    for r in results.values():
+    if results:
+        print_runs(results)
+    if archive:
+        print(f"archive: {archive['patches']:,} patches")
+    if setup:
         print(
-            f"{r['name']:<8} {r['clients']:>7} {r['rounds']:>6} {r['clients_ok']:>4} "
-            f"{r['peak_pss_gib']:>12.2f} {r['peak_rss_sum_gib']:>11.2f} "
-            f"{r['peak_processes']:>5} {r['s_per_round']:>7.1f} {r['round_s']!s:<24} "
-            f"{r['wall_s']:>7.1f}"
+            f"client set-up on a {setup['patches']:,}-patch index, {setup['clients']} clients: "
+            f"first round {setup['first_round_open_s']:.3f} s (opens the cache), "
+            f"{setup['first_round_s']:.3f} s (cache already open in the process); "
+            f"later rounds {setup['later_round_s']:.4f} s"
         )
-    for r in results.values():
-        print(f"{r['name']}: largest processes at the peak (MiB): {r['peak_top']}")
     print(
         f"default model: {figures['model_parameters']:,} parameters, "
         f"{figures['model_state_bytes']:,} bytes of state"
     )
     final: dict[str, Any] = {"cores": os.cpu_count()}
+    if archive:
+        final["archive_patches"] = archive["patches"]
+    if setup:
+        final |= {
+            "client_setup_index_patches": setup["patches"],
+            "client_setup_first_round_open_s": setup["first_round_open_s"],
+            "client_setup_first_round_s": setup["first_round_s"],
+            "client_setup_later_round_s": setup["later_round_s"],
+            "bar_client_setup_later_le_0_1_s": setup["later_round_s"] <= 0.1,
+        }
     try:
         total = os.sysconf("SC_PHYS_PAGES") * PAGE
         final["mem_total_gib"] = round(total / GIB, 1)

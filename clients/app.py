@@ -7,6 +7,13 @@ Where a client's data comes from:
 * deployment: ``node_config`` has ``data-path`` (its own archive or fedrs cache) and optionally
   ``modalities`` (``"s1,s2"``, ``"s1"`` or ``"s2"``); it trains on that archive's train split.
 
+A client works out its rows once per run, in its first round, and keeps them in the node's state
+with a fingerprint of what they were computed from (data and partition settings, its place in
+the partition, the build of the cache); a later round with the same fingerprint reuses them, any
+other computes them afresh.  The opened cache is reused by later calls in the same process
+(:func:`fedrs.pipeline.open_cache`), so later rounds neither read the metadata again nor
+partition it.
+
 Under modality-aware aggregation a client sends back only what it trained: the codecs of its
 modalities and the shared parts (strategies that average whole models get the whole model),
 never the keys the server marks local (``local-keys``), which stay in the node's state between
@@ -33,7 +40,10 @@ the GPU its process sees, if any (:mod:`fedrs.devices`).  The reply's metrics sa
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +73,11 @@ GLOBAL_META_KEY = "fedrs-global-meta"
 """Node state: ConfigRecord with the ``fingerprint`` of :data:`GLOBAL_STATE_KEY`."""
 RESIDUAL_STATE_KEY = "fedrs-residual"
 """Node state: the update codec's error-feedback residual."""
+SHARD_STATE_KEY = "fedrs-shard"
+"""Node state: ArrayRecord with the ``rows`` this node trains on (rows of the run's cache)."""
+SHARD_META_KEY = "fedrs-shard-meta"
+"""Node state: ConfigRecord, ``fingerprint`` and ``modalities`` of :data:`SHARD_STATE_KEY`."""
+_SHARD_NODE_KEYS = ("data-path", "modalities", "partition-id", "num-partitions")
 OPTIMIZER_STATE_KEY = "fedrs-optimizer"
 """Node state: Adam's state at the end of the last round (``federation.keep_optimizer``)."""
 OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
@@ -87,38 +102,79 @@ class ClientData:
     modalities: tuple[str, ...]
 
 
-def load_client_data(config: ExperimentConfig, node_config: dict[str, Any]) -> ClientData:
-    """The shard of this node (see the module docstring)."""
+def shard_fingerprint(config: ExperimentConfig, node_config: dict[str, Any], cache: Path) -> str:
+    """What a node's rows depend on: the data and partition settings, the node's entries that
+    place it (``data-path``, ``modalities``, ``partition-id``, ``num-partitions``) and the build
+    of the cache it reads (:func:`fedrs.pipeline.cache_identity`)."""
+    from fedrs.pipeline import cache_identity
+
+    facts = {
+        "data": config.data.model_dump(mode="json"),
+        "partition": config.partition.model_dump(mode="json"),
+        "node": {k: str(node_config[k]) for k in _SHARD_NODE_KEYS if k in node_config},
+        "cache": list(cache_identity(cache)),
+    }
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _held_shard(state: RecordDict | None, key: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """The rows and modalities kept in ``state`` under fingerprint ``key``, if any."""
+    if state is None:
+        return None
+    meta = state.config_records.get(SHARD_META_KEY)
+    record = state.array_records.get(SHARD_STATE_KEY)
+    if meta is None or record is None or meta.get("fingerprint") != key or "rows" not in record:
+        return None
+    modalities = meta.get("modalities")
+    if not isinstance(modalities, list):
+        return None
+    return record["rows"].numpy().astype(np.int64, copy=False), tuple(map(str, modalities))
+
+
+def load_client_data(
+    config: ExperimentConfig, node_config: dict[str, Any], state: RecordDict | None = None
+) -> ClientData:
+    """The shard of this node (see the module docstring).
+
+    With ``state`` (the node's ``context.state``), the rows are kept there in the first round
+    and read from there in later ones, while their fingerprint (:func:`shard_fingerprint`) is
+    unchanged.
+    """
     from fedrs.data.archive import check_modalities
-    from fedrs.pipeline import load_run_data
+    from fedrs.pipeline import client_rows, open_cache, resolve_cache, split_rows
 
     if "data-path" in node_config:
         data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
-        run = load_run_data(data_config)
         text = str(node_config.get("modalities", "s1,s2"))
         modalities = check_modalities([m.strip() for m in text.split(",") if m.strip()])
         client_id = int(node_config.get("partition-id", 0))
-        return ClientData(client_id, run.archive, run.train_rows, modalities)
-    if "partition-id" not in node_config:
+        clients = None  # the whole train split of its own archive
+    elif "partition-id" not in node_config:
         raise InputError("node config has neither 'data-path' nor 'partition-id'")
-    from fedrs.partitions import partition
-
-    client_id = int(node_config["partition-id"])
-    clients = int(node_config.get("num-partitions", config.partition.clients))
-    run = load_run_data(config.data)
-    train_meta = run.archive.metadata.iloc[run.train_rows]
-    shards = partition(
-        config.partition.name,
-        train_meta,
-        clients,
-        seed=config.partition.seed,
-        **config.partition.options,
-    )
-    shard = shards[client_id]
-    wanted = set(shard.patch_ids)
-    ids = train_meta["patch_id"].to_numpy(dtype=object)
-    rows = run.train_rows[np.fromiter((p in wanted for p in ids), bool, count=len(ids))]
-    return ClientData(client_id, run.archive, rows, tuple(shard.modalities))
+    else:
+        data_config = config.data
+        client_id = int(node_config["partition-id"])
+        clients = int(node_config.get("num-partitions", config.partition.clients))
+    cache = resolve_cache(data_config)
+    key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)
+    archive = open_cache(cache, data_config.modalities, reuse=True)
+    held = _held_shard(state, key)
+    if held is not None:
+        return ClientData(client_id, archive, held[0], held[1])
+    run = split_rows(archive, data_config, data_config.seed)
+    if clients is not None:
+        rows, modalities = client_rows(run, config.partition, clients, client_id)
+    else:
+        rows = run.train_rows
+    if state is not None:
+        state.array_records[SHARD_STATE_KEY] = ArrayRecord(
+            {"rows": Array(np.ascontiguousarray(rows, dtype=np.int64))}
+        )
+        state.config_records[SHARD_META_KEY] = ConfigRecord(
+            {"fingerprint": key, "modalities": list(modalities)}
+        )
+    return ClientData(client_id, archive, rows, tuple(modalities))
 
 
 def sent_modalities(config: ExperimentConfig, data: ClientData, partial: bool) -> tuple[str, ...]:
@@ -190,7 +246,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     from fedrs.train import build_model, measure_statistics, train_local
 
     config = settings.experiment()
-    data = load_client_data(config, dict(context.node_config))
+    data = load_client_data(config, dict(context.node_config), context.state)
     if data.client_id in config.federation.fail_clients:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
     import torch

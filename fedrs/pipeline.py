@@ -3,23 +3,26 @@
 Used by centralized runs, by the Flower apps and by the CLI, so that all of them see the same
 patches: the training rows (train split), the evaluation queries (test split), the evaluation
 database (train split) and the validation rows (validation split, for checkpoint selection),
-each capped and subsampled deterministically.
+each capped and subsampled deterministically; and a federated client's rows, its shard of the
+configured partition of the training rows (:func:`client_rows`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from fedrs.config import DataConfig
+from fedrs.config import DataConfig, PartitionConfig
 from fedrs.data.archive import PatchArchive, open_archive
-from fedrs.data.cache import MARKER, CachedArchive, prepare_cache
-from fedrs.errors import InputError
+from fedrs.data.cache import MARKER, VERSION, CachedArchive, prepare_cache
+from fedrs.errors import FedrsError, InputError
 
 Progress = Callable[[str, int], Callable[[int], None]]
 """``progress(description, total)`` returns an ``advance(n)`` callback."""
@@ -96,7 +99,8 @@ def _cache_is_of(cache: Path, source: Path) -> bool:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(info.get("source") == str(source.resolve()))
+    # a cache of an older format (fedrs' own) is rebuilt like one of another source
+    return bool(info.get("source") == str(source.resolve()) and info.get("version") == VERSION)
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,89 @@ def split_rows(archive: PatchArchive, config: DataConfig, seed: int) -> RunData:
     )
 
 
-def load_run_data(config: DataConfig, *, progress: Progress | None = None) -> RunData:
-    """:func:`resolve_cache` then :func:`split_rows` (modalities from the config)."""
+def load_run_data(
+    config: DataConfig, *, progress: Progress | None = None, reuse: bool = False
+) -> RunData:
+    """:func:`resolve_cache`, :func:`open_cache` (modalities from the config, ``reuse`` as
+    there), then :func:`split_rows`."""
     cache = resolve_cache(config, progress=progress)
-    archive = open_archive(cache, modalities=config.modalities)
+    archive = open_cache(cache, config.modalities, reuse=reuse)
     return split_rows(archive, config, config.seed)
+
+
+CacheIdentity = tuple[str, int, int, int]
+"""(resolved folder, inode, mtime in ns, size of the marker): see :func:`cache_identity`."""
+
+_OPENED: OrderedDict[tuple[CacheIdentity, tuple[str, ...]], CachedArchive] = OrderedDict()
+_OPENED_LIMIT = 1  # an opened BigEarthNet v2 index holds about half a GiB
+
+
+def cache_identity(cache: Path) -> CacheIdentity:
+    """What tells one build of a cache from another: its folder and its marker file, which is
+    written last, so a rebuilt cache (``fedrs prepare --overwrite`` swaps the folder) has
+    another marker.
+
+    Raises:
+        InputError: ``cache`` carries no marker.
+    """
+    try:
+        stat = (cache / MARKER).stat()
+    except OSError:
+        raise InputError(f"{cache}: not a fedrs cache (no {MARKER})") from None
+    return (str(cache.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def open_cache(cache: Path, modalities: Sequence[str], *, reuse: bool = False) -> CachedArchive:
+    """Open the fedrs cache ``cache`` for ``modalities``.
+
+    Opening reads and checks the whole index (seconds for the 480,038 patches of BigEarthNet
+    v2).  With ``reuse``, an archive this process opened with ``reuse`` before from the same
+    build of the cache (:func:`cache_identity`) and for the same modalities is returned instead:
+    the Flower apps open the run's cache every round, and a Ray worker hosts many client calls.
+    The answer never depends on what was opened before, only its cost does; the last archive
+    opened with ``reuse`` is kept.  Callers treat the archive as read-only.
+
+    Raises:
+        InputError: ``cache`` is not a fedrs cache.
+    """
+    chosen = tuple(modalities)
+    key = (cache_identity(cache), chosen) if reuse else None
+    if key is not None and key in _OPENED:
+        _OPENED.move_to_end(key)
+        return _OPENED[key]
+    archive = open_archive(cache, modalities=chosen)
+    if not isinstance(archive, CachedArchive):
+        raise InputError(f"{archive.root}: runs read a fedrs cache (fedrs prepare)")
+    if key is not None:
+        _OPENED[key] = archive
+        while len(_OPENED) > _OPENED_LIMIT:
+            _OPENED.popitem(last=False)
+    return archive
+
+
+def client_rows(
+    run: RunData, partition: PartitionConfig, clients: int, client_id: int
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Rows of ``run.archive`` that client ``client_id`` of ``clients`` trains on, and its
+    modalities: its shard of the configured partition of the training rows.
+
+    Rows are in archive order.  Deterministic for the partition's seed.
+
+    Raises:
+        InputError: ``client_id`` is not in ``0 .. clients - 1``, or the partition fails (see
+            :func:`fedrs.partitions.partition`).
+    """
+    from fedrs.partitions import partition as split
+
+    if not 0 <= client_id < clients:
+        raise InputError(f"partition-id {client_id} is outside 0 .. {clients - 1}")
+    train_meta = run.archive.metadata.iloc[run.train_rows]
+    shards = split(partition.name, train_meta, clients, seed=partition.seed, **partition.options)
+    shard = shards[client_id]
+    # patch ids are unique (the partition checks), so each id has one position
+    positions = pd.Index(train_meta["patch_id"].to_numpy(dtype=object)).get_indexer(
+        list(shard.patch_ids)
+    )
+    if (positions < 0).any():
+        raise FedrsError(f"partition {partition.name!r} named patches outside the training rows")
+    return run.train_rows[np.sort(positions)], shard.modalities

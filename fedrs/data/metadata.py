@@ -79,7 +79,8 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
 
     path = Path(path)
     try:
-        table = pq.read_table(path, use_pandas_metadata=True)
+        with pq.ParquetFile(path) as source:  # one open (read_table opens a file twice)
+            table = source.read(use_pandas_metadata=True)
         table.validate(full=True)
         return table.to_pandas()  # what pd.read_parquet does, after the validation
     except FileNotFoundError:
