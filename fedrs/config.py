@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from fedrs.errors import InputError
@@ -46,8 +47,18 @@ class DataConfig(_Section):
     modalities: tuple[Literal["s1", "s2"], ...] = ("s1", "s2")
     cache_dir: Path | None = Field(None, description="default: $FEDRS_CACHE_DIR or ~/.cache/fedrs")
     max_train: int = Field(0, ge=0, description="cap on training patches; 0: all")
-    max_queries: int = Field(200, ge=0, description="cap on queries (test split); 0: all")
-    max_database: int = Field(800, ge=0, description="cap on database (train split); 0: all")
+    max_queries: int = Field(
+        0,
+        ge=0,
+        description="cap on evaluation queries (test split); 0: all (set a cap for large "
+        "archives: every round encodes them); also accepted as eval.max_queries",
+    )
+    max_database: int = Field(
+        800,
+        ge=0,
+        description="cap on the evaluation database (train split); 0: all; also accepted as "
+        "eval.max_database",
+    )
     max_validation: int = Field(
         200, ge=0, description="cap on validation patches (checkpoint selection); 0: all"
     )
@@ -113,7 +124,12 @@ class EvalConfig(_Section):
     """Retrieval and compression evaluation (queries: test split; database: train split)."""
 
     ks: tuple[int, ...] = (10, 20, 100)
-    random_seed: int = 0
+    random_seed: int = Field(
+        0, description="seed of the random-code baseline and of the bootstrap over queries"
+    )
+    bootstrap_resamples: int = Field(
+        1000, ge=1, description="resamples of the 95 % bootstrap interval of mAP@20 over queries"
+    )
     patience: int = Field(
         0,
         ge=0,
@@ -270,6 +286,10 @@ class TrackingConfig(_Section):
     experiment: str = "fedrs"
 
 
+_EVAL_SIZE_ALIASES = ("max_queries", "max_database")
+"""Keys of ``[data]`` also accepted under ``[eval]``."""
+
+
 class ExperimentConfig(_Section):
     """A whole experiment: data, model, losses, training, evaluation, federation, tracking."""
 
@@ -283,6 +303,23 @@ class ExperimentConfig(_Section):
     partition: PartitionConfig = Field(default_factory=PartitionConfig)  # type: ignore[arg-type]
     federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _evaluation_sizes(cls, values: Any) -> Any:
+        """``eval.max_queries`` / ``eval.max_database``: other names of ``data.max_queries`` /
+        ``data.max_database`` (where they are kept), e.g. ``--set eval.max_queries=0``; given
+        under both names, the ``eval`` one is used."""
+        if not isinstance(values, Mapping) or not isinstance(values.get("eval"), Mapping):
+            return values
+        sizes = {k: v for k, v in values["eval"].items() if k in _EVAL_SIZE_ALIASES}
+        data = values.get("data", {})
+        if isinstance(data, BaseModel):
+            data = data.model_dump(exclude_unset=True)
+        if not sizes or not isinstance(data, Mapping):
+            return values  # nothing to move, or a bad [data] that validation will name
+        rest = {k: v for k, v in values["eval"].items() if k not in _EVAL_SIZE_ALIASES}
+        return {**values, "eval": rest, "data": {**data, **sizes}}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (paths as strings)."""

@@ -33,7 +33,7 @@ from torch import Tensor
 from fedrs.config import ExperimentConfig
 from fedrs.data.archive import MODALITIES
 from fedrs.data.cache import CachedArchive
-from fedrs.data.transforms import denormalize, normalize
+from fedrs.data.transforms import denormalize, normalize, upsample_s2
 from fedrs.devices import AmpMode, autocast, resolve_device, to_device
 from fedrs.errors import InputError
 from fedrs.models import JointModel
@@ -78,16 +78,23 @@ def load_batch(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """A normalised batch of ``rows`` restricted to ``modalities`` (others left out), on
-    ``device``: normalised on the host (the same values on every device), then copied there
-    (through pinned memory, without blocking, for a GPU: :func:`fedrs.devices.to_device`)."""
+    ``device``: the cache's native pixels (S2 uint16 per resolution group, S1 float32) are
+    copied there (through pinned memory, without blocking, for a GPU:
+    :func:`fedrs.devices.to_device`), then S2 is upsampled
+    (:func:`fedrs.data.transforms.upsample_s2`) and both are normalised there, with the same
+    values on every device (those of ``normalize(archive[i][modality])``)."""
     target = torch.device(device)
-    raw = archive.get_batch(rows)
+    raw = archive.get_batch(rows, native=True)
     labels = to_device(raw["labels"], target)
     batch: dict[str, Any] = {"labels": labels, "patch_id": raw["patch_id"]}
     for modality in MODALITIES:
         has = raw[f"has_{modality}"]
         if modality in modalities and raw[modality] is not None and bool(has.any()):
-            batch[modality] = to_device(normalize(raw[modality], modality), target)
+            if modality == "s2":
+                values = upsample_s2(raw["s2"], archive.resample, target)
+            else:
+                values = to_device(raw[modality], target)
+            batch[modality] = normalize(values, modality)
             batch[f"has_{modality}"] = to_device(has, target)
     return batch
 
@@ -460,22 +467,35 @@ def encode_rows(
     batch_size: int = 32,
     decode: bool = False,
     modalities: Sequence[str] | None = None,
+    packed: bool = False,
 ) -> dict[str, Any]:
     """Compress ``rows``, hash them from their bitstreams, optionally decode them, on the
     device the model is on (the range coder on the CPU).
 
-    Returns ``codes`` (N, K) +-1, ``labels`` (N, 19), ``bits`` {modality: total bits},
-    ``patches`` {modality: count}, and with ``decode`` ``sq_error`` {modality: per-band sum of
-    squared physical errors} and ``values`` {modality: count of values}.
+    The rows stream through in batches: what is kept of each is its hash code, its labels
+    and running sums (bits, squared errors), never its bitstreams, latents or reconstruction,
+    so memory grows with the rows only by their codes and labels.
+
+    Returns ``codes`` (N, K) +-1 (with ``packed``: ``uint8`` (N, K/8) packed bits, as
+    :func:`fedrs.retrieval.pack_codes` makes them), ``labels`` (N, 19) (``uint8`` with
+    ``packed``), ``bits`` {modality: total bits}, ``patches`` {modality: count},
+    ``encode_s`` (seconds reading, compressing and hashing), and with ``decode`` ``sq_error``
+    {modality: per-band sum of squared physical errors}, ``values`` {modality: count of
+    values} and ``decode_s`` (seconds decoding and comparing).
     """
+    from fedrs.retrieval import pack_codes
+
     held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    started = time.perf_counter()
     model.eval()
     model.update()
-    codes, labels = [], []
+    codes: list[Any] = []
+    labels: list[Any] = []
     bits = dict.fromkeys(held, 0)
     patches = dict.fromkeys(held, 0)
     sq_error: dict[str, float] = dict.fromkeys(held, 0.0)
     values = dict.fromkeys(held, 0)
+    decode_s = 0.0
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in iterate_batches(archive, rows, held, batch_size, device=device):
@@ -495,20 +515,28 @@ def encode_rows(
                 bits[modality] += 8 * sum(p.num_bytes for p in streams)
                 patches[modality] += len(streams)
                 if decode:
+                    decoding = time.perf_counter()
                     x_hat = model.decompress({modality: streams})["x_hat"][modality]
                     error = denormalize(x_hat, modality) - denormalize(x, modality)
                     sq_error[modality] += float(error.double().pow(2).sum())
                     values[modality] += error.numel()
-            codes.append(model.hash_from_bitstreams(compressed))
-            labels.append(batch["labels"])
+                    decode_s += time.perf_counter() - decoding
+            batch_codes = model.hash_from_bitstreams(compressed)
+            if packed:  # 1 bit a code bit and 1 byte a label, on the host
+                codes.append(pack_codes(batch_codes.cpu().numpy()))
+                labels.append(batch["labels"].cpu().numpy().astype(np.uint8))
+            else:
+                codes.append(batch_codes)
+                labels.append(batch["labels"])
     out: dict[str, Any] = {
-        "codes": torch.cat(codes).cpu().numpy(),
-        "labels": torch.cat(labels).cpu().numpy(),
+        "codes": np.concatenate(codes) if packed else torch.cat(codes).cpu().numpy(),
+        "labels": np.concatenate(labels) if packed else torch.cat(labels).cpu().numpy(),
         "bits": bits,
         "patches": patches,
+        "encode_s": time.perf_counter() - started - decode_s,
     }
     if decode:
-        out |= {"sq_error": sq_error, "values": values}
+        out |= {"sq_error": sq_error, "values": values, "decode_s": decode_s}
     return out
 
 
@@ -556,7 +584,7 @@ def validate(
         rows = data.validation_rows if rows is None else rows
     if len(rows) == 0:
         raise InputError("validate: no rows to validate on")
-    coded = encode_rows(model, archive, rows, decode=True)
+    coded = encode_rows(model, archive, rows, decode=True, packed=True)
     pixels = 120 * 120
     bpp: dict[str, float | None] = {}
     psnr: dict[str, float | None] = {}
@@ -574,7 +602,7 @@ def validate(
             raise InputError("validate: retrieval needs a run's database")
         from fedrs.retrieval import evaluate_retrieval
 
-        database = encode_rows(model, archive, data.database_rows)
+        database = encode_rows(model, archive, data.database_rows, packed=True)
         figures = evaluate_retrieval(
             coded["codes"], database["codes"], coded["labels"], database["labels"], ks=(20,)
         )
@@ -694,24 +722,44 @@ def evaluate(
     """Retrieval and compression figures of ``model`` on a run's queries and database.
 
     Queries (test split) are compressed, hashed from their bitstreams and decoded; the database
-    (train split) is compressed and hashed from its bitstreams.  Returns, for every ``k`` of
-    ``config.eval.ks`` (which always holds 20), the keys of
+    (train split) is compressed and hashed from its bitstreams.  Both stream through in batches
+    keeping only packed codes, labels and running sums (:func:`encode_rows`), and faiss ranks
+    the database for blocks of queries (:mod:`fedrs.retrieval.metrics`), so whole splits
+    (``data.max_queries = 0``, ``data.max_database = 0``) fit in memory.  Returns, for every
+    ``k`` of ``config.eval.ks`` (which always holds 20), the keys of
     :func:`fedrs.retrieval.evaluate_retrieval`: ``map@k`` (AP divided by the relevant items
     retrieved in the top k), ``map@k_min_k_r`` (AP divided by min(k, R), R = relevant items in
-    the database), ``p@k``, ``r@k``, ``ndcg@k``; the random-code baseline of both mAP
-    conventions on the same data, ``map@k_random`` and ``map@k_min_k_r_random``; ``bpp`` and
-    ``psnr`` per modality (None where absent); ``eval_queries`` and ``eval_database``, the
-    number of queries and database items; ``eval_s``.
+    the database), ``p@k``, ``r@k``, ``ndcg@k``; ``map@20_ci_low``, ``map@20_ci_high``,
+    ``map@20_min_k_r_ci_low`` and ``map@20_min_k_r_ci_high``, the 95 % bootstrap interval of
+    each mAP@20 over the queries (``eval.bootstrap_resamples`` resamples of the per-query APs,
+    seed ``eval.random_seed``: how much the figure would move with other queries from the same
+    distribution); the random-code baseline of both mAP conventions on the same data,
+    ``map@k_random`` and ``map@k_min_k_r_random``; ``bpp`` and ``psnr`` per modality (None
+    where absent); ``eval_queries`` and ``eval_database``, the number of queries and database
+    items; ``encode_s_per_10k``, the seconds to read, compress and hash 10,000 patches
+    (queries and database together), and ``decode_s_per_10k``, those to decode 10,000 of the
+    queries' images; ``eval_s``.
     """
-    from fedrs.retrieval import evaluate_retrieval, random_codes_evaluation
+    from fedrs.convergence import bootstrap_interval
+    from fedrs.retrieval import evaluate_retrieval_per_query, random_codes_evaluation
 
     started = time.perf_counter()
-    queries = encode_rows(model, data.archive, data.query_rows, decode=True)
-    database = encode_rows(model, data.archive, data.database_rows)
+    queries = encode_rows(model, data.archive, data.query_rows, decode=True, packed=True)
+    database = encode_rows(model, data.archive, data.database_rows, packed=True)
     ks = tuple(config.eval.ks)
-    retrieval = evaluate_retrieval(
+    per_query = evaluate_retrieval_per_query(
         queries["codes"], database["codes"], queries["labels"], database["labels"], ks=ks
     )
+    retrieval = {key: float(scores.mean()) for key, scores in per_query.items()}
+    for key in ("map@20", "map@20_min_k_r"):
+        low, high = bootstrap_interval(
+            per_query[key],
+            resamples=config.eval.bootstrap_resamples,
+            seed=config.eval.random_seed,
+        )
+        retrieval |= {f"{key}_ci_low": low, f"{key}_ci_high": high}
+    encoded = len(queries["labels"]) + len(database["labels"])
+    encode_s = queries["encode_s"] + database["encode_s"]
     # the same codes as random_codes_baseline(..., k, bits, seed): map@20_random is unchanged
     baseline = random_codes_evaluation(
         queries["labels"],
@@ -735,6 +783,8 @@ def evaluate(
         **{f"{k}_random": float(v) for k, v in baseline.items() if k.startswith("map@")},
         "eval_queries": len(queries["labels"]),
         "eval_database": len(database["labels"]),
+        "encode_s_per_10k": 1e4 * encode_s / encoded,
+        "decode_s_per_10k": 1e4 * queries["decode_s"] / len(queries["labels"]),
         "bpp": bpp,
         "psnr": psnr,
         "eval_s": time.perf_counter() - started,

@@ -451,10 +451,18 @@ def _summary(
         for convention in ("", "_min_k_r")
         for baseline in ("", "_random")
     }
+    # the 95 % bootstrap interval of each mAP@20 over the queries
+    retrieval |= {
+        f"map@20{convention}_ci_{end}": final(f"eval/map@20{convention}_ci_{end}")
+        for convention in ("", "_min_k_r")
+        for end in ("low", "high")
+    }
     return {
         **retrieval,
         "eval_queries": count("eval/eval_queries"),
         "eval_database": count("eval/eval_database"),
+        "encode_s_per_10k": final("eval/encode_s_per_10k"),
+        "decode_s_per_10k": final("eval/decode_s_per_10k"),
         "bpp": {m: final(f"eval/bpp_{m}") for m in modalities},
         "psnr": {m: final(f"eval/psnr_{m}") for m in modalities},
         "wall_s": round(time.perf_counter() - started, 2),

@@ -110,6 +110,54 @@ def test_comparison_json_names_both_conventions() -> None:
     assert _metric_name("bpp S1") == "bpp_S1"
 
 
+INTERVALS: dict[str, Any] = {
+    "map@20_ci_low": 0.875,
+    "map@20_ci_high": 0.918,
+    "map@20_min_k_r_ci_low": 0.431,
+    "map@20_min_k_r_ci_high": 0.481,
+}
+"""95 % bootstrap intervals over the queries of LONG's two mAP@20 figures."""
+
+
+def test_comparison_table_shows_the_query_intervals_beside_the_maps() -> None:
+    from fedrs.cli.compare import QUERY_ROW, comparison_table, figures
+
+    rows = {"centralized": LONG | INTERVALS, "old": LONG}
+    text = render(comparison_table(rows, "fedrs compare: smoke (modality partition)"))
+    lines = text.splitlines()
+    (central,) = [i for i, line in enumerate(lines) if line.startswith("centralized")]
+    # under the run's figures: the half widths, in the mAP@20 and mAP@20 min(k,R) columns
+    below = lines[central + 1]
+    assert below.split() == [QUERY_ROW, "0.022", "0.025"]
+    header = next(line for line in lines if line.lstrip().startswith("run"))
+    columns = header.split()
+    ends = {name: header.index(name) + len(name) for name in ("mAP@20", "random")}
+    assert below.index("0.022") + len("0.022") == ends["mAP@20"]  # right-aligned under mAP@20
+    assert columns[:3] == ["run", "mAP@20", "random"]
+    # a summary without intervals gets no such row, and the caption says what the row is
+    assert sum(line.startswith(QUERY_ROW) for line in lines) == 1
+    assert "bootstrap interval over the queries" in " ".join(text.split())
+    # comparison.json keeps the bounds themselves
+    row = figures(LONG | INTERVALS)
+    assert (row["mAP@20 low"], row["mAP@20 high"]) == (0.875, 0.918)
+    assert (row["mAP@20 min(k,R) low"], row["mAP@20 min(k,R) high"]) == (0.431, 0.481)
+    assert figures(LONG)["mAP@20 low"] is None
+
+
+def test_comparison_over_seeds_shows_the_mean_query_intervals() -> None:
+    from fedrs.cli.compare import QUERY_ROW, SPREAD_ROW, figures, figures_table, intervals
+
+    wider = LONG | INTERVALS | {"map@20_ci_low": 0.85, "map@20_ci_high": 0.963}
+    means, half = intervals([figures(LONG | INTERVALS), figures(wider)])
+    assert (means["mAP@20 low"], means["mAP@20 high"]) == pytest.approx((0.8625, 0.9405))
+    text = render(figures_table({"fedavg": means}, "mean over 2 seeds", {"fedavg": half}))
+    lines = text.splitlines()
+    (fedavg,) = [i for i, line in enumerate(lines) if line.startswith("fedavg")]
+    # the seeds' mean half width over the queries (0.0215 and 0.0565), then the seeds' spread
+    assert lines[fedavg + 1].split() == [QUERY_ROW, "0.039", "0.025"]
+    assert lines[fedavg + 2].split()[0] == SPREAD_ROW
+
+
 def test_comparison_table_folds_a_long_run_name_rather_than_cut_numbers() -> None:
     from fedrs.cli.compare import comparison_table
 
@@ -158,6 +206,26 @@ def test_print_summary_shows_every_value_whole_at_80_columns(
         "bytes_down": "2034567890",
         "wall_s": "1235",
     }
+
+
+def test_print_summary_shows_the_query_intervals_and_encoding_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fedrs.cli.simulate as simulate
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(simulate, "console", console)
+    simulate.print_summary(LONG | INTERVALS | {"encode_s_per_10k": 523.456}, "fedrs simulate")
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    rows = [[p.strip() for p in line.split("│")][1:3] for line in text.splitlines()]
+    names = [row[0] for row in rows if row]
+    # each interval right under its figure
+    assert names[:4] == ["map@20", "map@20 95% over queries", "map@20_random", "map@20_min_k_r"]
+    cells = dict(row for row in rows if len(row) == 2)
+    assert cells["map@20 95% over queries"] == "[0.875, 0.918]"
+    assert cells["map@20_min_k_r 95% over queries"] == "[0.431, 0.481]"
+    assert cells["encode_s_per_10k"] == "523.5"
 
 
 def test_search_hits_show_long_patch_ids_whole_at_80_columns() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedrs.convergence import (
     Plateau,
+    bootstrap_interval,
     first_reaching,
     mean_interval,
     plateau_round,
@@ -130,6 +132,71 @@ def test_one_value_has_no_interval_and_bad_input_is_refused() -> None:
 
 
 # -- first round reaching a target ----------------------------------------------------------------
+
+
+def per_query_aps(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` per-query APs shaped like an evaluation's: many near 1, some 0, the rest spread."""
+    rng = np.random.default_rng(seed)
+    aps = rng.beta(2.0, 1.0, size=n)
+    aps[rng.random(n) < 0.1] = 0.0  # queries with no relevant item retrieved
+    return aps
+
+
+def test_bootstrap_interval_holds_the_mean_and_matches_the_normal_width() -> None:
+    aps = per_query_aps(800)
+    low, high = bootstrap_interval(aps, resamples=1000, seed=3)
+    assert low < aps.mean() < high
+    # about mean +- 1.96 s / sqrt(n) for a mean of many values
+    expected = 2 * 1.96 * aps.std(ddof=1) / math.sqrt(len(aps))
+    assert high - low == pytest.approx(expected, rel=0.15)
+    # a wider confidence gives a wider interval around the same resamples
+    wide = bootstrap_interval(aps, 0.99, resamples=1000, seed=3)
+    assert wide[0] < low and high < wide[1]
+
+
+def test_bootstrap_interval_shrinks_as_one_over_root_n() -> None:
+    widths = {}
+    for n in (250, 1000, 4000):
+        low, high = bootstrap_interval(per_query_aps(n, seed=n), resamples=1000, seed=0)
+        widths[n] = high - low
+    # 4 x the queries, half the width (within the resampling and sampling noise)
+    assert widths[1000] / widths[250] == pytest.approx(0.5, abs=0.1)
+    assert widths[4000] / widths[1000] == pytest.approx(0.5, abs=0.1)
+
+
+def test_bootstrap_interval_is_deterministic_for_a_seed() -> None:
+    aps = per_query_aps(300)
+    first = bootstrap_interval(aps, resamples=500, seed=7)
+    assert bootstrap_interval(list(aps), resamples=500, seed=7) == first
+    assert bootstrap_interval(aps, resamples=500, seed=8) != first
+    # resamples drawn a block at a time: many queries, several blocks, still one answer
+    many = per_query_aps(20_000)
+    assert bootstrap_interval(many, resamples=600, seed=1) == bootstrap_interval(
+        many, resamples=600, seed=1
+    )
+
+
+def test_bootstrap_interval_of_one_query_or_equal_values_has_zero_width() -> None:
+    assert bootstrap_interval([0.7]) == (0.7, 0.7)
+    assert bootstrap_interval(np.full(50, 0.25), resamples=200) == (0.25, 0.25)
+    low, high = bootstrap_interval([0.0, 1.0], resamples=2000, seed=0)
+    assert (low, high) == (0.0, 1.0)  # both all-0 and all-1 resamples occur
+
+
+@pytest.mark.parametrize(
+    ("values", "options", "message"),
+    [
+        ([], {}, "at least one"),
+        ([0.5, math.nan], {}, "finite"),
+        ([0.5], {"confidence": 1.0}, "confidence"),
+        ([0.5], {"resamples": 0}, "resamples"),
+    ],
+)
+def test_bootstrap_interval_refuses_bad_input(
+    values: list[float], options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        bootstrap_interval(values, **options)
 
 
 def test_first_reaching_counts_rounds_passes_and_bytes() -> None:

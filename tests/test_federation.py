@@ -238,13 +238,20 @@ def test_compare_runs_then_reads(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert list(table) == ["centralized", "fedavg", "modality-aware"]
     for row in table.values():
         assert 0.0 <= row["mAP@20"] <= 1.0
+        # each run's mAP@20 with its bootstrap interval over the queries, both conventions
+        assert row["mAP@20 low"] <= row["mAP@20"] <= row["mAP@20 high"]
+        assert row["mAP@20 min(k,R) low"] <= row["mAP@20 min(k,R)"] <= row["mAP@20 min(k,R) high"]
+    assert "±queries" in capsys.readouterr().out
     central = json.loads((out / "centralized" / "summary.json").read_text())
+    assert central["encode_s_per_10k"] > 0
     assert central["epochs"] == 1  # the federation's 1 round x 1 local epoch
     fedavg = json.loads((out / "fedavg" / "summary.json").read_text())
     aware = json.loads((out / "modality-aware" / "summary.json").read_text())
     # whole models travel under FedAvg, only the trained parts under modality-aware
     assert fedavg["bytes_up"] > aware["bytes_up"]
     assert fedavg["clients_failed"] == aware["clients_failed"] == 0
+    assert aware["map@20_ci_low"] == aware["history"][-1]["eval/map@20_ci_low"]
+    assert aware["encode_s_per_10k"] > 0
     assert (out / "comparison.png").is_file()
     # the centralized figures are kept as the reference a federation of the recipe is shown
     from fedrs.config import load_config

@@ -20,7 +20,9 @@ from fedrs.retrieval import (
     CorruptIndexError,
     HashIndex,
     as_packed,
+    average_precisions,
     evaluate_retrieval,
+    evaluate_retrieval_per_query,
     hamming_distances,
     mean_average_precision,
     mean_average_precision_min_k_r,
@@ -607,6 +609,87 @@ def test_metrics_match_reference(seed: int) -> None:
     assert mean_average_precision_min_k_r(q, db, ql, dl, 20, chunk_size=4) == pytest.approx(
         _reference_metrics(q, db, ql, dl, 20)["map@{k}_min_k_r"]
     )
+
+
+def _full_matrix_aps(
+    q: np.ndarray, db: np.ndarray, ql: np.ndarray, dl: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query AP@k in both conventions from whole (Q, N) matrices (no blocks, no faiss),
+    with R and the top-k ideal grades: the unblocked computation."""
+    dist = _brute_hamming(q, db)
+    order = np.lexsort((np.broadcast_to(np.arange(db.shape[0]), dist.shape), dist), axis=1)
+    shared = ql.astype(np.int64) @ dl.astype(np.int64).T
+    kk = min(k, db.shape[0])
+    rel = np.take_along_axis(shared, order, axis=1)[:, :kk] > 0
+    hits = np.cumsum(rel, axis=1)
+    total = (hits / np.arange(1, kk + 1) * rel).sum(axis=1)
+    num_relevant = (shared > 0).sum(axis=1)
+    retrieved = hits[:, -1]
+    ap = np.where(retrieved > 0, total / np.maximum(retrieved, 1), 0.0)
+    limit = np.minimum(num_relevant, kk)
+    ap_min_k_r = np.where(limit > 0, total / np.maximum(limit, 1), 0.0)
+    ideal = -np.sort(-shared, axis=1)[:, :kk]
+    return ap, ap_min_k_r, num_relevant, ideal
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_blocked_ranking_equals_the_full_matrix_on_tied_codes(seed: int) -> None:
+    # few distinct codes: most distances tie, and ties must follow database order in every
+    # block of queries exactly as in one whole (Q, N) ranking
+    rng = np.random.default_rng(seed)
+    q = _tied_codes(rng, 150, 32, distinct=6)
+    db = _tied_codes(rng, 900, 32, distinct=9)
+    ql = (rng.random((150, 19)) < 0.15).astype(np.float32)
+    dl = (rng.random((900, 19)) < 0.15).astype(np.float32)
+    for k in (20, 100):
+        ap, ap_min_k_r, num_relevant, ideal = _full_matrix_aps(q, db, ql, dl, k)
+        for chunk_size in (1, 7, 64, None):
+            got = average_precisions(q, db, ql, dl, k, chunk_size=chunk_size)
+            np.testing.assert_allclose(got, ap, rtol=0, atol=1e-12)
+            got = average_precisions(q, db, ql, dl, k, normalize="min_k_r", chunk_size=chunk_size)
+            np.testing.assert_allclose(got, ap_min_k_r, rtol=0, atol=1e-12)
+            ranked = rank_relevance(q, db, ql, dl, k, chunk_size=chunk_size)
+            np.testing.assert_array_equal(ranked.num_relevant, num_relevant)
+            np.testing.assert_array_equal(ranked.ideal_grades, ideal)
+        assert mean_average_precision(q, db, ql, dl, k) == pytest.approx(ap.mean(), abs=1e-12)
+
+
+def test_per_query_scores_average_to_the_figures() -> None:
+    rng = np.random.default_rng(4)
+    q = _tied_codes(rng, 70, 16, distinct=5)
+    db = _tied_codes(rng, 400, 16, distinct=12)
+    ql = (rng.random((70, 6)) < 0.3).astype(np.float32)
+    dl = (rng.random((400, 6)) < 0.3).astype(np.float32)
+    per_query = evaluate_retrieval_per_query(q, db, ql, dl, ks=(10, 20, 20), chunk_size=9)
+    figures = evaluate_retrieval(q, db, ql, dl, ks=(10, 20))
+    assert set(per_query) == set(figures)
+    for key, scores in per_query.items():
+        assert scores.shape == (70,)
+        assert float(scores.mean()) == pytest.approx(figures[key], abs=1e-12)
+    np.testing.assert_allclose(
+        per_query["map@20_min_k_r"], average_precisions(q, db, ql, dl, 20, normalize="min_k_r")
+    )
+
+
+def test_whole_split_metrics_never_hold_a_queries_by_database_matrix() -> None:
+    import tracemalloc
+
+    # labels of the form BigEarthNet has: a few hundred distinct sets over many patches
+    rng = np.random.default_rng(2)
+    n_q, n_db = 1000, 120_000
+    sets = (rng.random((300, 19)) < 0.15).astype(np.uint8)
+    ql, dl = sets[rng.integers(0, 300, n_q)], sets[rng.integers(0, 300, n_db)]
+    q = rng.integers(0, 256, size=(n_q, 8), dtype=np.uint8)
+    db = rng.integers(0, 256, size=(n_db, 8), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        scores = evaluate_retrieval_per_query(q, db, ql, dl, ks=(20, 100))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scores["map@20"].shape == (n_q,)
+    # one (Q, N) matrix of 4-byte values would take 480 MB; the labels as float32 take 9 MB
+    assert peak < n_q * n_db * 4 / 8
 
 
 def test_evaluate_retrieval_keys_and_consistency() -> None:

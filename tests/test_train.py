@@ -45,6 +45,64 @@ def test_run_data_splits_are_disjoint_and_capped() -> None:
     assert not set(data.query_rows) & set(data.database_rows)
 
 
+def test_zero_caps_evaluate_the_whole_test_and_train_splits() -> None:
+    capped = load_config(SMOKE)
+    # eval.max_queries / eval.max_database are other names of the [data] caps
+    config = load_config(SMOKE, ["data.max_queries=0", "eval.max_database=0"])
+    assert (config.data.max_queries, config.data.max_database) == (0, 0)
+    assert "max_database" not in config.to_dict()["eval"]  # kept (and written) once
+    assert load_config(None, {"eval.max_queries": 7}).data.max_queries == 7
+    data = load_run_data(config.data)
+    split = data.archive.metadata["split"].to_numpy(dtype=object)
+    np.testing.assert_array_equal(data.query_rows, np.flatnonzero(split == "test"))
+    np.testing.assert_array_equal(data.database_rows, np.flatnonzero(split == "train"))
+    assert len(data.query_rows) > capped.data.max_queries
+    assert len(data.database_rows) > capped.data.max_database
+    figures = evaluate(build_model(config), data, config)
+    assert (figures["eval_queries"], figures["eval_database"]) == (
+        len(data.query_rows),
+        len(data.database_rows),
+    )
+
+
+def test_streamed_evaluation_equals_one_whole_batch() -> None:
+    from fedrs.retrieval import evaluate_retrieval, pack_codes
+
+    config = load_config(SMOKE)
+    data = load_run_data(config.data)
+    model = build_model(config)
+    rows = data.query_rows
+    whole = encode_rows(model, data.archive, rows, batch_size=len(rows), decode=True)
+    streamed = encode_rows(model, data.archive, rows, batch_size=5, decode=True, packed=True)
+    # packed bits and byte labels, batch by batch: the same codes as one whole batch
+    assert streamed["codes"].dtype == np.uint8
+    assert streamed["codes"].shape == (len(rows), config.model.hash_bits // 8)
+    np.testing.assert_array_equal(streamed["codes"], pack_codes(whole["codes"]))
+    np.testing.assert_array_equal(streamed["labels"], whole["labels"])
+    assert (streamed["bits"], streamed["patches"]) == (whole["bits"], whole["patches"])
+    assert streamed["values"] == whole["values"]
+    for modality, error in whole["sq_error"].items():
+        assert streamed["sq_error"][modality] == pytest.approx(error, rel=1e-9)
+    assert streamed["encode_s"] > 0 and streamed["decode_s"] > 0
+    # the evaluation's mAP is that of the unstreamed codes ranked whole
+    figures = evaluate(model, data, config)
+    database = encode_rows(
+        model, data.archive, data.database_rows, batch_size=len(data.database_rows)
+    )
+    expected = evaluate_retrieval(
+        whole["codes"], database["codes"], whole["labels"], database["labels"], config.eval.ks
+    )
+    for key, value in expected.items():
+        assert figures[key] == pytest.approx(value, abs=1e-12), key
+    for key in ("map@20", "map@20_min_k_r"):
+        low, high = figures[f"{key}_ci_low"], figures[f"{key}_ci_high"]
+        assert 0.0 <= low <= figures[key] <= high <= 1.0
+        assert high > low  # 24 queries whose APs differ
+    assert figures["encode_s_per_10k"] > 0 and figures["decode_s_per_10k"] > 0
+    # the interval is the bootstrap's for the run's seed: the same again
+    assert evaluate(model, data, config)["map@20_ci_low"] == figures["map@20_ci_low"]
+
+
 def test_smoke_training_lowers_loss_and_beats_random_codes() -> None:
     """Figures seen: stage-1 loss ~169 -> stage-2 rd lower; mAP@20 ~0.70 vs ~0.47 random;
     mAP@20 min(k,R) ~0.54 vs ~0.28 random (k = 100 >= the 48-patch database: both equal)."""
@@ -278,3 +336,9 @@ def test_centralized_run_keeps_one_optimizer_a_stage(tmp_path: Path) -> None:
     assert trained.keys() == expected.keys()
     for key in expected:
         assert torch.equal(trained[key], expected[key]), key
+
+
+def test_built_in_defaults_are_the_default_experiment() -> None:
+    """`fedrs simulate` without --config (``make demo``) runs experiments/default.toml."""
+    default = Path(__file__).resolve().parents[1] / "experiments" / "default.toml"
+    assert load_config(None).to_dict() == load_config(default).to_dict()

@@ -57,7 +57,9 @@ from fedrs.retrieval.index import (
 )
 from fedrs.retrieval.metrics import (
     RankedRelevance,
+    average_precisions,
     evaluate_retrieval,
+    evaluate_retrieval_per_query,
     mean_average_precision,
     mean_average_precision_min_k_r,
     ndcg_at_k,
@@ -115,10 +117,12 @@ __all__ = [
     "SearchResult",
     "TrainedModel",
     "as_packed",
+    "average_precisions",
     "central_search",
     "compress_archive",
     "decompress_archive",
     "evaluate_retrieval",
+    "evaluate_retrieval_per_query",
     "federated_search",
     "geotiff_source",
     "hamming_distances",

@@ -13,9 +13,13 @@ Conventions shared by every function here:
   database order (the item stored first ranks first). This is the order
   :meth:`fedrs.retrieval.HashIndex.search` returns.
 * ``k`` larger than the database is clipped to the database size.
-* Each metric is computed per query and averaged over the queries. Queries are processed in
-  chunks so that ``1,000 x 100,000`` queries x database items needs no more than a few tens of
-  MB at a time (``chunk_size`` sets the number of queries per chunk).
+* Each metric is computed per query and averaged over the queries
+  (:func:`average_precisions` and :func:`evaluate_retrieval_per_query` give the per-query
+  values, e.g. for a bootstrap interval over queries). The ranking is a faiss k-nearest-neighbour
+  search (:class:`fedrs.retrieval.HashIndex`) of blocks of queries (``chunk_size``, by default
+  1,024), so memory grows with ``block x k``, never with ``queries x database``; relevance counts
+  over the whole database (``R``, the ideal grades of NDCG) come from the distinct label sets of
+  queries and database, so a ``120,000 x 270,000`` evaluation builds no such matrix either.
 
 Definitions, with ``rel(i)`` = 1 if the item at rank ``i`` is relevant, ``R`` = number of
 relevant items in the whole database, ``R_k = sum_{i<=k} rel(i)``, ``P(i) = R_i / i``:
@@ -46,18 +50,20 @@ a random ranking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from fedrs.errors import InputError
-from fedrs.retrieval.index import _hamming_words, _words, as_packed
+from fedrs.retrieval.index import HashIndex, as_packed
 
 __all__ = [
     "RankedRelevance",
+    "average_precisions",
     "evaluate_retrieval",
+    "evaluate_retrieval_per_query",
     "mean_average_precision",
     "mean_average_precision_min_k_r",
     "ndcg_at_k",
@@ -70,7 +76,10 @@ __all__ = [
 ]
 
 _CHUNK_ELEMENTS = 1 << 21
-"""Queries x database items handled at once when ``chunk_size`` is not given."""
+"""Elements of a work array (e.g. query label sets x database label sets) handled at once."""
+
+_QUERY_BLOCK = 1024
+"""Queries ranked by one faiss search when ``chunk_size`` is not given."""
 
 Normalize = Literal["retrieved", "min_k_r"]
 """mAP@k conventions: divide AP's sum by ``R_k`` (``"retrieved"``) or by ``min(k, R)``."""
@@ -156,14 +165,93 @@ def _inputs(
 # Ranking
 
 
-def _top_sorted(key: np.ndarray, k: int, *, descending: bool = False) -> np.ndarray:
-    """Indices of the ``k`` smallest (largest) entries of each row, in sorted order."""
-    work = -key if descending else key
-    if k < key.shape[1]:
-        top = np.argpartition(work, k - 1, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(work, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
-    return np.argsort(work, axis=1, kind="stable")
+def _grade_counts(ql: np.ndarray, dl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many database items share ``g`` labels with each query, for ``g = 0 ... L``.
+
+    Computed once per distinct query label set against the distinct database label sets (with
+    their multiplicities), so the cost grows with the number of distinct sets, not with
+    ``Q x N``.
+
+    Returns:
+        ``counts`` ``(S, L + 1)`` int64 for the ``S`` distinct query label sets, and ``(Q,)``
+        the set of each query (row of ``counts``).
+    """
+    q_sets, q_inverse = np.unique(ql, axis=0, return_inverse=True)
+    d_sets, d_multiplicity = np.unique(dl, axis=0, return_counts=True)
+    width = ql.shape[1] + 1
+    counts = np.zeros((len(q_sets), width), dtype=np.int64)
+    d_t = np.ascontiguousarray(d_sets.T)
+    weights = d_multiplicity.astype(np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // len(d_sets))
+    for start in range(0, len(q_sets), rows):
+        shared = np.rint(q_sets[start : start + rows] @ d_t).astype(np.int64)
+        n = shared.shape[0]
+        slots = shared + width * np.arange(n, dtype=np.int64)[:, None]
+        summed = np.bincount(
+            slots.ravel(),
+            weights=np.broadcast_to(weights, shared.shape).ravel(),
+            minlength=n * width,
+        )
+        counts[start : start + n] = np.rint(summed).astype(np.int64).reshape(n, width)
+    return counts, np.asarray(q_inverse).reshape(-1)
+
+
+def _ideal_grades(counts: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest grades of each row's database, in decreasing order, from ``counts``
+    (``counts[q, g]`` items of grade ``g``; ``k`` at most the database size)."""
+    ends = np.cumsum(counts[:, ::-1], axis=1)  # items of grade >= L, >= L - 1, ..., >= 0
+    rows, width = ends.shape
+    # the item at rank i (from 0) has grade L - j, j = how many of those ends are <= i; one
+    # sorted search over all rows (each row's ends shifted past the previous row's)
+    shift = (int(ends[:, -1].max()) + 1) * np.arange(rows, dtype=np.int64)[:, None]
+    ranks = np.arange(k, dtype=np.int64)[None, :] + shift
+    found = np.searchsorted((ends + shift).ravel(), ranks.ravel(), side="right")
+    j = found.reshape(rows, k) - width * np.arange(rows, dtype=np.int64)[:, None]
+    return (width - 1 - j).astype(np.int32)
+
+
+def _ranked_blocks(
+    q: np.ndarray, d: np.ndarray, ql: np.ndarray, dl: np.ndarray, k: int, rows: int
+) -> Iterator[RankedRelevance]:
+    """The :class:`RankedRelevance` of ``rows`` queries at a time (checked inputs, ``k`` at
+    most the database size): a faiss search for the ranking, label sets for the counts."""
+    index = HashIndex(8 * q.shape[1])
+    index.add(d)  # ids = database positions; ties come back in database order
+    counts, query_set = _grade_counts(ql, dl)
+    num_relevant = dl.shape[0] - counts[:, 0]
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        _, positions = index.search(q[start:stop], k)
+        shared = np.matmul(dl[positions], ql[start:stop, :, None])[..., 0]
+        grades = np.rint(shared).astype(np.int32)
+        sets = query_set[start:stop]
+        yield RankedRelevance(
+            relevant=grades > 0,
+            grades=grades,
+            ideal_grades=_ideal_grades(counts[sets], k),
+            num_relevant=num_relevant[sets],
+            positions=positions,
+        )
+
+
+def _blocks(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    chunk_size: int | None,
+) -> Iterator[RankedRelevance]:
+    """Check the inputs, then :func:`_ranked_blocks` at depth ``min(k, N)``."""
+    k = _check_k(k)
+    q, d, ql, dl = _inputs(query_codes, db_codes, query_labels, db_labels)
+    kk = min(k, d.shape[0])
+    rows = (
+        _check_k(chunk_size, "chunk_size")
+        if chunk_size is not None
+        else max(1, min(_QUERY_BLOCK, _CHUNK_ELEMENTS // (kk * max(1, ql.shape[1]))))
+    )
+    return _ranked_blocks(q, d, ql, dl, kk, rows)
 
 
 def rank_relevance(
@@ -178,7 +266,8 @@ def rank_relevance(
     """Rank the database for each query and record the relevance of the top ``k``.
 
     The building block of every metric in this module (see the module docstring for the
-    ranking and relevance rules).
+    ranking and relevance rules). The metrics themselves consume the ranking block by block;
+    this function keeps the whole ``(Q, k)`` result.
 
     Args:
         query_codes: ``Q`` codes, packed or unpacked.
@@ -186,7 +275,7 @@ def rank_relevance(
         query_labels: ``(Q, L)`` multi-hot.
         db_labels: ``(N, L)`` multi-hot.
         k: ranking depth, clipped to ``N``.
-        chunk_size: queries per chunk; by default about ``2**21 / N``.
+        chunk_size: queries per faiss search; by default 1,024 (fewer for a deep ``k``).
 
     Returns:
         The :class:`RankedRelevance` of depth ``min(k, N)``.
@@ -194,41 +283,13 @@ def rank_relevance(
     Raises:
         InputError: bad codes or labels, mismatched sizes, empty inputs, ``k < 1``.
     """
-    k = _check_k(k)
-    q, d, ql, dl = _inputs(query_codes, db_codes, query_labels, db_labels)
-    n_db = d.shape[0]
-    kk = min(k, n_db)
-    rows = (
-        _check_k(chunk_size, "chunk_size")
-        if chunk_size is not None
-        else max(1, _CHUNK_ELEMENTS // n_db)
-    )
-    q_words, d_words = _words(q), _words(d)
-    db_position = np.arange(n_db, dtype=np.int64)
-    dl_t = np.ascontiguousarray(dl.T)
-
-    relevant, grades, ideal, num_relevant, positions = [], [], [], [], []
-    for start in range(0, q.shape[0], rows):
-        stop = min(start + rows, q.shape[0])
-        # Unique sort key: distance first, database position second.
-        key = _hamming_words(q_words[start:stop], d_words).astype(np.int64)
-        key *= n_db
-        key += db_position
-        top = _top_sorted(key, kk)
-        del key
-        shared = np.rint(ql[start:stop] @ dl_t).astype(np.int32)
-        ranked = np.take_along_axis(shared, top, axis=1)
-        positions.append(top.astype(np.int64, copy=False))
-        grades.append(ranked)
-        relevant.append(ranked > 0)
-        num_relevant.append(np.count_nonzero(shared, axis=1).astype(np.int64))
-        ideal.append(np.take_along_axis(shared, _top_sorted(shared, kk, descending=True), 1))
+    parts = list(_blocks(query_codes, db_codes, query_labels, db_labels, k, chunk_size))
     return RankedRelevance(
-        relevant=np.concatenate(relevant),
-        grades=np.concatenate(grades),
-        ideal_grades=np.concatenate(ideal),
-        num_relevant=np.concatenate(num_relevant),
-        positions=np.concatenate(positions),
+        relevant=np.concatenate([p.relevant for p in parts]),
+        grades=np.concatenate([p.grades for p in parts]),
+        ideal_grades=np.concatenate([p.ideal_grades for p in parts]),
+        num_relevant=np.concatenate([p.num_relevant for p in parts]),
+        positions=np.concatenate([p.positions for p in parts]),
     )
 
 
@@ -300,6 +361,20 @@ def _map_key(normalize: Any) -> str:
         ) from None
 
 
+def _per_query(
+    name: str,
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    chunk_size: int | None,
+) -> np.ndarray:
+    metric = _METRICS[name]
+    blocks = _blocks(query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    return np.concatenate([metric(ranked) for ranked in blocks])
+
+
 def _mean_metric(
     name: str,
     query_codes: Any,
@@ -309,10 +384,8 @@ def _mean_metric(
     k: int,
     chunk_size: int | None,
 ) -> float:
-    ranked = rank_relevance(
-        query_codes, db_codes, query_labels, db_labels, k, chunk_size=chunk_size
-    )
-    return float(_METRICS[name](ranked).mean())
+    scores = _per_query(name, query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+    return float(scores.mean())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +426,7 @@ def mean_average_precision(
         db_labels: ``(N, L)`` multi-hot.
         k: ranking depth (clipped to ``N``).
         normalize: ``"retrieved"`` or ``"min_k_r"``, see above.
-        chunk_size: queries per chunk (memory control); by default about ``2**21 / N``.
+        chunk_size: queries per faiss search (memory control); by default 1,024.
 
     Returns:
         mAP@k in ``[0, 1]``.
@@ -364,6 +437,27 @@ def mean_average_precision(
     """
     key = _map_key(normalize)
     return _mean_metric(key, query_codes, db_codes, query_labels, db_labels, k, chunk_size)
+
+
+def average_precisions(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    k: int,
+    *,
+    normalize: Normalize = "retrieved",
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """AP@k of each query: what :func:`mean_average_precision` averages.
+
+    Arguments, conventions and errors as in :func:`mean_average_precision`.
+
+    Returns:
+        ``(Q,)`` float64, in query order; its mean is :func:`mean_average_precision`.
+    """
+    key = _map_key(normalize)
+    return _per_query(key, query_codes, db_codes, query_labels, db_labels, k, chunk_size)
 
 
 def mean_average_precision_min_k_r(
@@ -471,17 +565,40 @@ def evaluate_retrieval(
     Raises:
         InputError: as :func:`mean_average_precision`, or an empty ``ks``.
     """
-    depths = [_check_k(k, "ks") for k in ks]
+    scores = evaluate_retrieval_per_query(
+        query_codes, db_codes, query_labels, db_labels, ks, chunk_size=chunk_size
+    )
+    return {key: float(values.mean()) for key, values in scores.items()}
+
+
+def evaluate_retrieval_per_query(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    ks: Iterable[int] = (10, 20, 100),
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`evaluate_retrieval` for each query, from one ranking pass.
+
+    Arguments and errors as in :func:`evaluate_retrieval`.
+
+    Returns:
+        The keys of :func:`evaluate_retrieval`, each a ``(Q,)`` float64 array in query order
+        whose mean is that function's figure (e.g. to resample the queries:
+        :func:`fedrs.convergence.bootstrap_interval`).
+    """
+    depths = list(dict.fromkeys(_check_k(k, "ks") for k in ks))
     if not depths:
         raise InputError("ks: give at least one ranking depth")
-    ranked = rank_relevance(
-        query_codes, db_codes, query_labels, db_labels, max(depths), chunk_size=chunk_size
-    )
-    out: dict[str, float] = {}
-    for key, metric in _METRICS.items():
-        for k in depths:
-            out[key.format(k=k)] = float(metric(ranked.truncated(k)).mean())
-    return out
+    parts: dict[str, list[np.ndarray]] = {key.format(k=k): [] for key in _METRICS for k in depths}
+    blocks = _blocks(query_codes, db_codes, query_labels, db_labels, max(depths), chunk_size)
+    for ranked in blocks:
+        for key, metric in _METRICS.items():
+            for k in depths:
+                parts[key.format(k=k)].append(metric(ranked.truncated(k)))
+    return {key: np.concatenate(values) for key, values in parts.items()}
 
 
 # ------------------------------------------------------------------------------------------------
