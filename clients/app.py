@@ -255,9 +255,10 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     # was given no GPU share; the device is reported in the reply (device-cuda)
     gpu_share = "data-path" in context.node_config or config.federation.num_gpus > 0
     device = resolve_device(config.train.device, cuda_allowed=gpu_share)
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"device": str(device)})}
-    )
+    local: dict[str, Any] = {"device": str(device)}
+    if config.federation.local_batch_size is not None:  # FedAvg's B
+        local["batch_size"] = config.federation.local_batch_size
+    config = config.model_copy(update={"train": config.train.model_copy(update=local)})
 
     cfg: dict[str, Any] = dict(msg.content.config_records[protocol.CONFIG])
     global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, context.state)

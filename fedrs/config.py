@@ -223,7 +223,13 @@ class FederationConfig(_Section):
         description="first stage-1 rounds on distortion alone (best validation PSNR kept); "
         "0: none, and no validation",
     )
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(1, ge=1, description="FedAvg's E: epochs a client trains a round")
+    local_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="FedAvg's B: the batch size of a client's local training (more local steps "
+        "a round when smaller); None: train.batch_size",
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs per simulated client (Ray)")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per simulated client (Ray)")
     round_timeout_s: float = Field(900.0, gt=0)

@@ -70,3 +70,19 @@ def test_client_keeps_adam_between_rounds_of_a_stage(keep: bool) -> None:
     assert state.config_records[OPTIMIZER_META_KEY]["stage"] == 2
     assert any("hash_head" in k for k in state.array_records[OPTIMIZER_STATE_KEY])
     assert np.isfinite(third["loss"])
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_local_batch_size_sets_the_clients_steps() -> None:
+    from fedrs.settings import RunSettings
+
+    steps = {}
+    for size in (None, 3):
+        overrides = {"federation.local_batch_size": size, "train.max_batches": None}
+        settings = RunSettings(config_path=str(SMOKE), overrides=overrides)
+        metrics = _round(settings, RecordDict(), 1)
+        steps[size] = metrics["batches"]
+        examples = metrics["num-examples"]
+    default = RunSettings(config_path=str(SMOKE)).experiment().train.batch_size
+    assert default != 3 and steps[None] == -(-examples // default)
+    assert steps[3] == -(-examples // 3)
