@@ -14,6 +14,7 @@ from rich.table import Table
 from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
 from fedrs.convergence import mean_interval, target_labels, targets
 from fedrs.io import atomic_write_text
+from fedrs.reference import centralized_overrides
 
 COLUMNS = (
     ("mAP@20", "map@20"),
@@ -262,14 +263,6 @@ def plateau_line(name: str, plateau: dict[str, Any] | None) -> str:
     )
 
 
-def centralized_equivalent(config: Any) -> dict[str, Any]:
-    """Overrides giving a centralized run the federation's total local epochs per stage (and
-    its distortion-only warm-up, in epochs): :func:`fedrs.reference.centralized_overrides`."""
-    from fedrs.reference import centralized_overrides
-
-    return centralized_overrides(config)
-
-
 def _plot(
     rows: dict[str, dict[str, float | None]],
     path: Path,
@@ -394,7 +387,7 @@ def _runs(
         rows["centralized"] = json.loads((central / "summary.json").read_text())
     else:
         console.print(f"{label}[bold]centralized[/] run")
-        central_config = load_config(config_path, overrides | centralized_equivalent(base))
+        central_config = load_config(config_path, overrides | centralized_overrides(base))
         rows["centralized"] = run_centralized(central_config, central)
     # what `fedrs simulate` shows beside a federation of the same archive and recipe
     write_reference(base, rows["centralized"], central)

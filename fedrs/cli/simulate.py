@@ -138,22 +138,17 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     console.print(summary_table(summary, title))
 
 
-REFERENCE_ROWS = (
-    ("mAP@20", ("map@20", None)),
-    ("mAP@20 min(k,R)", ("map@20_min_k_r", None)),
-    ("bpp S1", ("bpp", "s1")),
-    ("bpp S2", ("bpp", "s2")),
-    ("PSNR S1", ("psnr", "s1")),
-    ("PSNR S2", ("psnr", "s2")),
-)
-"""``(row title, (summary key, modality))`` of :func:`reference_table`."""
+REFERENCE_ROWS = ("mAP@20", "mAP@20 min(k,R)", "bpp S1", "bpp S2", "PSNR S1", "PSNR S2")
+"""Figures of :func:`reference_table`: column titles of ``fedrs compare``
+(:data:`fedrs.cli.compare.COLUMNS`), read from a summary by :func:`fedrs.cli.compare.figures`."""
 
 
 def reference_table(summary: dict[str, Any], reference: dict[str, Any]) -> Table:
     """A federation's final figures beside the centralized reference of the same archive and
     recipe (:mod:`fedrs.reference`): the difference for mAP and PSNR, the ratio for bpp."""
-    figures = reference["figures"]
-    epochs = figures.get("epochs")
+    from fedrs.cli.compare import figures
+
+    epochs = reference["figures"].get("epochs")
     table = Table(
         title="federated vs centralized"
         + (f" ({int(epochs)} epochs on the pooled data)" if epochs else ""),
@@ -161,21 +156,19 @@ def reference_table(summary: dict[str, Any], reference: dict[str, Any]) -> Table
     )
     for column in ("figure", "federated", "centralized", "gap"):
         table.add_column(column, justify="left" if column == "figure" else "right", no_wrap=True)
-
-    def get(values: dict[str, Any], key: str, modality: str | None) -> float | None:
-        value = values.get(key) if modality is None else (values.get(key) or {}).get(modality)
-        return None if value is None else float(value)
-
-    for title, (key, modality) in REFERENCE_ROWS:
-        mine, theirs = get(summary, key, modality), get(figures, key, modality)
+    federated, centralized = figures(summary), figures(reference["figures"])
+    for title in REFERENCE_ROWS:
+        mine, theirs = federated[title], centralized[title]
         if mine is None and theirs is None:
             continue
         gap = "-"
         if mine is not None and theirs is not None:
-            if key == "bpp":
+            if title.startswith("bpp"):
                 gap = f"x{mine / theirs:.2f}" if theirs > 0 else "-"
+            elif title.startswith("PSNR"):
+                gap = f"{mine - theirs:+.2f} dB"
             else:
-                gap = f"{mine - theirs:+.3f}" if key != "psnr" else f"{mine - theirs:+.2f} dB"
+                gap = f"{mine - theirs:+.3f}"
         table.add_row(title, number(mine), number(theirs), gap)
     return table
 
