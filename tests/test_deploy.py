@@ -297,6 +297,40 @@ def test_supervisor_stops_escaped_descendants(tmp_path: Path) -> None:
     assert [d["pid"] for d in record["descendants"]] == [child_pid]
 
 
+class _SignalsInFinaliser:
+    """Sends ``signum`` to this process from ``__del__``, where Python drops the exception."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.2)  # the handler runs here; what it raises is printed and dropped
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_signal_dropped_by_a_finaliser_is_raised_again(
+    tmp_path: Path, signum: int, raised: type[BaseException]
+) -> None:
+    """A Ctrl-C or SIGTERM that arrives while a finaliser runs still stops the deployment."""
+    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)
+    deployment = LocalDeployment(tmp_path, [], simulation=True)
+    deployment._trap_signals()
+    try:
+        _SignalsInFinaliser(signum)  # dropped at once: __del__ runs, its exception is lost
+        assert deployment.signalled == signum
+        with pytest.raises(raised) as caught:
+            deployment.raise_signalled()
+        if raised is SystemExit:
+            assert caught.value.code == 128 + signum
+    finally:
+        deployment.stop()
+    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)
+
+
 def test_each_node_gets_an_archive(v2_copy: Path) -> None:
     both, s1, s2 = ("s1", "s2"), ("s1",), ("s2",)
     assert node_kinds(both, 4) == [both, s1, s2, both]

@@ -179,14 +179,15 @@ class LocalDeployment:
         }
         self.env.update(env or {})
         self.supervisor = ProcessSupervisor(record=self.logs / "processes.json", env=self.env)
-        self._old_sigterm: Any = None
+        self._old_handlers: dict[int, Any] = {}
+        self.signalled: int | None = None
         self._ports: set[int] = set()
         self._reported: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> LocalDeployment:
-        self._trap_sigterm()
+        self._trap_signals()
         try:
             self.start()
         except BaseException:
@@ -202,17 +203,32 @@ class LocalDeployment:
     ) -> None:
         self.stop()
 
-    def _trap_sigterm(self) -> None:
-        """Turn SIGTERM into SystemExit so that leaving the ``with`` block stops everything."""
+    def _trap_signals(self) -> None:
+        """Turn SIGTERM into ``SystemExit(143)`` and Ctrl-C into ``KeyboardInterrupt``, so that
+        leaving the ``with`` block stops everything, and remember the signal.
+
+        Python drops an exception raised while a finaliser (``__del__``, a garbage-collector
+        callback) runs, printing "Exception ignored"; :meth:`wait_run` raises the remembered
+        signal again at its next check, so that a Ctrl-C is never lost.  Handlers someone else
+        installed are left alone.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
+        defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) is default:
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
 
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            raise SystemExit(128 + signum)
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = signum
+        self.raise_signalled()
 
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+    def raise_signalled(self) -> None:
+        """Raise the exception of the signal received, if any (see :meth:`_trap_signals`)."""
+        if self.signalled == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signalled is not None:
+            raise SystemExit(128 + self.signalled)
 
     def start(self) -> None:
         """Start the SuperLink, register the node keys, start the nodes, wait until online."""
@@ -245,9 +261,9 @@ class LocalDeployment:
         finally:
             if main:
                 signal.signal(signal.SIGINT, old_sigint or signal.SIG_DFL)
-            if self._old_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._old_sigterm)
-                self._old_sigterm = None
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)
+            self._old_handlers = {}
 
     # ------------------------------------------------------------------ processes
 
@@ -571,6 +587,7 @@ class LocalDeployment:
         failures = 0
         while True:
             time.sleep(poll)
+            self.raise_signalled()
             self.supervisor.note_descendants()
             self.check_superlink()
             nodes = self.current_nodes()
