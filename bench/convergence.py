@@ -6,9 +6,17 @@ fits each run's (bpp, PSNR) points per modality into a curve and reports, for ea
 against the centralized curve, the BD-rate (% more bits for the same PSNR) and the BD-PSNR (dB
 gained at the same bpp) per modality (``fedrs.bjontegaard``), and mAP@20 in both conventions at
 every λ (mean over the λ values), with the random-code baselines.  With several seeds each figure
-is a mean with its 95 % Student-t half width over the seeds.
+is a mean with its 95 % Student-t half width over the seeds.  Beside them: the rounds (epochs),
+passes over the data and MB up + down each run took, and the largest round-to-round change of
+each modality's bpp after the stage-1 rounds (``fedrs.convergence.rate_jump``).
 
-Prints a table, then, as its last line, one JSON object with every figure.
+Then, for each federation, its targets against the centralized run, each met or not: mAP@20
+at 99 % or more of the centralized one in both conventions, BD-PSNR of -0.5 dB or better per
+modality ("curves apart" where the bpp ranges do not overlap: no delta is defined), at most 3x
+the centralized passes, and no rate jump above 15 %; and modality-aware minus FedAvg seed by
+seed (mAP@20, BD-rate, MB) with its 95 % interval.
+
+Prints the tables, then, as its last line, one JSON object with every figure.
 
     python bench/convergence.py [--config experiments/modality-split.toml] [--lambdas 50,100,200]
         [--seeds 0] [--strategies fedavg,modality-aware] [--out runs/convergence]
@@ -25,7 +33,7 @@ from typing import Any
 
 from fedrs.bjontegaard import bd_psnr, bd_rate
 from fedrs.cli import main as cli
-from fedrs.convergence import mean_interval
+from fedrs.convergence import mean_interval, rate_jump
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("s1", "s2")
@@ -95,11 +103,115 @@ def retrieval(summaries: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(float(s[k]) for s in summaries) / len(summaries) for k in keys}
 
 
+def federation_config(s: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = (s.get("config") or {}).get("federation") or {}
+    return config
+
+
+def passes(s: dict[str, Any]) -> float:
+    """Passes over the training data: a centralized run's epochs, a federation's rounds times
+    its local epochs."""
+    if s.get("epochs") is not None:
+        return float(s["epochs"])
+    return float(s.get("rounds") or 0) * int(federation_config(s).get("local_epochs", 1) or 1)
+
+
 def traffic(summaries: list[dict[str, Any]]) -> dict[str, float]:
-    """Rounds (epochs for the centralized run) and MB up + down, averaged over the λ values."""
+    """Rounds (epochs for the centralized run), passes over the data and MB up + down,
+    averaged over the λ values."""
     rounds = [float(s.get("rounds") or s.get("epochs") or 0) for s in summaries]
     mb = [(s.get("bytes_up", 0) + s.get("bytes_down", 0)) / 1e6 for s in summaries]
-    return {"rounds": sum(rounds) / len(rounds), "mb": sum(mb) / len(mb)}
+    n = len(summaries)
+    return {
+        "rounds": sum(rounds) / n,
+        "passes": sum(passes(s) for s in summaries) / n,
+        "mb": sum(mb) / n,
+    }
+
+
+def jumps(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The largest round-to-round bpp change per modality after the stage-1 rounds, over the
+    λ values (``fedrs.convergence.rate_jump``)."""
+    out: dict[str, float | None] = {}
+    for modality in MODALITIES:
+        found = [
+            rate_jump(
+                s.get("history") or [],
+                modality,
+                after_round=int(federation_config(s).get("stage1_rounds", 0) or 0),
+            )
+            for s in summaries
+        ]
+        values = [x for x in found if x is not None]
+        out[f"rate_jump_{modality}"] = max(values) if values else None
+    return out
+
+
+MAP_SHARE = 0.99
+BD_PSNR_FLOOR = -0.5
+PASSES_FACTOR = 3.0
+JUMP_CEILING = 0.15
+
+
+def verdicts(result: dict[str, Any], name: str) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets for federation ``name`` (means over the seeds): what, the figure,
+    and whether it is met (None where the figure is missing)."""
+    row, central = result[name], result["centralized"]
+
+    def mean(r: dict[str, Any], key: str) -> float | None:
+        value = r.get(key)
+        return None if value is None else float(value["mean"])
+
+    out: list[tuple[str, str, bool | None]] = []
+    for key, title in (("map@20", "mAP@20"), ("map@20_min_k_r", "mAP@20 min(k,R)")):
+        fed, ref = mean(row, key), mean(central, key)
+        if fed is None or ref is None or ref <= 0:
+            out.append((f"{title} >= {MAP_SHARE:.0%} of centralized", "-", None))
+            continue
+        share = fed / ref
+        out.append(
+            (f"{title} >= {MAP_SHARE:.0%} of centralized", f"{share:.1%}", share >= MAP_SHARE)
+        )
+    for modality in MODALITIES:
+        value = mean(row, f"bd_psnr_{modality}")
+        apart = any(f"bd_psnr_{modality}_why" in r for r in row["per_seed"])
+        figure = f"{value:+.2f} dB" if value is not None else ("curves apart" if apart else "-")
+        met = None if value is None else value >= BD_PSNR_FLOOR
+        out.append((f"BD-PSNR {modality.upper()} >= {BD_PSNR_FLOOR:g} dB", figure, met))
+    fed, ref = mean(row, "passes"), mean(central, "passes")
+    if fed is None or not ref:
+        out.append((f"passes <= {PASSES_FACTOR:g}x centralized", "-", None))
+    else:
+        out.append(
+            (
+                f"passes <= {PASSES_FACTOR:g}x centralized",
+                f"{fed:g} vs {ref:g} ({fed / ref:.2f}x)",
+                fed <= PASSES_FACTOR * ref,
+            )
+        )
+    for modality in MODALITIES:
+        value = mean(row, f"rate_jump_{modality}")
+        figure = "-" if value is None else f"{value:.1%}"
+        met = None if value is None else value <= JUMP_CEILING
+        out.append(
+            (f"round-to-round {modality.upper()} rate jump <= {JUMP_CEILING:.0%}", figure, met)
+        )
+    return out
+
+
+def paired_difference(
+    per_seed: dict[str, list[dict[str, Any]]], first: str, second: str, key: str
+) -> dict[str, Any] | None:
+    """``first - second`` of ``key`` seed by seed, with its mean and 95 % interval."""
+    pairs = [
+        (a[key], b[key])
+        for a, b in zip(per_seed[first], per_seed[second], strict=True)
+        if a.get(key) is not None and b.get(key) is not None
+    ]
+    if not pairs:
+        return None
+    mean, half = mean_interval([a - b for a, b in pairs])
+    return {"mean": mean, "half_width": half, "n": len(pairs)}
 
 
 def main() -> None:
@@ -130,7 +242,9 @@ def main() -> None:
         per_seed["centralized"].append(retrieval(central) | traffic(central))
         for name in names:
             runs = [summary(run_folder(args.out, lm, seed, name)) for lm in lambdas]
-            per_seed[name].append(deltas(central, runs) | retrieval(runs) | traffic(runs))
+            per_seed[name].append(
+                deltas(central, runs) | retrieval(runs) | traffic(runs) | jumps(runs)
+            )
 
     figures = [
         "bd_rate_s1",
@@ -142,7 +256,10 @@ def main() -> None:
         "map@20_random",
         "map@20_min_k_r_random",
         "rounds",
+        "passes",
         "mb",
+        "rate_jump_s1",
+        "rate_jump_s2",
     ]
     result: dict[str, Any] = {}
     for name, rows in per_seed.items():
@@ -172,7 +289,10 @@ def main() -> None:
         ("mAP@20", "map@20", 3),
         ("min(k,R)", "map@20_min_k_r", 3),
         ("rounds", "rounds", 1),
+        ("passes", "passes", 1),
         ("MB", "mb", 0),
+        ("S1 jump", "rate_jump_s1", 2),
+        ("S2 jump", "rate_jump_s2", 2),
     ]
     print(
         f"Federations vs centralized, lambdas {', '.join(f'{x:g}' for x in lambdas)}; "
@@ -184,7 +304,38 @@ def main() -> None:
     print(f"{'run':<16}" + "".join(f"{title:>14}" for title, _, _ in columns))
     for name, row in result.items():
         print(f"{name:<16}" + "".join(f"{cell(row[key], d):>14}" for _, key, d in columns))
-    print(json.dumps({"lambdas": lambdas, "seeds": args.seeds, "runs": result}))
+    checks = {name: verdicts(result, name) for name in names}
+    for name, verdict_rows in checks.items():
+        print(f"\ntargets, {name}:")
+        for what, figure, met in verdict_rows:
+            state = "-" if met is None else ("met" if met else "NOT met")
+            print(f"  {what:<44}{figure:>24}  {state}")
+    differences: dict[str, Any] = {}
+    if "modality-aware" in names and "fedavg" in names:
+        print("\nmodality-aware - fedavg, seed by seed (mean ± 95 % interval over the seeds):")
+        for key in ("map@20", "map@20_min_k_r", "bd_rate_s1", "bd_rate_s2", "mb"):
+            diff = paired_difference(per_seed, "modality-aware", "fedavg", key)
+            differences[key] = diff
+            if diff is None:
+                continue
+            if diff["half_width"] is None:
+                verdict = "one seed: no interval"
+            elif abs(diff["mean"]) > diff["half_width"]:
+                verdict = "interval excludes 0"
+            else:
+                verdict = "interval holds 0"
+            print(f"  {key:<16}{cell(diff, 3):>18}  {verdict}")
+    summary_line = {
+        "lambdas": lambdas,
+        "seeds": args.seeds,
+        "runs": result,
+        "targets": {
+            name: [{"target": w, "figure": f, "met": m} for w, f, m in verdict_rows]
+            for name, verdict_rows in checks.items()
+        },
+        "modality_aware_minus_fedavg": differences,
+    }
+    print(json.dumps(summary_line))
 
 
 if __name__ == "__main__":

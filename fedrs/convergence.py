@@ -7,6 +7,7 @@
   target, with the rounds, passes over the data and bytes it took;
 * :func:`targets`: those costs for the targets set by a centralized run: 95 % and 99 % of its
   mAP@20 (both conventions), and its PSNR within 0.5 dB per modality at no more bits;
+* :func:`rate_jump`: the largest round-to-round change of a modality's bpp after a warm-up;
 * :class:`Plateau`: whether a validation figure has stopped improving.
 
 A federation's history is the ``history`` of its ``summary.json``: one dict a round with
@@ -35,6 +36,7 @@ __all__ = [
     "first_reaching",
     "mean_interval",
     "plateau_round",
+    "rate_jump",
     "t_quantile",
     "target_labels",
     "targets",
@@ -324,6 +326,33 @@ def targets(
             "bpp_max": bpp,
         }
     return out
+
+
+def rate_jump(
+    history: Sequence[Mapping[str, Any]], modality: str, *, after_round: int = 0
+) -> float | None:
+    """The largest relative change of ``eval/bpp_<modality>`` between two consecutive rounds
+    that both come after ``after_round`` (e.g. the stage-1 rounds: the loss changes there).
+
+    ``|bpp[r + 1] / bpp[r] - 1|``, maximised over the pairs; None with fewer than two such
+    rounds holding a finite, positive bpp (a round without it breaks the pair).
+
+    >>> history = [{"eval/bpp_s2": 0.10}, {"eval/bpp_s2": 0.17}, {"eval/bpp_s2": 0.22}]
+    >>> round(rate_jump(history, "s2"), 3), round(rate_jump(history, "s2", after_round=1), 3)
+    (0.7, 0.294)
+    """
+    jumps: list[float] = []
+    before: float | None = None
+    for index, entry in enumerate(history):
+        if _round_number(entry, index) <= after_round:
+            continue
+        bpp = _figure(entry, f"eval/bpp_{modality}")
+        if bpp is not None and bpp <= 0:
+            bpp = None
+        if bpp is not None and before is not None:
+            jumps.append(abs(bpp / before - 1.0))
+        before = bpp
+    return max(jumps) if jumps else None
 
 
 @dataclass

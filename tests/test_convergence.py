@@ -14,6 +14,7 @@ from fedrs.convergence import (
     first_reaching,
     mean_interval,
     plateau_round,
+    rate_jump,
     t_quantile,
     target_labels,
     targets,
@@ -235,6 +236,32 @@ def test_first_reaching_skips_rounds_without_the_figure() -> None:
     }
     with pytest.raises(InputError):
         first_reaching(history, "eval/map@20", 0.5, local_epochs=0)
+
+
+def test_rate_jump_after_the_warm_up() -> None:
+    """The largest |bpp[r+1] / bpp[r] - 1| over consecutive rounds past ``after_round``."""
+    history = [
+        {"round": 1, "eval/bpp_s2": 0.50},  # stage 1: another loss, left out below
+        {"round": 2, "eval/bpp_s2": 0.10},
+        {"round": 3, "eval/bpp_s2": 0.12},
+        {"round": 4, "eval/bpp_s2": 0.09},
+    ]
+    assert rate_jump(history, "s2") == pytest.approx(0.8)  # 0.50 -> 0.10
+    assert rate_jump(history, "s2", after_round=1) == pytest.approx(0.25)  # 0.12 -> 0.09
+    assert rate_jump(history, "s2", after_round=3) is None  # one round left: no pair
+    assert rate_jump(history, "s1") is None
+
+
+def test_rate_jump_pairs_only_consecutive_rounds_with_a_rate() -> None:
+    history = [
+        {"eval/bpp_s1": 0.2},
+        {"eval/bpp_s1": float("nan")},  # breaks the pair: 0.2 -> 0.4 is not a jump
+        {"eval/bpp_s1": 0.4},
+        {"eval/bpp_s1": 0.42},
+        {"eval/bpp_s1": 0.0},  # no rate: not a jump to or from it
+        {"eval/bpp_s1": 0.84},
+    ]
+    assert rate_jump(history, "s1") == pytest.approx(0.05)
 
 
 def test_targets_of_a_federation_against_the_centralized_run() -> None:

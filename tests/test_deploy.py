@@ -324,7 +324,7 @@ def test_a_signal_dropped_by_a_finaliser_is_raised_again(
         assert deployment.signalled == signum
         with pytest.raises(raised) as caught:
             deployment.raise_signalled()
-        if raised is SystemExit:
+        if isinstance(caught.value, SystemExit):
             assert caught.value.code == 128 + signum
     finally:
         deployment.stop()
