@@ -81,6 +81,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     codec_lr_scale: float = Field(0.1, gt=0, description="stage 2: codec lr = lr * this")
+    density_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="the hyper-latent's factorized density (entropy bottleneck) trains at "
+        "lr * this in both stages (not scaled by codec_lr_scale)",
+    )
     stage1_epochs: int = Field(1, ge=0, description="codec only (rate-distortion)")
     stage2_epochs: int = Field(2, ge=0, description="codec and hash head jointly")
     no_bpp_epochs: int = Field(

@@ -201,7 +201,8 @@ class LocalTrainer:
 
     Args:
         modalities: what this trainer holds (default: the model's); others are never read.
-        stage: 1 (codec, rate-distortion) or 2 (codec at ``codec_lr_scale`` x lr + hash head).
+        stage: 1 (codec, rate-distortion) or 2 (codec at ``codec_lr_scale`` x lr + hash head);
+            in both, the codecs' factorized densities train at ``density_lr_scale`` x lr.
         seed: shuffling and quantisation-noise seed (e.g. ``(seed, round, client)``), so a run
             is reproducible wherever it executes on one device type (a GPU draws other noise).
         proximal_mu, reference: FedProx term towards ``reference`` (the received global model)
@@ -242,15 +243,17 @@ class LocalTrainer:
         model.to(self.device).train()
 
         codec_params = [p for m in held for p in model.codec(m).parameters()]
+        density = {id(p) for m in held for p in model.codec(m).density_parameters()}
+        density_params = [p for p in codec_params if id(p) in density]
+        rest = [p for p in codec_params if id(p) not in density]
         hash_params = model.hash_parameters()
-        if stage == 1:
-            groups = [{"params": codec_params, "lr": tc.lr}]
-            params = codec_params
-        else:
-            groups = [
-                {"params": codec_params, "lr": tc.lr * tc.codec_lr_scale},
-                {"params": hash_params, "lr": tc.lr},
-            ]
+        groups = [
+            {"params": rest, "lr": tc.lr if stage == 1 else tc.lr * tc.codec_lr_scale},
+            {"params": density_params, "lr": tc.lr * tc.density_lr_scale},
+        ]
+        params = codec_params
+        if stage == 2:
+            groups.append({"params": hash_params, "lr": tc.lr})
             params = codec_params + hash_params
         self.model, self.archive, self.rows, self.config = model, archive, rows, config
         self.held, self.stage, self.params, self.rate = held, stage, params, rate

@@ -276,6 +276,33 @@ def test_local_trainer_keeps_adam_across_epochs() -> None:
     assert any(not torch.equal(one_call[key], fresh[key]) for key in one_call)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_density_of_z_has_its_own_learning_rate(stage: int) -> None:
+    """``train.density_lr_scale`` sets the learning rate of the entropy bottlenecks' density in
+    both stages, apart from the rest of the codec (``codec_lr_scale`` in stage 2)."""
+    config = load_config(SMOKE, {"train.density_lr_scale": 10.0, "train.lr": 0.002})
+    data = load_run_data(config.data)
+    model = build_model(config)
+    trainer = LocalTrainer(model, data.archive, data.train_rows, config, stage=stage)
+    lrs = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    density = {id(p) for m in model.modalities for p in model.codec(m).density_parameters()}
+    codec = {id(p) for m in model.modalities for p in model.codec(m).parameters()} - density
+    assert density and codec
+    assert sorted({lrs[i] for i in density}) == pytest.approx([0.02])
+    assert sorted({lrs[i] for i in codec}) == pytest.approx([0.002 if stage == 1 else 0.0002])
+    hashed = [lrs.get(id(p)) for p in model.hash_parameters()]
+    if stage == 1:
+        assert hashed == [None] * len(hashed)  # not trained
+    else:
+        assert hashed == pytest.approx([0.002] * len(hashed))
+    before = [
+        p.detach().clone() for m in model.modalities for p in model.codec(m).density_parameters()
+    ]
+    trainer.train(1)
+    after = [p for m in model.modalities for p in model.codec(m).density_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
 def test_adam_state_travels_between_trainers() -> None:
     """``train_local(optimizer_state=...)`` continues the Adam state of the previous call
     (steps add up, moments are those reached); a state of other parameters is ignored."""

@@ -379,6 +379,11 @@ class Codec(nn.Module):
         """Parameters of ``g_a`` (shared by the rate-distortion and hashing objectives)."""
         return list(self.g_a.parameters())
 
+    def density_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the hyper-latent's factorized density (``entropy_bottleneck``), which
+        a trainer may give their own learning rate (``train.density_lr_scale``)."""
+        return list(self.entropy_bottleneck.parameters())
+
 
 @register_codec("hyperprior")
 class HyperpriorCodec(Codec):
