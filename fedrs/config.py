@@ -82,7 +82,7 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     codec_lr_scale: float = Field(0.1, gt=0, description="stage 2: codec lr = lr * this")
     density_lr_scale: float = Field(
-        1.0,
+        10.0,
         gt=0,
         description="the hyper-latent's factorized density (entropy bottleneck) trains at "
         "lr * this in both stages (not scaled by codec_lr_scale)",
