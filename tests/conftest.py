@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,21 @@ def cache_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Path:
     """``$FEDRS_CACHE_DIR`` pointing at :func:`cache_dir` (modules opt in with ``usefixtures``)."""
     monkeypatch.setenv("FEDRS_CACHE_DIR", str(cache_dir))
     return cache_dir
+
+
+@pytest.fixture
+def default_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM handled as in a foreground terminal for the test, then restored.
+
+    A shell starting a command in the background without job control ignores SIGINT for it,
+    and every child inherits the ignore; tests that send a signal get the defaults (a child
+    started meanwhile gets them too: a handler resets to the default at ``exec``)."""
+    old = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            if handler is not None:
+                signal.signal(signum, handler)

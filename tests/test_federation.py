@@ -375,6 +375,7 @@ def _wait_for(condition: Any, timeout: float) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.usefixtures("default_signals")  # as from a terminal, even in a background job
 def test_interrupted_simulation_stops_every_process(
     tmp_path: Path, cache_dir: Path, signum: int, code: int
 ) -> None:
