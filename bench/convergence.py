@@ -33,7 +33,7 @@ from typing import Any
 
 from fedrs.bjontegaard import bd_psnr, bd_rate
 from fedrs.cli import main as cli
-from fedrs.convergence import mean_interval, rate_jump
+from fedrs.convergence import federation_settings, mean_interval, rate_jump
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("s1", "s2")
@@ -103,17 +103,12 @@ def retrieval(summaries: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(float(s[k]) for s in summaries) / len(summaries) for k in keys}
 
 
-def federation_config(s: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = (s.get("config") or {}).get("federation") or {}
-    return config
-
-
 def passes(s: dict[str, Any]) -> float:
     """Passes over the training data: a centralized run's epochs, a federation's rounds times
     its local epochs."""
     if s.get("epochs") is not None:
         return float(s["epochs"])
-    return float(s.get("rounds") or 0) * int(federation_config(s).get("local_epochs", 1) or 1)
+    return float(s.get("rounds") or 0) * int(federation_settings(s).get("local_epochs", 1) or 1)
 
 
 def traffic(summaries: list[dict[str, Any]]) -> dict[str, float]:
@@ -138,7 +133,7 @@ def jumps(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
             rate_jump(
                 s.get("history") or [],
                 modality,
-                after_round=int(federation_config(s).get("stage1_rounds", 0) or 0),
+                after_round=int(federation_settings(s).get("stage1_rounds", 0) or 0),
             )
             for s in summaries
         ]

@@ -33,6 +33,7 @@ __all__ = [
     "PSNR_MARGIN_DB",
     "Plateau",
     "bootstrap_interval",
+    "federation_settings",
     "first_reaching",
     "mean_interval",
     "plateau_round",
@@ -265,6 +266,14 @@ def _final(summary: Mapping[str, Any], key: str, modality: str | None = None) ->
     return x if math.isfinite(x) else None
 
 
+def federation_settings(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``federation`` settings a run's ``summary.json`` records in its ``config`` (empty
+    for a centralized run or a summary without them)."""
+    config = summary.get("config") or {}
+    settings: Mapping[str, Any] = config.get("federation") or {}
+    return settings
+
+
 def targets(
     central_summary: Mapping[str, Any], federation_summary: Mapping[str, Any]
 ) -> dict[str, dict[str, Any] | None]:
@@ -286,8 +295,7 @@ def targets(
     it, or where the centralized run lacks the figure.
     """
     history: Sequence[Mapping[str, Any]] = federation_summary.get("history") or []
-    config = federation_summary.get("config") or {}
-    local_epochs = int((config.get("federation") or {}).get("local_epochs", 1) or 1)
+    local_epochs = int(federation_settings(federation_summary).get("local_epochs", 1) or 1)
     out: dict[str, dict[str, Any] | None] = {}
     for key in MAP_KEYS:
         central = _final(central_summary, key)

@@ -3,25 +3,16 @@ paired modality-aware - FedAvg difference, on hand-made summaries."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "convergence.py"
+from _data import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fedrs_bench_convergence", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("convergence")
 
 
 def federation(rounds: int, local_epochs: int, stage1: int, s2: list[float]) -> dict[str, Any]:
