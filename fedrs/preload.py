@@ -10,6 +10,7 @@ is loaded while Flower holds its app-loading lock, and later imports are plain l
 from __future__ import annotations
 
 import fedrs.coder
+import fedrs.codes
 import fedrs.comm
 import fedrs.data.archive
 import fedrs.data.cache

@@ -480,13 +480,13 @@ def encode_rows(
     so memory grows with the rows only by their codes and labels.
 
     Returns ``codes`` (N, K) +-1 (with ``packed``: ``uint8`` (N, K/8) packed bits, as
-    :func:`fedrs.retrieval.pack_codes` makes them), ``labels`` (N, 19) (``uint8`` with
+    :func:`fedrs.codes.pack_codes` makes them), ``labels`` (N, 19) (``uint8`` with
     ``packed``), ``bits`` {modality: total bits}, ``patches`` {modality: count},
     ``encode_s`` (seconds reading, compressing and hashing), and with ``decode`` ``sq_error``
     {modality: per-band sum of squared physical errors}, ``values`` {modality: count of
     values} and ``decode_s`` (seconds decoding and comparing).
     """
-    from fedrs.retrieval import pack_codes
+    from fedrs.codes import pack_codes
 
     held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
     started = time.perf_counter()

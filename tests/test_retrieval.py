@@ -1,4 +1,4 @@
-"""Tests of fedrs.retrieval: code packing, the faiss Hamming index and the retrieval metrics."""
+"""Tests of fedrs.codes (code packing) and fedrs.retrieval: the faiss Hamming index and metrics."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import faiss
 import numpy as np
 import pytest
 
+from fedrs.codes import as_packed, pack_codes, unpack_codes
 from fedrs.errors import InputError
 from fedrs.retrieval import (
     PAD_DISTANCE,
     PAD_ID,
     CorruptIndexError,
     HashIndex,
-    as_packed,
     average_precisions,
     evaluate_retrieval,
     evaluate_retrieval_per_query,
@@ -27,7 +27,6 @@ from fedrs.retrieval import (
     mean_average_precision,
     mean_average_precision_min_k_r,
     ndcg_at_k,
-    pack_codes,
     precision_at_k,
     random_codes_baseline,
     random_codes_evaluation,
@@ -35,7 +34,6 @@ from fedrs.retrieval import (
     recall_at_k,
     relevance_prior,
     set_faiss_threads,
-    unpack_codes,
 )
 
 # ------------------------------------------------------------------------------------------------

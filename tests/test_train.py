@@ -66,7 +66,8 @@ def test_zero_caps_evaluate_the_whole_test_and_train_splits() -> None:
 
 
 def test_streamed_evaluation_equals_one_whole_batch() -> None:
-    from fedrs.retrieval import evaluate_retrieval, pack_codes
+    from fedrs.codes import pack_codes
+    from fedrs.retrieval import evaluate_retrieval
 
     config = load_config(SMOKE)
     data = load_run_data(config.data)

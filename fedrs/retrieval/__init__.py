@@ -49,11 +49,8 @@ from fedrs.retrieval.index import (
     PAD_ID,
     CorruptIndexError,
     HashIndex,
-    as_packed,
     hamming_distances,
-    pack_codes,
     set_faiss_threads,
-    unpack_codes,
 )
 from fedrs.retrieval.metrics import (
     RankedRelevance,
@@ -116,7 +113,6 @@ __all__ = [
     "SearchParticipant",
     "SearchResult",
     "TrainedModel",
-    "as_packed",
     "average_precisions",
     "central_search",
     "compress_archive",
@@ -134,7 +130,6 @@ __all__ = [
     "model_for_archive",
     "ndcg_at_k",
     "open_archives",
-    "pack_codes",
     "patch_code",
     "precision_at_k",
     "random_codes_baseline",
@@ -144,5 +139,4 @@ __all__ = [
     "recall_at_k",
     "relevance_prior",
     "set_faiss_threads",
-    "unpack_codes",
 ]

@@ -119,9 +119,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fedrs.codes import _check_bits, as_packed
 from fedrs.errors import InputError
 from fedrs.io import name_problem, sync_folder
-from fedrs.retrieval.index import HashIndex, _check_bits, as_packed
+from fedrs.retrieval.index import HashIndex
 
 __all__ = [
     "FORMAT_VERSION",

@@ -43,8 +43,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fedrs.codes import as_packed
 from fedrs.errors import InputError
-from fedrs.retrieval.index import PAD_DISTANCE, PAD_ID, HashIndex, as_packed
+from fedrs.retrieval.index import PAD_DISTANCE, PAD_ID, HashIndex
 
 __all__ = [
     "CentralIndex",

@@ -56,8 +56,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedrs.codes import as_packed
 from fedrs.errors import InputError
-from fedrs.retrieval.index import HashIndex, as_packed
+from fedrs.retrieval.index import HashIndex
 
 __all__ = [
     "RankedRelevance",
