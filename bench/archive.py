@@ -398,10 +398,10 @@ def size_figures(
 
 
 def search_figures(archive: Any, tmp: Path, full: bool, repeat: int) -> dict[str, Any]:
+    from fedrs.container import ArchiveWriter, CompressedArchive
     from fedrs.retrieval import (
-        ArchiveWriter,
+        ArchiveSearch,
         CentralIndex,
-        CompressedArchive,
         IndexParticipant,
         central_search,
         federated_search,
@@ -441,9 +441,10 @@ def search_figures(archive: Any, tmp: Path, full: bool, repeat: int) -> dict[str
             for position in range(bounds[i], bounds[i + 1]):
                 writer.add(archive.record(int(position)))
     parts_open = [CompressedArchive.open(p) for p in paths]
+    searches = [ArchiveSearch(part) for part in parts_open]
     k_real = min(10, len(archive))
-    fed = federated_search(parts_open, archive.codes, k_real)
-    cen = central_search(parts_open, archive.codes, k_real)
+    fed = federated_search(searches, archive.codes, k_real)
+    cen = central_search(searches, archive.codes, k_real)
     for part in parts_open:
         part.close()
     return {
@@ -485,9 +486,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from fedrs.container import CompressedArchive
     from fedrs.data import open_archive
     from fedrs.data.synth import write_synthetic_archive
-    from fedrs.retrieval import CompressedArchive
     from fedrs.retrieval.compress import compress_archive
     from fedrs.retrieval.trained import load_trained_model
 

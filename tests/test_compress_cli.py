@@ -20,10 +20,11 @@ import torch
 
 from fedrs.cli import main as cli
 from fedrs.config import load_config
+from fedrs.container import CompressedArchive
 from fedrs.data import open_archive, prepare_cache
 from fedrs.data.synth import write_synthetic_archive
 from fedrs.data.transforms import collate_patches, normalize
-from fedrs.retrieval import CompressedArchive, central_search
+from fedrs.retrieval import ArchiveSearch, central_search
 from fedrs.retrieval.compress import DECOMPRESSED_MARKER, INFO_GROUP, record_patches
 from fedrs.retrieval.trained import TrainedModel, load_trained_model, model_fingerprint
 from fedrs.train import build_model
@@ -370,7 +371,7 @@ def test_search_by_id_over_two_archives_equals_central(
     answer = json.loads(capsys.readouterr().out)
     assert answer["query"]["code"] == code.tobytes().hex()
     archives = [CompressedArchive.open(compressed), CompressedArchive.open(second)]
-    expected = central_search(archives, code[None, :], 12)[0]
+    expected = central_search([ArchiveSearch(a) for a in archives], code[None, :], 12)[0]
     got = [(h["patch_id"], h["archive"], h["distance"]) for h in answer["hits"]]
     assert got == [(h.patch_id, h.archive_name, h.distance) for h in expected]
     assert len(got) == 12 and {h["archive"] for h in answer["hits"]} == {"a", "b"}
@@ -428,8 +429,8 @@ def test_search_real_v1_patch_folder(
 def _forge(source: Path, target: Path, edit: Any) -> Path:
     """A copy of ``source`` whose records pass through ``edit(position, record)`` (which may
     give ids, names and shapes the writer would refuse)."""
-    import fedrs.retrieval.container as container
-    from fedrs.retrieval.container import ArchiveWriter
+    import fedrs.container.writer as container
+    from fedrs.container import ArchiveWriter
 
     with CompressedArchive.open(source) as archive, pytest.MonkeyPatch.context() as writing:
         writing.setattr(container, "name_problem", lambda name: None, raising=False)

@@ -1,4 +1,4 @@
-"""Tests of the ``.fedrs`` compressed-archive container (fedrs.retrieval.container)."""
+"""Tests of the ``.fedrs`` compressed-archive container (fedrs.container)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedrs.errors import InputError
-from fedrs.retrieval import PAD_DISTANCE, HashIndex
-from fedrs.retrieval.container import (
+from fedrs.container import (
     FORMAT_VERSION,
     MAGIC,
     ArchiveWriter,
@@ -31,6 +29,8 @@ from fedrs.retrieval.container import (
     Record,
     RecordNotFoundError,
 )
+from fedrs.errors import InputError
+from fedrs.retrieval import PAD_DISTANCE, ArchiveSearch, HashIndex
 
 LABELS = ("forest", "water", "urban", "crops", "wetland", "beach", "snow", "rock", "grass")
 BITS = 32
@@ -186,7 +186,7 @@ def test_empty_archive(tmp_path: Path) -> None:
     assert archive.patch_ids == ()
     assert archive.codes.shape == (0, BITS // 8)
     assert archive.labels.shape == (0, len(LABELS))
-    distances, positions = archive.search(np.zeros((2, BITS // 8), np.uint8), 3)
+    distances, positions = ArchiveSearch(archive).search(np.zeros((2, BITS // 8), np.uint8), 3)
     assert (distances == PAD_DISTANCE).all()
     assert (positions == -1).all()
     assert list(archive.iter_records()) == []
@@ -211,13 +211,14 @@ def test_name_from_header_and_override(tmp_path: Path, records: list[Record]) ->
 
 def test_index_and_search(archive_path: Path) -> None:
     archive = CompressedArchive.open(archive_path)
-    index = archive.index()
+    search = ArchiveSearch(archive)
+    index = search.index()
     assert isinstance(index, HashIndex)
     assert np.array_equal(index.ids, np.arange(len(archive)))
     assert np.array_equal(index.packed_codes(), archive.codes)
     queries = np.random.default_rng(3).integers(0, 256, (5, BITS // 8), dtype=np.uint8)
     expected = index.search(queries, 4)
-    got = archive.search(queries, 4)
+    got = search.search(queries, 4)
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
     brute = np.unpackbits(queries[:, None, :] ^ archive.codes[None], axis=2).sum(axis=2)
     assert np.array_equal(got[0], np.sort(brute, axis=1, kind="stable")[:, :4])
@@ -468,7 +469,7 @@ def test_patch_id_that_cannot_name_a_file_is_a_corrupt_record(
 ) -> None:
     """A forged archive (the writer refuses such ids) whose ids traverse: each record is
     refused when read, named, and skippable; the other records read."""
-    import fedrs.retrieval.container as container
+    import fedrs.container.writer as container
 
     forged = {2: "../../../outside", 5: "/abs/x", 7: "a\x1b[2Jb"}
     for position, pid in forged.items():

@@ -286,7 +286,7 @@ def test_the_archive_records_its_device_and_readers_elsewhere_are_warned(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from fedrs.cli import main as cli
-    from fedrs.retrieval import CompressedArchive
+    from fedrs.container import CompressedArchive
 
     source, run = small_run
     out = tmp_path / "a.fedrs"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedrs.container import ArchiveWriter, CompressedArchive, Record
 from fedrs.errors import InputError
-from fedrs.retrieval import PAD_DISTANCE, PAD_ID
-from fedrs.retrieval.container import ArchiveWriter, CompressedArchive, Record
+from fedrs.retrieval import PAD_DISTANCE, PAD_ID, ArchiveSearch
 from fedrs.retrieval.federated import (
     CentralIndex,
     Hit,
@@ -179,7 +179,9 @@ def test_federated_over_compressed_archives(tmp_path: Path) -> None:
     alphabet = rng.integers(0, 256, (5, 2), dtype=np.uint8)
     parts = [alphabet[rng.integers(0, 5, n)] for n in (17, 0, 4, 33)]
     archives = [
-        CompressedArchive.open(_write_archive(tmp_path / f"c{a}.fedrs", codes, f"c{a}"))
+        ArchiveSearch(
+            CompressedArchive.open(_write_archive(tmp_path / f"c{a}.fedrs", codes, f"c{a}"))
+        )
         for a, codes in enumerate(parts)
     ]
     in_memory = IndexParticipant("mem", rng.integers(0, 256, (9, 2), dtype=np.uint8), bits=16)
@@ -191,7 +193,7 @@ def test_federated_over_compressed_archives(tmp_path: Path) -> None:
     for hit in fed[3]:
         if hit.archive < 4:
             assert hit.patch_id == f"c{hit.archive}-{hit.position}"
-            record = archives[hit.archive].record(hit.patch_id)
+            record = archives[hit.archive].archive.record(hit.patch_id)
             assert record.streams["s2"]["y"] == bytes([hit.position % 256])
     assert isinstance(archives[0], SearchParticipant)
 
@@ -276,11 +278,15 @@ def test_input_checks(tmp_path: Path) -> None:
         central_search([a], np.zeros((1, 4), np.uint8), 1)
     with pytest.raises(InputError, match="patch ids"):
         IndexParticipant("x", np.zeros((3, 2), np.uint8), patch_ids=["p"])
-    m1 = CompressedArchive.open(
-        _write_archive(tmp_path / "m1.fedrs", np.zeros((2, 2), np.uint8), "x", "model-1")
+    m1 = ArchiveSearch(
+        CompressedArchive.open(
+            _write_archive(tmp_path / "m1.fedrs", np.zeros((2, 2), np.uint8), "x", "model-1")
+        )
     )
-    m2 = CompressedArchive.open(
-        _write_archive(tmp_path / "m2.fedrs", np.zeros((2, 2), np.uint8), "y", "model-2")
+    m2 = ArchiveSearch(
+        CompressedArchive.open(
+            _write_archive(tmp_path / "m2.fedrs", np.zeros((2, 2), np.uint8), "y", "model-2")
+        )
     )
     with pytest.raises(ParticipantError, match="different models"):
         federated_search([m1, m2], np.zeros((1, 2), np.uint8), 1)

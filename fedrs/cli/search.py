@@ -46,13 +46,13 @@ def main(
     torch.set_num_threads(threads)
     import numpy as np
 
+    from fedrs.retrieval import ArchiveSearch, federated_search
     from fedrs.retrieval.compress import (
         hash_query_patch,
         model_for_archives,
         open_archives,
         patch_code,
     )
-    from fedrs.retrieval.federated import federated_search
 
     if bool(query_patch) == (query_id is not None):
         fail("give exactly one of --query-patch and --query-id")
@@ -84,7 +84,7 @@ def main(
             "modalities": sorted(hashed.patch.images),
         }
     query["code"] = bytes(np.asarray(code, dtype=np.uint8)).hex()
-    result = federated_search(archives, code[None, :], k)
+    result = federated_search([ArchiveSearch(a) for a in archives], code[None, :], k)
     hits = []
     for rank, hit in enumerate(result[0], start=1):
         labels = archives[hit.archive].labels[hit.position]

@@ -9,6 +9,7 @@ labels (relevant = at least one shared label).
 
 from __future__ import annotations
 
+from fedrs.retrieval.archive_search import ArchiveSearch
 from fedrs.retrieval.compress import (
     CompressReport,
     DecompressReport,
@@ -18,20 +19,6 @@ from fedrs.retrieval.compress import (
     hash_query_patch,
     open_archives,
     patch_code,
-)
-from fedrs.retrieval.container import (
-    ArchiveWriter,
-    CompressedArchive,
-    ContainerError,
-    ContainerExistsError,
-    ContainerVersionError,
-    CorruptArchiveError,
-    CorruptRecordError,
-    GeoReference,
-    NotAContainerError,
-    Record,
-    RecordIterator,
-    RecordNotFoundError,
 )
 from fedrs.retrieval.federated import (
     CentralIndex,
@@ -84,32 +71,21 @@ from fedrs.retrieval.trained import (
 __all__ = [
     "PAD_DISTANCE",
     "PAD_ID",
-    "ArchiveWriter",
+    "ArchiveSearch",
     "CentralIndex",
     "CodeHolder",
     "CompressReport",
-    "CompressedArchive",
-    "ContainerError",
-    "ContainerExistsError",
-    "ContainerVersionError",
-    "CorruptArchiveError",
     "CorruptIndexError",
-    "CorruptRecordError",
     "DecompressReport",
-    "GeoReference",
     "GeoTiffSource",
     "HashIndex",
     "Hit",
     "IndexParticipant",
     "ModelMismatchError",
-    "NotAContainerError",
     "ParticipantError",
     "QueryCode",
     "QueryPatch",
     "RankedRelevance",
-    "Record",
-    "RecordIterator",
-    "RecordNotFoundError",
     "SearchParticipant",
     "SearchResult",
     "TrainedModel",

@@ -6,10 +6,10 @@ The Python face of ``fedrs compress``, ``fedrs decompress`` and ``fedrs search``
     decompress_archive("client-3.fedrs", "runs/centralized", "reconstructed/")
     query = hash_query_patch(["BigEarthNet-S2/<product>/<patch>"], "runs/centralized")
     archives = open_archives(["client-3.fedrs", "client-7.fedrs"])
-    result = federated_search(archives, query.code[None, :], k=20)
+    result = federated_search([ArchiveSearch(a) for a in archives], query.code[None, :], k=20)
 
 What an archive written by :func:`compress_archive` holds (the container format itself is
-described in :mod:`fedrs.retrieval.container`):
+described in :mod:`fedrs.container.format`):
 
 * Header ``meta``: ``{"format": "fedrs-compressed-archive", "version": 1, "model":
   {"config", "fingerprint", "experiment"}, "modalities", "resample", "device", "source":
@@ -42,9 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrs.errors import InputError
-from fedrs.io import atomic_write_text, check_name, inside, name_problem
-from fedrs.retrieval.container import (
+from fedrs.container import (
     ArchiveWriter,
     CompressedArchive,
     ContainerExistsError,
@@ -53,6 +51,8 @@ from fedrs.retrieval.container import (
     Record,
     RecordNotFoundError,
 )
+from fedrs.errors import InputError
+from fedrs.io import atomic_write_text, check_name, inside, name_problem
 from fedrs.retrieval.patch_files import (
     PATCH_WRITERS,
     QueryPatch,

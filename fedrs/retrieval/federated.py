@@ -20,15 +20,15 @@ overflow).
 
 Participants
 ------------
-Anything that satisfies :class:`SearchParticipant` takes part: a
-:class:`~fedrs.retrieval.container.CompressedArchive` (a ``.fedrs`` file), an
+Anything that satisfies :class:`SearchParticipant` takes part: an
+:class:`~fedrs.retrieval.ArchiveSearch` (a ``.fedrs`` file), an
 :class:`IndexParticipant` (codes in memory), or an adapter to a remote archive. All must use the
 same code length, and (when they say) the same model fingerprint: codes of different models are
 not comparable.
 
 Example::
 
-    archives = [CompressedArchive.open(p) for p in paths]
+    archives = [ArchiveSearch(CompressedArchive.open(p)) for p in paths]
     result = federated_search(archives, query_codes, k=20)
     for hit in result[0]:  # the hits of the first query
         print(hit.archive_name, hit.patch_id, hit.distance)
@@ -416,8 +416,9 @@ def federated_search(
     docstring for the merge rule.
 
     Args:
-        archives: :class:`~fedrs.retrieval.container.CompressedArchive` s, :class:`IndexParticipant`
-            s or other :class:`SearchParticipant` s, in the order that breaks ties.
+        archives: :class:`~fedrs.retrieval.ArchiveSearch` es over ``.fedrs`` archives,
+            :class:`IndexParticipant` s or other :class:`SearchParticipant` s, in the order that
+            breaks ties.
         query_codes: ``Q`` codes of ``K`` bits, packed or unpacked.
         k: hits per query, ``>= 1``.
 

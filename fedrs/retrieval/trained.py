@@ -25,8 +25,8 @@ from fedrs.errors import InputError
 from fedrs.models.config import ModelConfig
 
 if TYPE_CHECKING:
+    from fedrs.container import CompressedArchive
     from fedrs.models import JointModel
-    from fedrs.retrieval.container import CompressedArchive
 
 __all__ = [
     "CONFIG_FILE",
