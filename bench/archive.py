@@ -3,7 +3,7 @@
 One run, one model, the same patches for every comparison:
 
 1. **Hash from bits vs decode-then-hash.** An archive is compressed with
-   ``fedrs.retrieval.compress_archive``; its records' streams are then hashed two ways, in
+   ``fedrs.compression.compress_archive``; its records' streams are then hashed two ways, in
    batches, interleaved (best of ``--repeat``): (a) ``JointModel.hash_from_bitstreams``: entropy
    decoding of the latents, then the hash head; (b) what a codec without hash-from-bits must do:
    decode the image (``JointModel.decompress``: entropy decoding + synthesis), re-encode it with
@@ -72,10 +72,10 @@ def _bench_module(name: str) -> ModuleType:
 
 def train_here(batches: int, threads: int, tmp: Path) -> Any:
     """The default architecture trained briefly on its own synthetic archive."""
+    from fedrs.compression import as_trained_model
     from fedrs.config import load_config
     from fedrs.data import open_archive, prepare_cache
     from fedrs.data.synth import write_synthetic_archive
-    from fedrs.retrieval.trained import as_trained_model
     from fedrs.train import build_model, train_local
 
     config = load_config(REPO / "experiments" / "default.toml", {"train.threads": threads})
@@ -173,7 +173,7 @@ def hash_breakdown(model: Any, batches: list[dict[str, list[Any]]]) -> dict[str,
 def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) -> dict[str, Any]:
     import torch
 
-    from fedrs.retrieval.compress import record_patches
+    from fedrs.compression import record_patches
 
     model = trained.model
     records = [record_patches(archive, r) for r in archive]
@@ -326,8 +326,8 @@ def size_figures(
 ) -> dict[str, Any]:
     import torch
 
+    from fedrs.compression import record_patches
     from fedrs.data.transforms import denormalize
-    from fedrs.retrieval.compress import record_patches
     from fedrs.retrieval.patch_files import LAYOUT_FOLDERS
 
     model = trained.model
@@ -486,11 +486,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from fedrs.compression import compress_archive, load_trained_model
     from fedrs.container import CompressedArchive
     from fedrs.data import open_archive
     from fedrs.data.synth import write_synthetic_archive
-    from fedrs.retrieval.compress import compress_archive
-    from fedrs.retrieval.trained import load_trained_model
 
     torch.set_num_threads(args.threads)
     figures: dict[str, Any] = {"threads": args.threads}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fedrs.coder
 import fedrs.codes
 import fedrs.comm
+import fedrs.compression
 import fedrs.container
 import fedrs.data.archive
 import fedrs.data.cache

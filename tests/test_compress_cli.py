@@ -19,14 +19,20 @@ import rasterio
 import torch
 
 from fedrs.cli import main as cli
+from fedrs.compression import (
+    DECOMPRESSED_MARKER,
+    INFO_GROUP,
+    TrainedModel,
+    load_trained_model,
+    model_fingerprint,
+    record_patches,
+)
 from fedrs.config import load_config
 from fedrs.container import CompressedArchive
 from fedrs.data import open_archive, prepare_cache
 from fedrs.data.synth import write_synthetic_archive
 from fedrs.data.transforms import collate_patches, normalize
 from fedrs.retrieval import ArchiveSearch, central_search
-from fedrs.retrieval.compress import DECOMPRESSED_MARKER, INFO_GROUP, record_patches
-from fedrs.retrieval.trained import TrainedModel, load_trained_model, model_fingerprint
 from fedrs.train import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -53,9 +53,8 @@ def main(
     import torch
 
     torch.set_num_threads(threads)
+    from fedrs.compression import compress_archive, load_trained_model
     from fedrs.devices import resolve_device
-    from fedrs.retrieval.compress import compress_archive
-    from fedrs.retrieval.trained import load_trained_model
 
     target = resolve_device(device, key="--device")
     trained = load_trained_model(model, device=str(target))  # the archive records the type

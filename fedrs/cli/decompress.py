@@ -30,10 +30,9 @@ def main(
     import torch
 
     torch.set_num_threads(threads)
+    from fedrs.compression import decompress_archive, model_for_archive
     from fedrs.container import CompressedArchive
     from fedrs.devices import cross_device_note, resolve_device
-    from fedrs.retrieval.compress import decompress_archive
-    from fedrs.retrieval.trained import model_for_archive
 
     target = resolve_device(device, key="--device")
     with CompressedArchive.open(container) as archive:

@@ -46,13 +46,13 @@ def main(
     torch.set_num_threads(threads)
     import numpy as np
 
-    from fedrs.retrieval import ArchiveSearch, federated_search
-    from fedrs.retrieval.compress import (
+    from fedrs.compression import (
         hash_query_patch,
         model_for_archives,
         open_archives,
         patch_code,
     )
+    from fedrs.retrieval import ArchiveSearch, federated_search
 
     if bool(query_patch) == (query_id is not None):
         fail("give exactly one of --query-patch and --query-id")

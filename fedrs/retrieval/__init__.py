@@ -1,25 +1,24 @@
-"""Hash-code retrieval: the faiss Hamming index and the retrieval metrics.
+"""Hash-code retrieval: the faiss Hamming index, the retrieval metrics, and search over archives.
 
-``HashIndex`` stores K-bit codes with external ids and answers k-nearest-neighbour queries by
-Hamming distance (ties in insertion order); ``mean_average_precision`` (two conventions: AP
-divided by the relevant items retrieved in the top k, or by min(k, R)), ``precision_at_k``,
-``recall_at_k``, ``ndcg_at_k`` and ``evaluate_retrieval`` score a set of codes against multi-hot
-labels (relevant = at least one shared label).
+``HashIndex`` (:mod:`~fedrs.retrieval.index`) stores K-bit codes with external ids and answers
+k-nearest-neighbour queries by Hamming distance (ties in insertion order);
+``mean_average_precision`` (two conventions: AP divided by the relevant items retrieved in the
+top k, or by min(k, R)), ``precision_at_k``, ``recall_at_k``, ``ndcg_at_k`` and
+``evaluate_retrieval`` (:mod:`~fedrs.retrieval.metrics`) score a set of codes against multi-hot
+labels (relevant = at least one shared label). ``ArchiveSearch``
+(:mod:`~fedrs.retrieval.archive_search`) searches one ``.fedrs`` archive by its codes;
+``federated_search`` (:mod:`~fedrs.retrieval.federated`) merges the top k of several archives,
+each answering only its own, and equals ``central_search`` over all of them.
+
+Hash codes themselves (packed and unpacked forms) are :mod:`fedrs.codes`; the ``.fedrs`` file is
+:mod:`fedrs.container`; compressing, decompressing and hashing queries is
+:mod:`fedrs.compression`. ``patch_files.py`` (reading and writing patch GeoTIFFs) lies here only
+until it moves.
 """
 
 from __future__ import annotations
 
 from fedrs.retrieval.archive_search import ArchiveSearch
-from fedrs.retrieval.compress import (
-    CompressReport,
-    DecompressReport,
-    QueryCode,
-    compress_archive,
-    decompress_archive,
-    hash_query_patch,
-    open_archives,
-    patch_code,
-)
 from fedrs.retrieval.federated import (
     CentralIndex,
     CodeHolder,
@@ -60,13 +59,6 @@ from fedrs.retrieval.patch_files import (
     geotiff_source,
     read_patch_folders,
 )
-from fedrs.retrieval.trained import (
-    ModelMismatchError,
-    TrainedModel,
-    load_trained_model,
-    model_fingerprint,
-    model_for_archive,
-)
 
 __all__ = [
     "PAD_DISTANCE",
@@ -74,39 +66,26 @@ __all__ = [
     "ArchiveSearch",
     "CentralIndex",
     "CodeHolder",
-    "CompressReport",
     "CorruptIndexError",
-    "DecompressReport",
     "GeoTiffSource",
     "HashIndex",
     "Hit",
     "IndexParticipant",
-    "ModelMismatchError",
     "ParticipantError",
-    "QueryCode",
     "QueryPatch",
     "RankedRelevance",
     "SearchParticipant",
     "SearchResult",
-    "TrainedModel",
     "average_precisions",
     "central_search",
-    "compress_archive",
-    "decompress_archive",
     "evaluate_retrieval",
     "evaluate_retrieval_per_query",
     "federated_search",
     "geotiff_source",
     "hamming_distances",
-    "hash_query_patch",
-    "load_trained_model",
     "mean_average_precision",
     "mean_average_precision_min_k_r",
-    "model_fingerprint",
-    "model_for_archive",
     "ndcg_at_k",
-    "open_archives",
-    "patch_code",
     "precision_at_k",
     "random_codes_baseline",
     "random_codes_evaluation",

@@ -19,7 +19,7 @@ described in :mod:`fedrs.container.format`):
   came from: ``"geotiff"`` (the patches' GeoTIFFs), ``"cache-source"`` (the archive a fedrs cache
   was made from) or ``"none"`` (a cache whose source folder is gone: its records carry none,
   since a cache stores no georeference).  The header's ``model_fingerprint`` is the model's
-  (:func:`~fedrs.retrieval.trained.model_fingerprint`).
+  (:func:`~fedrs.compression.trained.model_fingerprint`).
 * One record per patch: ``streams`` ``{"s2": {"z": ..., "y": ...}, "s1": {...}}`` with the
   codec's bitstreams of each modality the patch has, and ``"info": {"json": ...}``, the
   patch's descriptive fields as compact JSON (``s1_name`` where it differs from the patch id,
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedrs.compression.trained import TrainedModel, as_trained_model, model_for_archive
 from fedrs.container import (
     ArchiveWriter,
     CompressedArchive,
@@ -60,7 +61,6 @@ from fedrs.retrieval.patch_files import (
     read_patch_folders,
     v2_patch_folders,
 )
-from fedrs.retrieval.trained import TrainedModel, as_trained_model, model_for_archive
 
 if TYPE_CHECKING:
     import torch
