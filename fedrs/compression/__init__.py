@@ -1,7 +1,9 @@
 """Compress an archive into a ``.fedrs`` file, decompress it to GeoTIFFs, hash a query patch.
 
-The Python face of ``fedrs compress``, ``fedrs decompress`` and ``fedrs search``, with the
-trained model they load (:mod:`fedrs.compression.trained`)::
+The Python face of ``fedrs compress`` (:mod:`~fedrs.compression.compress`), ``fedrs
+decompress`` (:mod:`~fedrs.compression.decompress`) and ``fedrs search``
+(:mod:`~fedrs.compression.query`), with the trained model they load
+(:mod:`~fedrs.compression.trained`)::
 
     report = compress_archive("BigEarthNet-v2", "runs/centralized", "client-3.fedrs")
     decompress_archive("client-3.fedrs", "runs/centralized", "reconstructed/")
@@ -14,22 +16,26 @@ The ``.fedrs`` file itself is :mod:`fedrs.container`'s; searching is :mod:`fedrs
 
 from __future__ import annotations
 
+from fedrs.compression._common import INFO_GROUP
 from fedrs.compression.compress import (
     ARCHIVE_FORMAT,
-    DECOMPRESSED_MARKER,
-    INFO_GROUP,
     CompressReport,
-    DecompressReport,
-    QueryCode,
     compress_archive,
+    encode_patches,
+)
+from fedrs.compression.decompress import (
+    DECOMPRESSED_MARKER,
+    DecompressReport,
     decode_records,
     decompress_archive,
-    encode_patches,
+    record_patches,
+)
+from fedrs.compression.query import (
+    QueryCode,
     hash_query_patch,
     model_for_archives,
     open_archives,
     patch_code,
-    record_patches,
 )
 from fedrs.compression.trained import (
     CONFIG_FILE,
