@@ -13,7 +13,7 @@ each answering only its own, and equals ``central_search`` over all of them.
 Hash codes themselves (packed and unpacked forms) are :mod:`fedrs.codes`; the ``.fedrs`` file is
 :mod:`fedrs.container`; compressing, decompressing and hashing queries is
 :mod:`fedrs.compression`. ``patch_files.py`` (reading and writing patch GeoTIFFs) lies here only
-until it moves.
+until it moves; import it by its module path.
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ from fedrs.retrieval.metrics import (
     recall_at_k,
     relevance_prior,
 )
-from fedrs.retrieval.patch_files import (
-    GeoTiffSource,
-    QueryPatch,
-    geotiff_source,
-    read_patch_folders,
-)
 
 __all__ = [
     "PAD_DISTANCE",
@@ -67,12 +61,10 @@ __all__ = [
     "CentralIndex",
     "CodeHolder",
     "CorruptIndexError",
-    "GeoTiffSource",
     "HashIndex",
     "Hit",
     "IndexParticipant",
     "ParticipantError",
-    "QueryPatch",
     "RankedRelevance",
     "SearchParticipant",
     "SearchResult",
@@ -81,7 +73,6 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_retrieval_per_query",
     "federated_search",
-    "geotiff_source",
     "hamming_distances",
     "mean_average_precision",
     "mean_average_precision_min_k_r",
@@ -90,7 +81,6 @@ __all__ = [
     "random_codes_baseline",
     "random_codes_evaluation",
     "rank_relevance",
-    "read_patch_folders",
     "recall_at_k",
     "relevance_prior",
     "set_faiss_threads",
