@@ -28,9 +28,7 @@ Update codec (``federation.update_codec``): the reply's arrays are encoded by th
 (``"entropy"``: quantised, entropy-coded differences), with the codec's error-feedback residual
 kept in the node's state between rounds.  When the server sends its model coded as a difference
 to the previous one, the client rebuilds it from the previous global model it kept in its state
-(the server asks a client to keep it by naming its fingerprint in the ConfigRecord); a client
-that no longer holds that model fails the round with :class:`MissingGlobalModelError`, and the
-server sends it the full model next time.
+(:mod:`fedrs.comm.broadcast`).
 
 Device (``train.device``, default ``"auto"``): a simulated client trains on the GPU Ray reserved
 for it (``federation.num_gpus``), on the CPU when it was given no GPU share; a deployed client on
@@ -52,14 +50,7 @@ from flwr.clientapp import ClientApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
-from fedrs.comm import (
-    GLOBAL_BASE_KEY,
-    GLOBAL_FINGERPRINT_KEY,
-    UPDATE_PAYLOAD_KEY,
-    UpdateCodecError,
-    decode_update,
-    fingerprint,
-)
+from fedrs.comm import rebuild_global
 from fedrs.config import ExperimentConfig
 from fedrs.data.cache import CachedArchive
 from fedrs.devices import resolve_device
@@ -86,10 +77,6 @@ OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
 
 class InjectedClientFailure(RuntimeError):
     """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
-
-
-class MissingGlobalModelError(UpdateCodecError):
-    """A coded broadcast refers to a global model this node does not hold."""
 
 
 @dataclass(frozen=True)
@@ -195,36 +182,19 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def receive_global(
     record: ArrayRecord, cfg: dict[str, Any], state: RecordDict
 ) -> dict[str, np.ndarray]:
-    """The global model a training message carries, rebuilt when it is sent coded.
-
-    Keeps the model in ``state`` when the message names its fingerprint.
-
-    Raises:
-        MissingGlobalModelError: The message is a coded difference to a model this node does
-            not hold.
-        UpdateCodecError: The coded difference is damaged, or the model rebuilt differs from
-            the one the server sent.
-    """
-    arrays = _numpy(record)
-    if UPDATE_PAYLOAD_KEY in arrays:
-        base = str(cfg.get(GLOBAL_BASE_KEY, ""))
-        meta = state.config_records.get(GLOBAL_META_KEY)
-        held = None if meta is None else meta.get("fingerprint")
-        if held != base or GLOBAL_STATE_KEY not in state.array_records:
-            raise MissingGlobalModelError(
-                GLOBAL_BASE_KEY,
-                f"the server sent a difference to global model {base[:12]}, this node holds "
-                f"{str(held)[:12] if held else 'none'}; it gets the full model next round",
-            )
-        arrays = decode_update(arrays, _numpy(state.array_records[GLOBAL_STATE_KEY]))
-    expected = cfg.get(GLOBAL_FINGERPRINT_KEY)
-    if expected is not None:
-        if fingerprint(arrays) != str(expected):
-            raise UpdateCodecError(
-                GLOBAL_FINGERPRINT_KEY, "the global model received differs from the server's"
-            )
+    """The global model a training message carries (:func:`fedrs.comm.rebuild_global`), rebuilt
+    from the one kept in ``state``; kept there when the message names its fingerprint."""
+    meta = state.config_records.get(GLOBAL_META_KEY)
+    held = state.array_records.get(GLOBAL_STATE_KEY)
+    arrays, keep = rebuild_global(
+        _numpy(record),
+        cfg,
+        None if meta is None else meta.get("fingerprint"),
+        None if held is None else _numpy(held),
+    )
+    if keep is not None:
         state.array_records[GLOBAL_STATE_KEY] = _record(arrays)
-        state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": str(expected)})
+        state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": keep})
     return arrays
 
 
