@@ -1,18 +1,7 @@
 """The Flower ClientApp: turns a training Message into one call of ``fedrs.train.train_local``.
 
-Where a client's data comes from:
-
-* simulation: ``node_config`` has ``partition-id`` / ``num-partitions``; the client opens the
-  run's archive and takes its shard of the configured partition (deterministic for the seed);
-* deployment: ``node_config`` has ``data-path`` (its own archive or fedrs cache) and optionally
-  ``modalities`` (``"s1,s2"``, ``"s1"`` or ``"s2"``); it trains on that archive's train split.
-
-A client works out its rows once per run, in its first round, and keeps them in the node's state
-with a fingerprint of what they were computed from (data and partition settings, its place in
-the partition, the build of the cache); a later round with the same fingerprint reuses them, any
-other computes them afresh.  The opened cache is reused by later calls in the same process
-(:func:`fedrs.pipeline.open_cache`), so later rounds neither read the metadata again nor
-partition it.
+A client's shard (which rows of the run's cache it trains on, worked out once per run and kept
+in the node's state) is :mod:`fedrs.client_data`'s.
 
 Under modality-aware aggregation a client sends back only what it trained: the codecs of its
 modalities and the shared parts (strategies that average whole models get the whole model),
@@ -38,10 +27,6 @@ the GPU its process sees, if any (:mod:`fedrs.devices`).  The reply's metrics sa
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,11 +35,10 @@ from flwr.clientapp import ClientApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
+from fedrs.client_data import ClientData, HeldShard, load_shard, sent_modalities
 from fedrs.comm import rebuild_global
 from fedrs.config import ExperimentConfig
-from fedrs.data.cache import CachedArchive
 from fedrs.devices import resolve_device
-from fedrs.errors import InputError
 from fedrs.settings import RunSettings
 
 LOCAL_STATE_KEY = "fedrs-local"
@@ -68,7 +52,6 @@ SHARD_STATE_KEY = "fedrs-shard"
 """Node state: ArrayRecord with the ``rows`` this node trains on (rows of the run's cache)."""
 SHARD_META_KEY = "fedrs-shard-meta"
 """Node state: ConfigRecord, ``fingerprint`` and ``modalities`` of :data:`SHARD_STATE_KEY`."""
-_SHARD_NODE_KEYS = ("data-path", "modalities", "partition-id", "num-partitions")
 OPTIMIZER_STATE_KEY = "fedrs-optimizer"
 """Node state: Adam's state at the end of the last round (``federation.keep_optimizer``)."""
 OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
@@ -79,104 +62,29 @@ class InjectedClientFailure(RuntimeError):
     """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
 
 
-@dataclass(frozen=True)
-class ClientData:
-    """The patches a client trains on."""
-
-    client_id: int
-    archive: CachedArchive
-    rows: np.ndarray
-    modalities: tuple[str, ...]
-
-
-def shard_fingerprint(config: ExperimentConfig, node_config: dict[str, Any], cache: Path) -> str:
-    """What a node's rows depend on: the data and partition settings, the node's entries that
-    place it (``data-path``, ``modalities``, ``partition-id``, ``num-partitions``) and the build
-    of the cache it reads (:func:`fedrs.pipeline.cache_identity`)."""
-    from fedrs.pipeline import cache_identity
-
-    facts = {
-        "data": config.data.model_dump(mode="json"),
-        "partition": config.partition.model_dump(mode="json"),
-        "node": {k: str(node_config[k]) for k in _SHARD_NODE_KEYS if k in node_config},
-        "cache": list(cache_identity(cache)),
-    }
-    text = json.dumps(facts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _held_shard(state: RecordDict | None, key: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
-    """The rows and modalities kept in ``state`` under fingerprint ``key``, if any."""
-    if state is None:
-        return None
-    meta = state.config_records.get(SHARD_META_KEY)
-    record = state.array_records.get(SHARD_STATE_KEY)
-    if meta is None or record is None or meta.get("fingerprint") != key or "rows" not in record:
-        return None
-    modalities = meta.get("modalities")
-    if not isinstance(modalities, list):
-        return None
-    return record["rows"].numpy().astype(np.int64, copy=False), tuple(map(str, modalities))
-
-
-def load_client_data(
-    config: ExperimentConfig, node_config: dict[str, Any], state: RecordDict | None = None
-) -> ClientData:
-    """The shard of this node (see the module docstring).
-
-    With ``state`` (the node's ``context.state``), the rows are kept there in the first round
-    and read from there in later ones, while their fingerprint (:func:`shard_fingerprint`) is
-    unchanged.
-    """
-    from fedrs.data.archive import check_modalities
-    from fedrs.pipeline import client_rows, open_cache, resolve_cache, split_rows
-
-    if "data-path" in node_config:
-        data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
-        text = str(node_config.get("modalities", "s1,s2"))
-        modalities = check_modalities([m.strip() for m in text.split(",") if m.strip()])
-        client_id = int(node_config.get("partition-id", 0))
-        clients = None  # the whole train split of its own archive
-    elif "partition-id" not in node_config:
-        raise InputError("node config has neither 'data-path' nor 'partition-id'")
-    else:
-        data_config = config.data
-        client_id = int(node_config["partition-id"])
-        clients = int(node_config.get("num-partitions", config.partition.clients))
-    cache = resolve_cache(data_config)
-    key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)
-    archive = open_cache(cache, data_config.modalities, reuse=True)
-    held = _held_shard(state, key)
-    if held is not None:
-        return ClientData(client_id, archive, held[0], held[1])
-    run = split_rows(archive, data_config, data_config.seed)
-    if clients is not None:
-        rows, modalities = client_rows(run, config.partition, clients, client_id)
-    else:
-        rows = run.train_rows
-    if state is not None:
-        state.array_records[SHARD_STATE_KEY] = ArrayRecord(
-            {"rows": Array(np.ascontiguousarray(rows, dtype=np.int64))}
-        )
-        state.config_records[SHARD_META_KEY] = ConfigRecord(
-            {"fingerprint": key, "modalities": list(modalities)}
-        )
-    return ClientData(client_id, archive, rows, tuple(modalities))
-
-
-def sent_modalities(config: ExperimentConfig, data: ClientData, partial: bool) -> tuple[str, ...]:
-    """Modalities whose codecs a client sends: its own under partial replies (the server says
-    so in :data:`fedrs.protocol.PARTIAL_REPLIES`), else every codec (strategies that average
-    whole models get the untrained codecs back unchanged)."""
-    return data.modalities if partial else tuple(config.model.codecs)
-
-
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def load_client_data(
+    config: ExperimentConfig, node_config: dict[str, Any], state: RecordDict | None = None
+) -> ClientData:
+    """The shard of this node (:func:`fedrs.client_data.load_shard`); with ``state`` (the
+    node's ``context.state``), kept there in the first round and read from there in later ones."""
+    meta = None if state is None else state.config_records.get(SHARD_META_KEY)
+    record = None if state is None else state.array_records.get(SHARD_STATE_KEY)
+    held = None
+    if meta is not None and record is not None and "rows" in record:
+        held = HeldShard(record["rows"].numpy(), dict(meta))
+    data, kept = load_shard(config, node_config, held)
+    if state is not None and kept is not None:
+        state.array_records[SHARD_STATE_KEY] = ArrayRecord({"rows": Array(kept.rows)})
+        state.config_records[SHARD_META_KEY] = ConfigRecord(kept.meta)
+    return data
 
 
 def receive_global(
