@@ -1,49 +1,14 @@
-"""The Flower ClientApp: turns a training Message into one call of ``fedrs.train.train_local``.
+"""The Flower ClientApp: turns a training Message into one round of :mod:`fedrs.client_round`.
 
-Where a client's data comes from:
-
-* simulation: ``node_config`` has ``partition-id`` / ``num-partitions``; the client opens the
-  run's archive and takes its shard of the configured partition (deterministic for the seed);
-* deployment: ``node_config`` has ``data-path`` (its own archive or fedrs cache) and optionally
-  ``modalities`` (``"s1,s2"``, ``"s1"`` or ``"s2"``); it trains on that archive's train split.
-
-A client works out its rows once per run, in its first round, and keeps them in the node's state
-with a fingerprint of what they were computed from (data and partition settings, its place in
-the partition, the build of the cache); a later round with the same fingerprint reuses them, any
-other computes them afresh.  The opened cache is reused by later calls in the same process
-(:func:`fedrs.pipeline.open_cache`), so later rounds neither read the metadata again nor
-partition it.
-
-Under modality-aware aggregation a client sends back only what it trained: the codecs of its
-modalities and the shared parts (strategies that average whole models get the whole model),
-never the keys the server marks local (``local-keys``), which stay in the node's state between
-rounds.  When the server pools whitening statistics (``statistics`` in the ConfigRecord), the
-whitening buffers are not sent: the client measures, with its trained model, the count, sum
-and sums of outer products of the features each whitened branch sees over its shard, and sends
-those (:mod:`fedrs.models.statistics`).  No pixels leave the client: replies hold model arrays,
-those feature statistics and scalar metrics only.
-
-Update codec (``federation.update_codec``): the reply's arrays are encoded by the configured
-:class:`fedrs.comm.UpdateCodec` against the global model received in the same message
-(``"entropy"``: quantised, entropy-coded differences), with the codec's error-feedback residual
-kept in the node's state between rounds.  When the server sends its model coded as a difference
-to the previous one, the client rebuilds it from the previous global model it kept in its state
-(the server asks a client to keep it by naming its fingerprint in the ConfigRecord); a client
-that no longer holds that model fails the round with :class:`MissingGlobalModelError`, and the
-server sends it the full model next time.
-
-Device (``train.device``, default ``"auto"``): a simulated client trains on the GPU Ray reserved
-for it (``federation.num_gpus``), on the CPU when it was given no GPU share; a deployed client on
-the GPU its process sees, if any (:mod:`fedrs.devices`).  The reply's metrics say which
-(``device-cuda``, and on a GPU ``cuda-max-memory-mb``).
+The work is framework-free and lives in ``fedrs``: the client's shard
+(:mod:`fedrs.client_data`), the global model of a coded broadcast (:mod:`fedrs.comm.broadcast`),
+local training, the reply's update codec and statistics (:mod:`fedrs.client_round`).  This module
+converts Flower's Message, Context and records to those calls and back, and keeps what a client
+carries from one round to the next in the node's state (``context.state``) under the keys below.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,21 +17,21 @@ from flwr.clientapp import ClientApp
 
 import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
-from fedrs.comm import (
-    GLOBAL_BASE_KEY,
-    GLOBAL_FINGERPRINT_KEY,
-    UPDATE_PAYLOAD_KEY,
-    UpdateCodecError,
-    decode_update,
-    fingerprint,
+from fedrs.client_data import ClientData, HeldShard, load_shard
+from fedrs.client_round import (
+    KeptOptimizer,
+    client_config,
+    encode_reply,
+    reply_metrics,
+    round_statistics,
+    train_round,
 )
+from fedrs.comm import rebuild_global
 from fedrs.config import ExperimentConfig
-from fedrs.data.cache import CachedArchive
-from fedrs.devices import resolve_device
-from fedrs.errors import InputError
 from fedrs.settings import RunSettings
 
 LOCAL_STATE_KEY = "fedrs-local"
+"""Node state: the values of the keys the server marks local (``local-keys``)."""
 GLOBAL_STATE_KEY = "fedrs-global"
 """Node state: the last global model received (reference of coded broadcasts)."""
 GLOBAL_META_KEY = "fedrs-global-meta"
@@ -77,7 +42,6 @@ SHARD_STATE_KEY = "fedrs-shard"
 """Node state: ArrayRecord with the ``rows`` this node trains on (rows of the run's cache)."""
 SHARD_META_KEY = "fedrs-shard-meta"
 """Node state: ConfigRecord, ``fingerprint`` and ``modalities`` of :data:`SHARD_STATE_KEY`."""
-_SHARD_NODE_KEYS = ("data-path", "modalities", "partition-id", "num-partitions")
 OPTIMIZER_STATE_KEY = "fedrs-optimizer"
 """Node state: Adam's state at the end of the last round (``federation.keep_optimizer``)."""
 OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
@@ -88,102 +52,6 @@ class InjectedClientFailure(RuntimeError):
     """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
 
 
-class MissingGlobalModelError(UpdateCodecError):
-    """A coded broadcast refers to a global model this node does not hold."""
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """The patches a client trains on."""
-
-    client_id: int
-    archive: CachedArchive
-    rows: np.ndarray
-    modalities: tuple[str, ...]
-
-
-def shard_fingerprint(config: ExperimentConfig, node_config: dict[str, Any], cache: Path) -> str:
-    """What a node's rows depend on: the data and partition settings, the node's entries that
-    place it (``data-path``, ``modalities``, ``partition-id``, ``num-partitions``) and the build
-    of the cache it reads (:func:`fedrs.pipeline.cache_identity`)."""
-    from fedrs.pipeline import cache_identity
-
-    facts = {
-        "data": config.data.model_dump(mode="json"),
-        "partition": config.partition.model_dump(mode="json"),
-        "node": {k: str(node_config[k]) for k in _SHARD_NODE_KEYS if k in node_config},
-        "cache": list(cache_identity(cache)),
-    }
-    text = json.dumps(facts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _held_shard(state: RecordDict | None, key: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
-    """The rows and modalities kept in ``state`` under fingerprint ``key``, if any."""
-    if state is None:
-        return None
-    meta = state.config_records.get(SHARD_META_KEY)
-    record = state.array_records.get(SHARD_STATE_KEY)
-    if meta is None or record is None or meta.get("fingerprint") != key or "rows" not in record:
-        return None
-    modalities = meta.get("modalities")
-    if not isinstance(modalities, list):
-        return None
-    return record["rows"].numpy().astype(np.int64, copy=False), tuple(map(str, modalities))
-
-
-def load_client_data(
-    config: ExperimentConfig, node_config: dict[str, Any], state: RecordDict | None = None
-) -> ClientData:
-    """The shard of this node (see the module docstring).
-
-    With ``state`` (the node's ``context.state``), the rows are kept there in the first round
-    and read from there in later ones, while their fingerprint (:func:`shard_fingerprint`) is
-    unchanged.
-    """
-    from fedrs.data.archive import check_modalities
-    from fedrs.pipeline import client_rows, open_cache, resolve_cache, split_rows
-
-    if "data-path" in node_config:
-        data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
-        text = str(node_config.get("modalities", "s1,s2"))
-        modalities = check_modalities([m.strip() for m in text.split(",") if m.strip()])
-        client_id = int(node_config.get("partition-id", 0))
-        clients = None  # the whole train split of its own archive
-    elif "partition-id" not in node_config:
-        raise InputError("node config has neither 'data-path' nor 'partition-id'")
-    else:
-        data_config = config.data
-        client_id = int(node_config["partition-id"])
-        clients = int(node_config.get("num-partitions", config.partition.clients))
-    cache = resolve_cache(data_config)
-    key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)
-    archive = open_cache(cache, data_config.modalities, reuse=True)
-    held = _held_shard(state, key)
-    if held is not None:
-        return ClientData(client_id, archive, held[0], held[1])
-    run = split_rows(archive, data_config, data_config.seed)
-    if clients is not None:
-        rows, modalities = client_rows(run, config.partition, clients, client_id)
-    else:
-        rows = run.train_rows
-    if state is not None:
-        state.array_records[SHARD_STATE_KEY] = ArrayRecord(
-            {"rows": Array(np.ascontiguousarray(rows, dtype=np.int64))}
-        )
-        state.config_records[SHARD_META_KEY] = ConfigRecord(
-            {"fingerprint": key, "modalities": list(modalities)}
-        )
-    return ClientData(client_id, archive, rows, tuple(modalities))
-
-
-def sent_modalities(config: ExperimentConfig, data: ClientData, partial: bool) -> tuple[str, ...]:
-    """Modalities whose codecs a client sends: its own under partial replies (the server says
-    so in :data:`fedrs.protocol.PARTIAL_REPLIES`), else every codec (strategies that average
-    whole models get the untrained codecs back unchanged)."""
-    return data.modalities if partial else tuple(config.model.codecs)
-
-
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
@@ -192,151 +60,78 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+def _kept(state: RecordDict, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays kept in the node's ``state`` under ``key``, if any."""
+    record = state.array_records.get(key)
+    return None if record is None else _numpy(record)
+
+
+def load_client_data(
+    config: ExperimentConfig, node_config: dict[str, Any], state: RecordDict | None = None
+) -> ClientData:
+    """The shard of this node (:func:`fedrs.client_data.load_shard`); with ``state`` (the
+    node's ``context.state``), kept there in the first round and read from there in later ones."""
+    meta = None if state is None else state.config_records.get(SHARD_META_KEY)
+    record = None if state is None else state.array_records.get(SHARD_STATE_KEY)
+    held = None
+    if meta is not None and record is not None and "rows" in record:
+        held = HeldShard(record["rows"].numpy(), dict(meta))
+    data, kept = load_shard(config, node_config, held)
+    if state is not None and kept is not None:
+        state.array_records[SHARD_STATE_KEY] = ArrayRecord({"rows": Array(kept.rows)})
+        state.config_records[SHARD_META_KEY] = ConfigRecord(kept.meta)
+    return data
+
+
 def receive_global(
     record: ArrayRecord, cfg: dict[str, Any], state: RecordDict
 ) -> dict[str, np.ndarray]:
-    """The global model a training message carries, rebuilt when it is sent coded.
-
-    Keeps the model in ``state`` when the message names its fingerprint.
-
-    Raises:
-        MissingGlobalModelError: The message is a coded difference to a model this node does
-            not hold.
-        UpdateCodecError: The coded difference is damaged, or the model rebuilt differs from
-            the one the server sent.
-    """
-    arrays = _numpy(record)
-    if UPDATE_PAYLOAD_KEY in arrays:
-        base = str(cfg.get(GLOBAL_BASE_KEY, ""))
-        meta = state.config_records.get(GLOBAL_META_KEY)
-        held = None if meta is None else meta.get("fingerprint")
-        if held != base or GLOBAL_STATE_KEY not in state.array_records:
-            raise MissingGlobalModelError(
-                GLOBAL_BASE_KEY,
-                f"the server sent a difference to global model {base[:12]}, this node holds "
-                f"{str(held)[:12] if held else 'none'}; it gets the full model next round",
-            )
-        arrays = decode_update(arrays, _numpy(state.array_records[GLOBAL_STATE_KEY]))
-    expected = cfg.get(GLOBAL_FINGERPRINT_KEY)
-    if expected is not None:
-        if fingerprint(arrays) != str(expected):
-            raise UpdateCodecError(
-                GLOBAL_FINGERPRINT_KEY, "the global model received differs from the server's"
-            )
+    """The global model a training message carries (:func:`fedrs.comm.rebuild_global`), rebuilt
+    from the one kept in ``state``; kept there when the message names its fingerprint."""
+    meta = state.config_records.get(GLOBAL_META_KEY)
+    held = None if meta is None else meta.get("fingerprint")
+    arrays, keep = rebuild_global(_numpy(record), cfg, held, _kept(state, GLOBAL_STATE_KEY))
+    if keep is not None:
         state.array_records[GLOBAL_STATE_KEY] = _record(arrays)
-        state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": str(expected)})
+        state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": keep})
     return arrays
-
-
-def kept_optimizer_state(state: RecordDict, stage: int, rate: bool) -> dict[str, np.ndarray]:
-    """The Adam state this node kept from its last round when that round trained the same
-    stage with the same objective (a new stage, or the end of a distortion-only warm-up,
-    starts a fresh optimizer); empty otherwise."""
-    meta = state.config_records.get(OPTIMIZER_META_KEY)
-    if meta is None or OPTIMIZER_STATE_KEY not in state.array_records:
-        return {}
-    if meta.get("stage") != stage or meta.get("rate") != rate:
-        return {}
-    return _numpy(state.array_records[OPTIMIZER_STATE_KEY])
 
 
 def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     """Train on the local shard from the received global model; reply with what was trained."""
-    from fedrs.models.statistics import WhiteningPool
-    from fedrs.train import build_model, measure_statistics, train_local
-
     config = settings.experiment()
-    data = load_client_data(config, dict(context.node_config), context.state)
+    state = context.state
+    data = load_client_data(config, dict(context.node_config), state)
     if data.client_id in config.federation.fail_clients:
         raise InjectedClientFailure(f"client {data.client_id} is set to fail")
-    import torch
-
-    # a simulated client trains on the GPU Ray reserved for it (its cuda:0), on the CPU when it
-    # was given no GPU share; the device is reported in the reply (device-cuda)
-    gpu_share = "data-path" in context.node_config or config.federation.num_gpus > 0
-    device = resolve_device(config.train.device, cuda_allowed=gpu_share)
-    local: dict[str, Any] = {"device": str(device)}
-    if config.federation.local_batch_size is not None:  # FedAvg's B
-        local["batch_size"] = config.federation.local_batch_size
-    config = config.model_copy(update={"train": config.train.model_copy(update=local)})
-
+    config = client_config(config, context.node_config)
     cfg: dict[str, Any] = dict(msg.content.config_records[protocol.CONFIG])
-    global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, context.state)
-    received = {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()}
-    global_round = int(cfg.get(protocol.ROUND_OFFSET, 0)) + int(cfg[protocol.SERVER_ROUND])
-    is_local = protocol.LocalKeyMatcher([str(p) for p in cfg.get(protocol.LOCAL_KEYS, [])]).is_local
-    partial = bool(cfg.get(protocol.PARTIAL_REPLIES, True))
-    send_statistics = bool(cfg.get(protocol.STATISTICS, False))
-    keep_adam = config.federation.keep_optimizer
-
-    model = build_model(config)
-    state = model.state_dict()
-    state.update(received)
-    if LOCAL_STATE_KEY in context.state.array_records:
-        state.update(context.state.array_records[LOCAL_STATE_KEY].to_torch_state_dict())
-    model.load_state_dict(state)
-    stage = 1 if global_round <= config.federation.stage1_rounds else 2
-    rate = bool(cfg.get(protocol.RATE, True))  # the server says when a round leaves it out
-    optimizer_state = kept_optimizer_state(context.state, stage, rate) if keep_adam else None
-    metrics = train_local(
-        model,
-        data.archive,
-        data.rows,
+    global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, state)
+    local = state.array_records.get(LOCAL_STATE_KEY)
+    meta = state.config_records.get(OPTIMIZER_META_KEY)
+    adam = _kept(state, OPTIMIZER_STATE_KEY)
+    trained = train_round(
         config,
-        modalities=data.modalities,
-        stage=stage,
-        rate=rate,
-        epochs=config.federation.local_epochs,
-        seed=(config.seed, global_round, data.client_id),
-        proximal_mu=float(cfg.get(protocol.PROXIMAL_MU, 0.0)),
-        reference={k: v for k, v in received.items() if not is_local(k)},
-        optimizer_state=optimizer_state,
-    )
-    if optimizer_state is not None:
-        context.state.array_records[OPTIMIZER_STATE_KEY] = _record(optimizer_state)
-        context.state.config_records[OPTIMIZER_META_KEY] = ConfigRecord(
-            {"stage": stage, "rate": rate}
-        )
-    trained = model.state_dict()
-    sent = sent_modalities(config, data, partial)
-    # with pooled statistics the whitening buffers are computed by the server, not sent
-    derived = set(WhiteningPool(model).derived_keys()) if send_statistics else set()
-    keys = [k for k in model.keys_for_modalities(sent) if not is_local(k) and k not in derived]
-    local = {k: v for k, v in trained.items() if is_local(k)}
-    if local:
-        context.state.array_records[LOCAL_STATE_KEY] = ArrayRecord(
-            {k: v.detach().cpu().contiguous() for k, v in local.items()}
-        )
-    codec = config.federation.build_update_codec(config.seed)
-    residual = context.state.array_records.get(RESIDUAL_STATE_KEY)
-    encoded = codec.encode(
-        {k: trained[k].detach().cpu().numpy() for k in keys},
+        data,
         global_arrays,
-        residual=None if residual is None else _numpy(residual),
-        rng=np.random.default_rng([config.seed, global_round, data.client_id, 2]),
+        cfg,
+        local=None if local is None else local.to_torch_state_dict(),
+        optimizer=None if meta is None or adam is None else KeptOptimizer(adam, dict(meta)),
     )
-    if encoded.residual or residual is not None:
-        context.state.array_records[RESIDUAL_STATE_KEY] = _record(encoded.residual)
-    reply = _record(encoded.payload)
-    values: dict[str, int | float | list[int] | list[float]] = {
-        k: float(v) for k, v in metrics.items()
-    }
-    values[protocol.CLIENT_ID] = data.client_id
-    # who trained what, for per-client tracking (train_s: seconds of train_local's loop)
-    values |= {f"has-{m}": int(m in data.modalities) for m in ("s1", "s2")}
-    content = RecordDict({protocol.ARRAYS: reply, protocol.METRICS: MetricRecord(values)})
-    if send_statistics:
-        moments = measure_statistics(
-            model,
-            data.archive,
-            data.rows,
-            config,
-            modalities=data.modalities,
-            limit=int(metrics[protocol.NUM_EXAMPLES]),
-        )
-        content[protocol.STATISTICS] = ArrayRecord(
-            {k: Array(v) for name, m in moments.items() for k, v in m.arrays(name).items()}
-        )
+    if trained.optimizer is not None:
+        state.array_records[OPTIMIZER_STATE_KEY] = _record(trained.optimizer.arrays)
+        state.config_records[OPTIMIZER_META_KEY] = ConfigRecord(trained.optimizer.meta)
+    if trained.local:
+        state.array_records[LOCAL_STATE_KEY] = ArrayRecord(trained.local)
+    residual = _kept(state, RESIDUAL_STATE_KEY)
+    payload, residual = encode_reply(config, data, trained, global_arrays, residual)
+    if residual is not None:
+        state.array_records[RESIDUAL_STATE_KEY] = _record(residual)
+    metrics = MetricRecord({**reply_metrics(data, trained)})
+    content = RecordDict({protocol.ARRAYS: _record(payload), protocol.METRICS: metrics})
+    if trained.statistics:
+        statistics = round_statistics(config, data, trained)
+        content[protocol.STATISTICS] = ArrayRecord({k: Array(v) for k, v in statistics.items()})
     return Message(content, reply_to=msg)
 
 

@@ -469,7 +469,8 @@ def client_round(msg: Message, state: RecordDict, codec: EntropyCodec, node: int
 
 
 def test_coded_broadcast_rebuilds_the_servers_model_exactly() -> None:
-    from fedrs.clients.app import MissingGlobalModelError, receive_global
+    from fedrs.clients.app import receive_global
+    from fedrs.comm import MissingGlobalModelError
 
     codec = EntropyCodec(step=0.5)
     strategy = build_strategy("modality-aware", update_codec=codec, min_train_nodes=3)

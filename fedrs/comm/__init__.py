@@ -6,12 +6,20 @@
 >>> update = decode_update(sent.payload, reference=global_model)  # server
 
 Names: ``"none"`` (arrays as they are) and ``"entropy"`` (quantised differences to the
-reference, entropy-coded with :mod:`fedrs.coder`); see :mod:`fedrs.comm.codec`.  Framework-free:
-payloads are dicts of numpy arrays, which the Flower apps put into ``ArrayRecord`` s.
+reference, entropy-coded with :mod:`fedrs.coder`); see :mod:`fedrs.comm.codec`.  A client
+rebuilds a global model broadcast coded with :func:`rebuild_global` (:mod:`fedrs.comm.broadcast`).
+Framework-free: payloads are dicts of numpy arrays, which the Flower apps put into
+``ArrayRecord`` s.
 """
 
 from __future__ import annotations
 
+from .broadcast import (
+    GLOBAL_BASE_KEY,
+    GLOBAL_FINGERPRINT_KEY,
+    MissingGlobalModelError,
+    rebuild_global,
+)
 from .codec import (
     DEFAULT_RAW_KEYS,
     UPDATE_CODECS,
@@ -30,13 +38,6 @@ from .codec import (
 )
 from .errors import UpdateCodecError
 
-GLOBAL_FINGERPRINT_KEY = "global-fingerprint"
-"""Training ConfigRecord key: fingerprint of the global model the message carries; a client
-keeps that model (as the reference of later coded broadcasts) when the key is present."""
-
-GLOBAL_BASE_KEY = "global-base"
-"""Training ConfigRecord key: fingerprint of the model a coded broadcast is a difference to."""
-
 __all__ = [
     "DEFAULT_RAW_KEYS",
     "GLOBAL_BASE_KEY",
@@ -45,6 +46,7 @@ __all__ = [
     "UPDATE_PAYLOAD_KEY",
     "EncodedUpdate",
     "EntropyCodec",
+    "MissingGlobalModelError",
     "PlainCodec",
     "UpdateCodec",
     "UpdateCodecError",
@@ -52,6 +54,7 @@ __all__ = [
     "decode_payload",
     "decode_update",
     "fingerprint",
+    "rebuild_global",
     "register_update_codec",
     "update_codec_names",
     "update_codec_options",
