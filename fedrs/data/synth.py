@@ -552,43 +552,6 @@ def _batch_rng(seed: int, start: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _STREAM_PIXELS, start // _BATCH]))
 
 
-def render_patches(
-    masks: np.ndarray,
-    month: np.ndarray,
-    country: np.ndarray,
-    *,
-    seed: int,
-    calibration: Calibration = CALIBRATION,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Pixels of patches given their labels, month and country (no files written).
-
-    Args:
-        masks: (N,) 19-bit label masks (bit i for ``LABELS_19[i]``), none zero.
-        month: (N,) acquisition month 1..12.
-        country: (N,) country names.
-        seed: random seed; batches of 32 patches draw from their own streams.
-        calibration: the per-band calibration.
-
-    Returns:
-        ``(s2, s1)``: 12 uint16 arrays (N, h, w) in ``S2_BANDS`` order at native size and float32
-        (N, 2, 120, 120) [VV, VH] in dB.
-    """
-    masks = np.asarray(masks, dtype=np.int64)
-    if len(masks) == 0 or np.any(masks <= 0) or np.any(masks >= 1 << len(LABELS_19)):
-        raise InputError("label masks must be non-empty sets of the 19 classes")
-    s2_parts: list[list[np.ndarray]] = []
-    s1_parts: list[np.ndarray] = []
-    for start in range(0, len(masks), _BATCH):
-        stop = start + _BATCH
-        raw, s1 = _render_raw(
-            _batch_rng(seed, start), masks[start:stop], month[start:stop], country[start:stop]
-        )
-        s2_parts.append(_calibrate_s2(raw, calibration))
-        s1_parts.append(_calibrate_s1(s1, calibration))
-    s2 = [np.concatenate([part[i] for part in s2_parts]) for i in range(len(S2_BANDS))]
-    return s2, np.concatenate(s1_parts)
-
-
 def fit_calibration(patches: int = 4096, seed: int = 0) -> Calibration:
     """Fit the per-band calibration on a pilot archive of ``patches`` patches.
 
