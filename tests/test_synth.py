@@ -30,14 +30,14 @@ from fedrs.data.synth import (
     PARTIAL_MARKER,
     S1_DIR,
     S2_DIR,
-    _plan,
     default_synthetic_root,
     ensure_synthetic_archive,
     geotiff_bytes,
     is_synthetic_archive,
     write_synthetic_archive,
 )
-from fedrs.data.synth_stats import build_stats, load_stats, tile_origin, write_stats
+from fedrs.data.synth.stats import build_stats, load_stats, tile_origin, write_stats
+from fedrs.data.synth.write import _plan
 from fedrs.errors import InputError
 
 PATCHES, SEED = 480, 7

@@ -14,7 +14,7 @@ Fact sheet of an archive written by :func:`write_synthetic_archive` (``fedrs syn
   ``S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57`` and
   ``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57``.
 * Rows: country, split, label set and Sentinel-1/-2 products (tile and date, June 2017 - May
-  2018) are drawn from the frequencies of the real v2.0 metadata (``synth_stats.json``), so
+  2018) are drawn from the frequencies of the real v2.0 metadata (``stats.json``), so
   country sizes, seasons and label co-occurrence are those of BigEarthNet.
 * Pixels are conditioned on the labels: a patch is cut into spatially coherent regions, one per
   label, with areas drawn at random (at least 5 % each).  Each region carries its class's
@@ -64,7 +64,7 @@ from fedrs.data.facts import (
     S2_RESOLUTION_M,
     S2_STD,
 )
-from fedrs.data.synth_stats import SPLITS, SynthStats, load_stats, mask_labels
+from fedrs.data.synth.stats import SPLITS, SynthStats, load_stats, mask_labels
 from fedrs.errors import InputError
 
 SYNTH_VERSION = 1
@@ -220,7 +220,7 @@ class Calibration:
     s1_offset: tuple[float, ...]
 
 
-# Fitted by ``python -m fedrs.data.synth calibrate 3072``.
+# Fitted by ``python -m fedrs.data.synth.write calibrate 3072``.
 CALIBRATION = Calibration(
     s2_log_offset=(
         -8.121782,
@@ -910,10 +910,10 @@ def ensure_synthetic_archive(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fedrs.data.synth calibrate [PATCHES]``: print a fitted ``CALIBRATION``."""
+    """``python -m fedrs.data.synth.write calibrate [PATCHES]``: print a fitted ``CALIBRATION``."""
     args = list(argv) if argv is not None else []
     if not args or args[0] != "calibrate":
-        print("usage: python -m fedrs.data.synth calibrate [PATCHES]")
+        print("usage: python -m fedrs.data.synth.write calibrate [PATCHES]")
         return 2
     patches = int(args[1]) if len(args) > 1 else 4096
     cal = fit_calibration(patches)
