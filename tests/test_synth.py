@@ -36,8 +36,8 @@ from fedrs.data.synth import (
     is_synthetic_archive,
     write_synthetic_archive,
 )
+from fedrs.data.synth.plan import make_plan
 from fedrs.data.synth.stats import build_stats, load_stats, tile_origin, write_stats
-from fedrs.data.synth.write import _plan
 from fedrs.errors import InputError
 
 PATCHES, SEED = 480, 7
@@ -208,7 +208,7 @@ def test_modality_fractions(archive: Path) -> None:
 
 def test_rows_follow_real_frequencies(v2_metadata: Path) -> None:
     real = pd.read_parquet(v2_metadata, columns=["labels", "country"])
-    plan = _plan(load_stats(), 4000, 11, 0.0, 0.0)
+    plan = make_plan(load_stats(), 4000, 11, 0.0, 0.0)
     synthetic = plan.metadata
     real_y = labels_matrix(real["labels"])
     synth_y = labels_matrix(synthetic["labels"])
