@@ -1,5 +1,8 @@
 """Reading BigEarthNet patch files with rasterio, checked and upsampled to 120x120.
 
+Between the 120x120 grid and the native grids of the 20 m and 60 m bands: :func:`upsample_s2`
+(up) and :func:`block_mean` (down).
+
 Every failure (missing file, truncated or corrupt GeoTIFF, wrong shape, band count or dtype)
 raises :class:`~fedrs.data.errors.CorruptPatchError` naming the file.
 """
@@ -107,6 +110,16 @@ def _upsample_axis(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
         else:
             out[..., phase::factor] = -d * left + (1.0 + d) * centre
     return np.moveaxis(out, -1, axis)
+
+
+def block_mean(bands: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor`` x ``factor`` blocks of (..., H, W): a 120 x 120 grid to a coarser one.
+
+    The dtype is kept (float32 stays float32).
+    """
+    *lead, height, width = bands.shape
+    blocks = bands.reshape(*lead, height // factor, factor, width // factor, factor)
+    return np.asarray(blocks.mean(axis=(-3, -1)))
 
 
 def _upsample(band: np.ndarray, resample: str) -> np.ndarray:

@@ -277,13 +277,6 @@ def read_patch_folders(folders: Sequence[str | Path], *, resample: str = "biline
 # Writing reconstructed patches (v2 layout)
 
 
-def _block_mean(bands: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor`` x ``factor`` blocks of (..., H, W)."""
-    *lead, height, width = bands.shape
-    blocks = bands.reshape(*lead, height // factor, factor, width // factor, factor)
-    return np.asarray(blocks.mean(axis=(-3, -1)))
-
-
 def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     """The 12 bands of a (12, 120, 120) physical S2 image at native size, uint16.
 
@@ -291,6 +284,7 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     clipped to 0 .. 65535.
     """
     from fedrs.data.facts import PATCH_SIZE, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
+    from fedrs.data.geotiff import block_mean
 
     if image.shape != (len(S2_BANDS), PATCH_SIZE, PATCH_SIZE):
         raise InputError(f"expected a (12, 120, 120) S2 image, got {image.shape}")
@@ -299,7 +293,7 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     for res in (10, 20, 60):
         factor = PATCH_SIZE // S2_PIXELS_PER_SIDE[res]
         index = [i for i, b in enumerate(S2_BANDS) if S2_RESOLUTION_M[b] == res]
-        group = data[index] if factor == 1 else _block_mean(data[index], factor)
+        group = data[index] if factor == 1 else block_mean(data[index], factor)
         group = np.clip(np.rint(group), 0.0, _UINT16_MAX).astype(np.uint16)
         for k, i in enumerate(index):
             out[S2_BANDS[i]] = group[k]

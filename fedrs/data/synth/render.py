@@ -21,6 +21,7 @@ from fedrs.data.facts import (
     S2_PIXELS_PER_SIDE,
     S2_RESOLUTION_M,
 )
+from fedrs.data.geotiff import block_mean
 
 MIN_REGION_FRACTION = 0.05
 """Smallest share of a patch given to one of its labels."""
@@ -209,11 +210,6 @@ def _regions(rng: np.random.Generator, classes: np.ndarray, count: np.ndarray) -
     return np.argmax(fields.reshape(batch, slots, -1) + masked[:, :, None], axis=1)
 
 
-def _block_mean(band: np.ndarray, factor: int) -> np.ndarray:
-    b, h, w = band.shape
-    return band.reshape(b, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
-
-
 def render_raw(
     rng: np.random.Generator,
     masks: np.ndarray,
@@ -265,7 +261,7 @@ def render_raw(
         value = value.reshape(batch, PATCH_SIZE, PATCH_SIZE)
         factor = PATCH_SIZE // S2_PIXELS_PER_SIDE[S2_RESOLUTION_M[band]]
         if factor > 1:
-            value = _block_mean(value, factor)
+            value = block_mean(value, factor)
         noise = rng.standard_normal(value.shape, dtype=np.float32)
         bands.append(value * np.exp(_SENSOR_NOISE * noise) + haze[:, None, None] * _HAZE[i])
 
