@@ -32,7 +32,6 @@ from fedrs.data.synth import (
     S2_DIR,
     default_synthetic_root,
     ensure_synthetic_archive,
-    geotiff_bytes,
     is_synthetic_archive,
     write_synthetic_archive,
 )
@@ -155,30 +154,6 @@ def test_geotiffs_have_native_sizes_crs_and_transforms(archive: Path) -> None:
                 assert src.crs.to_epsg() == epsg
                 assert tuple(src.transform)[:6] == (10.0, 0.0, x0, 0.0, -10.0, y0)
                 assert np.isfinite(src.read(1)).all()
-
-
-def test_geotiff_writer_round_trips_through_rasterio(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    cases: list[tuple[np.ndarray, float, int | None]] = [
-        (rng.integers(1, 60000, (60, 60)).astype(np.uint16), 20.0, 0),
-        (rng.normal(-12, 5, (120, 120)).astype(np.float32), 10.0, None),
-    ]
-    for i, (array, pixel, nodata) in enumerate(cases):
-        path = tmp_path / f"x{i}.tif"
-        path.write_bytes(
-            geotiff_bytes(
-                array, epsg=32635, ulx=300000.0, uly=6200000.0, pixel_m=pixel, nodata=nodata
-            )
-        )
-        with rasterio.open(path) as src:
-            np.testing.assert_array_equal(src.read(1), array)
-            assert src.crs.to_epsg() == 32635
-            assert src.transform.a == pixel and src.transform.f == 6200000.0
-            assert src.nodata == nodata
-    with pytest.raises(InputError):
-        geotiff_bytes(
-            np.zeros((2, 2, 2), np.uint16), epsg=32633, ulx=0, uly=0, pixel_m=10, nodata=0
-        )
 
 
 def test_modality_fractions(archive: Path) -> None:

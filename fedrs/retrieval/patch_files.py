@@ -9,8 +9,9 @@
 * The files of a reconstructed patch in the v2 layout (:func:`write_s2_patch`,
   :func:`write_s1_patch`): Sentinel-2 bands at their native 10 / 20 / 60 m sizes (20 m and 60 m
   bands block-averaged from the 120 x 120 reconstruction), uint16 rounded and clipped;
-  Sentinel-1 VV and VH float32 dB; each with the original georeference, its pixel size scaled
-  for the coarser bands.
+  Sentinel-1 VV and VH float32 dB; each with the original georeference (its CRS named by EPSG
+  code), its pixel size scaled for the coarser bands; written by
+  :func:`fedrs.data.geotiff.write_band`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -300,25 +301,27 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_band(path: Path, band: np.ndarray, georef: GeoReference | None, scale: int) -> None:
-    import rasterio
-    from affine import Affine
-    from rasterio.crs import CRS
+def _write_bands(
+    folder: Path, name: str, bands: dict[str, np.ndarray], georef: GeoReference | None
+) -> None:
+    """Write ``<folder>/<name>_<band>.tif`` for each band, on ``georef``'s grid scaled to its size.
 
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": int(band.shape[1]),
-        "height": int(band.shape[0]),
-        "count": 1,
-        "dtype": band.dtype.name,
-    }
-    if georef is not None:
-        profile["crs"] = CRS.from_user_input(georef.crs)
-        profile["transform"] = Affine(*georef.transform) @ Affine.scale(scale)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(band, 1)
+    Raises:
+        InputError: ``georef``'s CRS has no EPSG code.
+    """
+    from fedrs.data.facts import PATCH_SIZE
+    from fedrs.data.geotiff import crs_epsg, write_band
+
+    epsg, geographic = crs_epsg(georef.crs) if georef is not None else (None, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    for band, data in bands.items():
+        transform = None
+        if georef is not None:
+            scale = PATCH_SIZE // data.shape[0]  # the pixels of a 20 m or 60 m band are larger
+            a, b, c, d, e, f = georef.transform
+            transform = (a * scale, b * scale, c, d * scale, e * scale, f)
+        path = folder / f"{name}_{band}.tif"
+        write_band(path, data, epsg=epsg, transform=transform, geographic=geographic)
 
 
 def write_s2_patch(
@@ -336,18 +339,13 @@ def write_s2_patch(
         The patch folder.
 
     Raises:
-        InputError: a name that cannot name a file, or a folder that would lie outside
-            ``root``.
+        InputError: a name that cannot name a file, a folder that would lie outside ``root``,
+            or a CRS without an EPSG code.
     """
-    from fedrs.data.facts import PATCH_SIZE
-
     check_name(patch_id, "patch id")
     folder = v2_patch_folders(root, patch_id, None)["s2"][0]
     inside(root, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for band, data in s2_native_bands(image).items():
-        scale = PATCH_SIZE // data.shape[0]
-        _write_band(folder / f"{patch_id}_{band}.tif", data, georef, scale)
+    _write_bands(folder, patch_id, s2_native_bands(image), georef)
     return folder
 
 
@@ -360,8 +358,8 @@ def write_s1_patch(
         The patch folder.
 
     Raises:
-        InputError: a name that cannot name a file, or a folder that would lie outside
-            ``root``.
+        InputError: a name that cannot name a file, a folder that would lie outside ``root``,
+            or a CRS without an EPSG code.
     """
     from fedrs.data.facts import PATCH_SIZE, S1_BANDS
 
@@ -370,10 +368,10 @@ def write_s1_patch(
     check_name(s1_name, "S1 name")
     folder = v2_patch_folders(root, s1_name, s1_name)["s1"][0]
     inside(root, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for b, band in enumerate(S1_BANDS):
-        data = np.ascontiguousarray(image[b], dtype=np.float32)
-        _write_band(folder / f"{s1_name}_{band}.tif", data, georef, 1)
+    bands = {
+        band: np.ascontiguousarray(image[b], dtype=np.float32) for b, band in enumerate(S1_BANDS)
+    }
+    _write_bands(folder, s1_name, bands, georef)
     return folder
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedrs.data.facts import S1_BANDS, S2_BANDS, S2_RESOLUTION_M
+from fedrs.data.geotiff import write_band
 from fedrs.data.synth.calibrate import CALIBRATION, calibrate_s1, calibrate_s2
 from fedrs.data.synth.plan import S1_DIR, S2_DIR, Plan, check_parameters, make_plan
 from fedrs.data.synth.render import BATCH, batch_rng, render_raw
@@ -53,72 +53,6 @@ METADATA_COLUMNS: tuple[str, ...] = (
 
 ProgressCallback = Callable[[int, int], None]
 """Progress callback: ``(patches_done, patches_total)``."""
-
-
-# ---------------------------------------------------------------------------------------------
-# GeoTIFF
-
-
-def geotiff_bytes(
-    array: np.ndarray, *, epsg: int, ulx: float, uly: float, pixel_m: float, nodata: float | None
-) -> bytes:
-    """A single-band, uncompressed, north-up GeoTIFF of a 2-D uint16 or float32 array.
-
-    Baseline TIFF (one strip) with the GeoTIFF tags ModelPixelScale, ModelTiepoint (upper-left
-    corner, PixelIsArea) and a GeoKey directory naming the projected CRS by EPSG code; GDAL's
-    nodata tag when ``nodata`` is given.
-    """
-    data = np.ascontiguousarray(array)
-    if data.ndim != 2 or data.dtype not in (np.dtype("uint16"), np.dtype("float32")):
-        raise InputError(f"expected a 2-D uint16 or float32 array, got {data.dtype} {data.shape}")
-    if not 1024 <= epsg <= 32767:
-        raise InputError(f"EPSG code of a projected CRS expected, not {epsg}")
-    data = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    height, width = data.shape
-    bits, sample_format = (16, 1) if data.dtype.kind == "u" else (32, 3)
-    scale = struct.pack("<3d", pixel_m, pixel_m, 0.0)
-    tiepoint = struct.pack("<6d", 0.0, 0.0, 0.0, ulx, uly, 0.0)
-    geokeys = struct.pack("<16H", 1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, epsg)
-    nodata_text = b"" if nodata is None else f"{nodata:g}".encode("ascii") + b"\0"
-    entries: list[tuple[int, int, int, bytes]] = [  # tag, type, count, value bytes
-        (256, 4, 1, struct.pack("<I", width)),
-        (257, 4, 1, struct.pack("<I", height)),
-        (258, 3, 1, struct.pack("<H", bits)),
-        (259, 3, 1, struct.pack("<H", 1)),
-        (262, 3, 1, struct.pack("<H", 1)),
-        (273, 4, 1, b""),  # strip offset, filled below
-        (277, 3, 1, struct.pack("<H", 1)),
-        (278, 4, 1, struct.pack("<I", height)),
-        (279, 4, 1, struct.pack("<I", data.nbytes)),
-        (284, 3, 1, struct.pack("<H", 1)),
-        (339, 3, 1, struct.pack("<H", sample_format)),
-        (33550, 12, 3, scale),
-        (33922, 12, 6, tiepoint),
-        (34735, 3, 16, geokeys),
-    ]
-    if nodata_text:
-        entries.append((42113, 2, len(nodata_text), nodata_text))
-    ifd_size = 2 + 12 * len(entries) + 4
-    extra_at = 8 + ifd_size
-    extra = bytearray()
-    fields = []
-    for tag, kind, count, value in entries:
-        if len(value) > 4:
-            fields.append((tag, kind, count, struct.pack("<I", extra_at + len(extra))))
-            extra += value
-            extra += b"\0" * (len(extra) % 2)
-        else:
-            fields.append((tag, kind, count, value))
-    data_at = extra_at + len(extra)
-    data_at += -data_at % 8
-    ifd = bytearray(struct.pack("<H", len(entries)))
-    for tag, kind, count, value in fields:
-        if tag == 273:
-            value = struct.pack("<I", data_at)
-        ifd += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
-    ifd += struct.pack("<I", 0)
-    head = b"II" + struct.pack("<HI", 42, 8) + bytes(ifd) + bytes(extra)
-    return head.ljust(data_at, b"\0") + data.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,24 +173,18 @@ def _write_patch_files(
             folder = root / s2_folder
             folder.mkdir(parents=True, exist_ok=True)
             for b, band in enumerate(S2_BANDS):
-                data = geotiff_bytes(
-                    s2[b][j],
-                    epsg=epsg,
-                    ulx=ulx,
-                    uly=uly,
-                    pixel_m=float(S2_RESOLUTION_M[band]),
-                    nodata=0,
-                )
-                (folder / f"{folder.name}_{band}.tif").write_bytes(data)
+                pixel = float(S2_RESOLUTION_M[band])
+                transform = (pixel, 0.0, ulx, 0.0, -pixel, uly)
+                path = folder / f"{folder.name}_{band}.tif"
+                write_band(path, s2[b][j], epsg=epsg, transform=transform, nodata=0)
         s1_folder = plan.s1_folder[i]
         if s1_folder is not None:
             folder = root / s1_folder
             folder.mkdir(parents=True, exist_ok=True)
+            transform = (10.0, 0.0, ulx, 0.0, -10.0, uly)
             for b, band in enumerate(S1_BANDS):
-                data = geotiff_bytes(
-                    s1[j, b], epsg=epsg, ulx=ulx, uly=uly, pixel_m=10.0, nodata=None
-                )
-                (folder / f"{folder.name}_{band}.tif").write_bytes(data)
+                path = folder / f"{folder.name}_{band}.tif"
+                write_band(path, s1[j, b], epsg=epsg, transform=transform)
 
 
 def write_synthetic_archive(
