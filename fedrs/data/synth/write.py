@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fedrs.data.facts import S1_BANDS, S2_BANDS, S2_RESOLUTION_M
 from fedrs.data.geotiff import write_band
+from fedrs.data.metadata import write_metadata
 from fedrs.data.synth.calibrate import CALIBRATION, calibrate_s1, calibrate_s2
 from fedrs.data.synth.plan import S1_DIR, S2_DIR, Plan, check_parameters, make_plan
 from fedrs.data.synth.render import BATCH, batch_rng, render_raw
 from fedrs.data.synth.stats import load_stats
-from fedrs.errors import InputError
+from fedrs.io import check_output_folder, clear_output
 
 SYNTH_VERSION = 1
 """Version of the generator; an archive written by another version is rebuilt."""
@@ -117,49 +115,7 @@ def check_output(root: str | Path) -> Path:
     Raises:
         InputError: ``root`` is a file, or a non-empty folder without a synthetic archive.
     """
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root}: exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()):
-        if not ((root / MARKER).exists() or (root / PARTIAL_MARKER).exists()):
-            raise InputError(
-                f"{root}: folder is not empty and holds no synthetic archive; "
-                "give a new or empty folder"
-            )
-    return root
-
-
-def _prepare_output(root: Path) -> None:
-    """Make ``root`` an empty place for an archive; clear a previous synthetic archive."""
-    check_output(root)
-    if root.is_dir():
-        (root / MARKER).unlink(missing_ok=True)
-        for name in (S2_DIR, S1_DIR):
-            if (root / name).is_dir():
-                shutil.rmtree(root / name)
-        (root / METADATA_FILE).unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
-
-
-def _write_metadata(metadata: pd.DataFrame, path: Path) -> None:
-    schema = pa.schema(
-        [
-            ("patch_id", pa.string()),
-            ("labels", pa.list_(pa.string())),
-            ("split", pa.string()),
-            ("country", pa.string()),
-            ("s1_name", pa.string()),
-            ("s2v1_name", pa.string()),
-            ("contains_seasonal_snow", pa.bool_()),
-            ("contains_cloud_or_shadow", pa.bool_()),
-            ("has_s1", pa.bool_()),
-            ("has_s2", pa.bool_()),
-        ]
-    )
-    table = pa.Table.from_pandas(
-        metadata[list(METADATA_COLUMNS)], schema=schema, preserve_index=False
-    )
-    pq.write_table(table.replace_schema_metadata(None), path)
+    return check_output_folder(root, markers=(MARKER, PARTIAL_MARKER), holds="synthetic archive")
 
 
 def _write_patch_files(
@@ -218,7 +174,7 @@ def write_synthetic_archive(
     plan = make_plan(
         load_stats(), int(patches), int(seed), float(s1_only_fraction), float(s2_only_fraction)
     )
-    _prepare_output(root)
+    clear_output(check_output(root), (MARKER, S2_DIR, S1_DIR, METADATA_FILE))
     (root / PARTIAL_MARKER).write_text("writing\n", encoding="utf-8")
     for start in range(0, patches, BATCH):
         stop = min(start + BATCH, patches)
@@ -233,7 +189,7 @@ def write_synthetic_archive(
         )
         if progress is not None:
             progress(stop, patches)
-    _write_metadata(plan.metadata, root / METADATA_FILE)
+    write_metadata({c: plan.metadata[c] for c in METADATA_COLUMNS}, root / METADATA_FILE)
     marker = _parameters(patches, seed, s1_only_fraction, s2_only_fraction)
     (root / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     (root / PARTIAL_MARKER).unlink()
