@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from fedrs.data.geotiff import geotiff_bytes, write_band
+from fedrs.data.geotiff import geotiff_bytes
 from fedrs.errors import InputError
 from fedrs.retrieval.container import GeoReference
 from fedrs.retrieval.patch_files import (
@@ -49,12 +49,14 @@ def test_geotiff_writer_round_trips_through_rasterio(tmp_path: Path) -> None:
 
 def test_geotiff_writer_without_georeference_or_north_up_grid(tmp_path: Path) -> None:
     band = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)
-    plain = write_band(tmp_path / "plain.tif", band)
+    plain = tmp_path / "plain.tif"
+    plain.write_bytes(geotiff_bytes(band))
     with pytest.warns(rasterio.errors.NotGeoreferencedWarning), rasterio.open(plain) as src:
         assert src.crs is None and src.nodata is None
         np.testing.assert_array_equal(src.read(1), band)
     rotated = (0.001, 0.0002, 10.0, 0.0001, -0.001, 50.0)
-    path = write_band(tmp_path / "geo.tif", band, epsg=4326, transform=rotated, geographic=True)
+    path = tmp_path / "geo.tif"
+    path.write_bytes(geotiff_bytes(band, epsg=4326, transform=rotated, geographic=True))
     with rasterio.open(path) as src:
         assert src.crs.to_epsg() == 4326 and src.crs.is_geographic
         assert tuple(src.transform)[:6] == rotated

@@ -11,7 +11,7 @@
   bands block-averaged from the 120 x 120 reconstruction), uint16 rounded and clipped;
   Sentinel-1 VV and VH float32 dB; each with the original georeference (its CRS named by EPSG
   code), its pixel size scaled for the coarser bands; written by
-  :func:`fedrs.data.geotiff.write_band`.
+  :func:`fedrs.data.geotiff.geotiff_bytes`.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def _write_bands(
         InputError: ``georef``'s CRS has no EPSG code.
     """
     from fedrs.data.facts import PATCH_SIZE
-    from fedrs.data.geotiff import crs_epsg, write_band
+    from fedrs.data.geotiff import crs_epsg, geotiff_bytes
 
     epsg, geographic = crs_epsg(georef.crs) if georef is not None else (None, False)
     folder.mkdir(parents=True, exist_ok=True)
@@ -320,8 +320,8 @@ def _write_bands(
             scale = PATCH_SIZE // data.shape[0]  # the pixels of a 20 m or 60 m band are larger
             a, b, c, d, e, f = georef.transform
             transform = (a * scale, b * scale, c, d * scale, e * scale, f)
-        path = folder / f"{name}_{band}.tif"
-        write_band(path, data, epsg=epsg, transform=transform, geographic=geographic)
+        tiff = geotiff_bytes(data, epsg=epsg, transform=transform, geographic=geographic)
+        (folder / f"{name}_{band}.tif").write_bytes(tiff)
 
 
 def write_s2_patch(

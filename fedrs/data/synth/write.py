@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fedrs.data.facts import S1_BANDS, S2_BANDS, S2_RESOLUTION_M
-from fedrs.data.geotiff import write_band
+from fedrs.data.geotiff import geotiff_bytes
 from fedrs.data.metadata import write_metadata
 from fedrs.data.synth.calibrate import CALIBRATION, calibrate_s1, calibrate_s2
 from fedrs.data.synth.plan import S1_DIR, S2_DIR, Plan, check_parameters, make_plan
@@ -131,16 +131,16 @@ def _write_patch_files(
             for b, band in enumerate(S2_BANDS):
                 pixel = float(S2_RESOLUTION_M[band])
                 transform = (pixel, 0.0, ulx, 0.0, -pixel, uly)
-                path = folder / f"{folder.name}_{band}.tif"
-                write_band(path, s2[b][j], epsg=epsg, transform=transform, nodata=0)
+                tiff = geotiff_bytes(s2[b][j], epsg=epsg, transform=transform, nodata=0)
+                (folder / f"{folder.name}_{band}.tif").write_bytes(tiff)
         s1_folder = plan.s1_folder[i]
         if s1_folder is not None:
             folder = root / s1_folder
             folder.mkdir(parents=True, exist_ok=True)
             transform = (10.0, 0.0, ulx, 0.0, -10.0, uly)
             for b, band in enumerate(S1_BANDS):
-                path = folder / f"{folder.name}_{band}.tif"
-                write_band(path, s1[j, b], epsg=epsg, transform=transform)
+                tiff = geotiff_bytes(s1[j, b], epsg=epsg, transform=transform)
+                (folder / f"{folder.name}_{band}.tif").write_bytes(tiff)
 
 
 def write_synthetic_archive(
