@@ -53,10 +53,6 @@ ProgressCallback = Callable[[int, int], None]
 """Progress callback: ``(patches_done, patches_total)``."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Archive
-
-
 def default_synthetic_root(patches: int, seed: int) -> Path:
     """Cache folder of the default synthetic archive.
 
