@@ -11,6 +11,9 @@
   ``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39``, v1's ``S2B_MSIL2A_20180502T093039_11_42``)
   pass.
 * :func:`inside`: a path checked to resolve under a folder (symbolic links followed).
+* :func:`check_output_folder` / :func:`clear_output`: a folder that receives an output is new,
+  empty or holds an earlier output of the same kind (known by its marker file), whose entries
+  are removed before it is written again (:func:`remove_paths`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,8 +36,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_name",
+    "check_output_folder",
+    "clear_output",
     "inside",
     "name_problem",
+    "remove_paths",
     "sync_folder",
 ]
 
@@ -162,3 +169,42 @@ def inside(root: str | Path, path: str | Path) -> Path:
     if resolved != base and not resolved.is_relative_to(base):
         raise InputError(f"{path}: resolves to {resolved}, outside {base}")
     return resolved
+
+
+def check_output_folder(folder: str | Path, *, markers: Sequence[str], holds: str) -> Path:
+    """Check that an output may be written to ``folder``.
+
+    ``folder`` may be missing, empty, or hold one of the files ``markers``: an earlier output of
+    the same kind, which writing replaces.
+
+    Raises:
+        InputError: ``folder`` is a file, or a non-empty folder with none of ``markers`` (the
+            message says that it holds no ``holds``).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not any((folder / marker).exists() for marker in markers):
+            raise InputError(
+                f"{folder}: folder is not empty and holds no {holds}; give a new or empty folder"
+            )
+    return folder
+
+
+def remove_paths(paths: Iterable[Path]) -> None:
+    """Remove each path in turn: a folder with what it holds, a file or a link (not what it
+    points to); missing ones are passed over."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def clear_output(folder: Path, entries: Sequence[str]) -> Path:
+    """Remove the ``entries`` of ``folder`` in this order (:func:`remove_paths`), then make sure
+    that ``folder`` exists."""
+    remove_paths(folder / name for name in entries)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

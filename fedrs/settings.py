@@ -14,6 +14,7 @@ from typing import Any
 
 from fedrs.config import ExperimentConfig, load_config, parse_override
 from fedrs.errors import InputError
+from fedrs.io import remove_paths
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,4 @@ def check_out_folder(
 
 def clear_run(files: list[Path]) -> None:
     """Remove the run files :func:`check_out_folder` returned (the MLflow store stays)."""
-    import shutil
-
-    for path in files:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    remove_paths(files)

@@ -23,6 +23,7 @@ from fedrs.data import (
     prepare_cache,
 )
 from fedrs.data.facts import LABEL_43_TO_19, S2_BANDS, S2_RESOLUTION_M
+from fedrs.data.metadata import load_metadata, write_metadata
 from fedrs.errors import InputError
 
 PAIRS = ("87_48", "36_85", "4_55", "56_35", "69_24", "57_38")
@@ -377,6 +378,26 @@ def test_skip_bad_through_cli(tmp_path: Path, v1_copy: Path) -> None:
     with pytest.warns(UserWarning):
         assert cli(["prepare", str(v1_copy), "--out", str(tmp_path / "c2"), "--skip-bad"]) == 0
     assert len(open_archive(tmp_path / "c2")) == 16
+
+
+def test_written_metadata_reads_back(tmp_path: Path) -> None:
+    columns = {
+        "patch_id": ["S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57", "S1A_x_33UUP_1_2"],
+        "labels": [["Pastures", "Inland waters"], ["Urban fabric"]],
+        "split": ["train", None],
+        "country": ["Austria", "Portugal"],
+        "s1_name": [None, "S1A_x_33UUP_1_2"],
+        "has_s1": pd.Series([False, True]),
+        "has_s2": np.array([True, False]),
+    }
+    path = write_metadata(columns, tmp_path / "metadata.parquet")
+    assert pd.read_parquet(path).columns.tolist() == list(columns)
+    meta = load_metadata(path)
+    assert [list(x) for x in meta["labels"]] == [["Pastures", "Inland waters"], ["Urban fabric"]]
+    assert meta["split"].tolist() == ["train", None] and meta["season"].tolist()[0] == "Summer"
+    assert meta["has_s1"].tolist() == [False, True] and meta["has_s2"].tolist() == [True, False]
+    with pytest.raises(InputError, match="no metadata column"):
+        write_metadata({"patch_id": ["p"], "colour": ["red"]}, tmp_path / "bad.parquet")
 
 
 # -- transforms -----------------------------------------------------------------------------

@@ -12,7 +12,15 @@ import pytest
 
 from fedrs.cli import main as cli
 from fedrs.errors import InputError
-from fedrs.io import atomic_torch_save, atomic_write_text, check_name, inside, name_problem
+from fedrs.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    check_name,
+    check_output_folder,
+    clear_output,
+    inside,
+    name_problem,
+)
 from fedrs.settings import check_out_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +229,31 @@ def test_inside_follows_links(tmp_path: Path) -> None:
         inside(root, root / "link" / "x")
     with pytest.raises(InputError, match="outside"):
         inside(root, root / ".." / "x")
+
+
+def test_output_folder_is_new_empty_or_an_earlier_output(tmp_path: Path) -> None:
+    kind = {"markers": (".done", ".partial"), "holds": "thing"}
+    assert check_output_folder(tmp_path / "new", **kind) == tmp_path / "new"  # type: ignore[arg-type]
+    out = tmp_path / "out"
+    out.mkdir()
+    check_output_folder(out, **kind)  # type: ignore[arg-type]
+    (out / "data").mkdir()
+    with pytest.raises(InputError, match="not empty and holds no thing"):
+        check_output_folder(out, **kind)  # type: ignore[arg-type]
+    (out / ".partial").write_text("")
+    check_output_folder(out, **kind)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="not a folder"):
+        check_output_folder(out / ".partial", **kind)  # type: ignore[arg-type]
+
+
+def test_clear_output_removes_its_entries_only(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "data" / "deep").mkdir(parents=True)
+    elsewhere.mkdir()
+    (out / ".done").write_text("")
+    (out / "notes.txt").write_text("mine")
+    (out / "link").symlink_to(elsewhere)
+    assert clear_output(out, (".done", "data", "link", "missing")) == out
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert elsewhere.is_dir()
+    assert clear_output(tmp_path / "fresh", ("data",)).is_dir()

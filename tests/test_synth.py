@@ -30,14 +30,13 @@ from fedrs.data.synth import (
     PARTIAL_MARKER,
     S1_DIR,
     S2_DIR,
-    _plan,
     default_synthetic_root,
     ensure_synthetic_archive,
-    geotiff_bytes,
     is_synthetic_archive,
     write_synthetic_archive,
 )
-from fedrs.data.synth_stats import build_stats, load_stats, tile_origin, write_stats
+from fedrs.data.synth.plan import make_plan
+from fedrs.data.synth.stats import build_stats, load_stats, tile_origin, write_stats
 from fedrs.errors import InputError
 
 PATCHES, SEED = 480, 7
@@ -157,30 +156,6 @@ def test_geotiffs_have_native_sizes_crs_and_transforms(archive: Path) -> None:
                 assert np.isfinite(src.read(1)).all()
 
 
-def test_geotiff_writer_round_trips_through_rasterio(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    cases: list[tuple[np.ndarray, float, int | None]] = [
-        (rng.integers(1, 60000, (60, 60)).astype(np.uint16), 20.0, 0),
-        (rng.normal(-12, 5, (120, 120)).astype(np.float32), 10.0, None),
-    ]
-    for i, (array, pixel, nodata) in enumerate(cases):
-        path = tmp_path / f"x{i}.tif"
-        path.write_bytes(
-            geotiff_bytes(
-                array, epsg=32635, ulx=300000.0, uly=6200000.0, pixel_m=pixel, nodata=nodata
-            )
-        )
-        with rasterio.open(path) as src:
-            np.testing.assert_array_equal(src.read(1), array)
-            assert src.crs.to_epsg() == 32635
-            assert src.transform.a == pixel and src.transform.f == 6200000.0
-            assert src.nodata == nodata
-    with pytest.raises(InputError):
-        geotiff_bytes(
-            np.zeros((2, 2, 2), np.uint16), epsg=32633, ulx=0, uly=0, pixel_m=10, nodata=0
-        )
-
-
 def test_modality_fractions(archive: Path) -> None:
     meta = pd.read_parquet(archive / "metadata.parquet")
     s1_only = meta[~meta["has_s2"]]
@@ -208,7 +183,7 @@ def test_modality_fractions(archive: Path) -> None:
 
 def test_rows_follow_real_frequencies(v2_metadata: Path) -> None:
     real = pd.read_parquet(v2_metadata, columns=["labels", "country"])
-    plan = _plan(load_stats(), 4000, 11, 0.0, 0.0)
+    plan = make_plan(load_stats(), 4000, 11, 0.0, 0.0)
     synthetic = plan.metadata
     real_y = labels_matrix(real["labels"])
     synth_y = labels_matrix(synthetic["labels"])

@@ -11,8 +11,9 @@ test, or None), ``country`` (str or None), ``season`` (Winter / Spring / Summer 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 
 from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import LABELS_19
+from fedrs.errors import InputError
 
 COLUMNS = ("patch_id", "s1_name", "labels", "split", "country", "season", "has_s1", "has_s2")
 SEASONS = ("Winter", "Spring", "Summer", "Fall")
@@ -87,6 +89,45 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
         raise CorruptPatchError(path, "metadata file not found") from None
     except Exception as exc:  # pyarrow raises several types for a malformed file
         raise CorruptPatchError(path, f"unreadable parquet ({type(exc).__name__}: {exc})") from None
+
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "patch_id": pa.string(),
+    "labels": pa.list_(pa.string()),
+    "split": pa.string(),
+    "country": pa.string(),
+    "season": pa.string(),
+    "s1_name": pa.string(),
+    "s2v1_name": pa.string(),
+    "contains_seasonal_snow": pa.bool_(),
+    "contains_cloud_or_shadow": pa.bool_(),
+    "has_s1": pa.bool_(),
+    "has_s2": pa.bool_(),
+}
+"""Type of each column fedrs writes to a ``metadata.parquet``: those of the official v2.0 file
+that fedrs knows, ``season``, ``has_s1`` and ``has_s2``."""
+
+
+def write_metadata(columns: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a ``metadata.parquet`` of the v2 layout, read back by :func:`load_metadata`.
+
+    Args:
+        columns: column name -> values (a list, an array or a pandas Series; None is null), in
+            the order of the file; every name is one of :data:`ARROW_TYPES`.
+        path: the file to write.
+
+    Raises:
+        InputError: a column that :data:`ARROW_TYPES` does not name.
+    """
+    unknown = sorted(set(columns) - set(ARROW_TYPES))
+    if unknown:
+        raise InputError(f"no metadata column(s) {unknown}; known: {sorted(ARROW_TYPES)}")
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, ARROW_TYPES[name]) for name in columns])
+    path = Path(path)
+    pq.write_table(pa.table(dict(columns), schema=schema), path)
+    return path
 
 
 def normalize_metadata(df: pd.DataFrame, *, source: str | Path = "metadata") -> pd.DataFrame:

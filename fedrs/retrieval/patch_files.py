@@ -9,8 +9,9 @@
 * The files of a reconstructed patch in the v2 layout (:func:`write_s2_patch`,
   :func:`write_s1_patch`): Sentinel-2 bands at their native 10 / 20 / 60 m sizes (20 m and 60 m
   bands block-averaged from the 120 x 120 reconstruction), uint16 rounded and clipped;
-  Sentinel-1 VV and VH float32 dB; each with the original georeference, its pixel size scaled
-  for the coarser bands.
+  Sentinel-1 VV and VH float32 dB; each with the original georeference (its CRS named by EPSG
+  code), its pixel size scaled for the coarser bands; written by
+  :func:`fedrs.data.geotiff.geotiff_bytes`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -277,13 +278,6 @@ def read_patch_folders(folders: Sequence[str | Path], *, resample: str = "biline
 # Writing reconstructed patches (v2 layout)
 
 
-def _block_mean(bands: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor`` x ``factor`` blocks of (..., H, W)."""
-    *lead, height, width = bands.shape
-    blocks = bands.reshape(*lead, height // factor, factor, width // factor, factor)
-    return np.asarray(blocks.mean(axis=(-3, -1)))
-
-
 def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     """The 12 bands of a (12, 120, 120) physical S2 image at native size, uint16.
 
@@ -291,6 +285,7 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     clipped to 0 .. 65535.
     """
     from fedrs.data.facts import PATCH_SIZE, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
+    from fedrs.data.geotiff import block_mean
 
     if image.shape != (len(S2_BANDS), PATCH_SIZE, PATCH_SIZE):
         raise InputError(f"expected a (12, 120, 120) S2 image, got {image.shape}")
@@ -299,32 +294,34 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     for res in (10, 20, 60):
         factor = PATCH_SIZE // S2_PIXELS_PER_SIDE[res]
         index = [i for i, b in enumerate(S2_BANDS) if S2_RESOLUTION_M[b] == res]
-        group = data[index] if factor == 1 else _block_mean(data[index], factor)
+        group = data[index] if factor == 1 else block_mean(data[index], factor)
         group = np.clip(np.rint(group), 0.0, _UINT16_MAX).astype(np.uint16)
         for k, i in enumerate(index):
             out[S2_BANDS[i]] = group[k]
     return out
 
 
-def _write_band(path: Path, band: np.ndarray, georef: GeoReference | None, scale: int) -> None:
-    import rasterio
-    from affine import Affine
-    from rasterio.crs import CRS
+def _write_bands(
+    folder: Path, name: str, bands: dict[str, np.ndarray], georef: GeoReference | None
+) -> None:
+    """Write ``<folder>/<name>_<band>.tif`` for each band, on ``georef``'s grid scaled to its size.
 
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": int(band.shape[1]),
-        "height": int(band.shape[0]),
-        "count": 1,
-        "dtype": band.dtype.name,
-    }
-    if georef is not None:
-        profile["crs"] = CRS.from_user_input(georef.crs)
-        profile["transform"] = Affine(*georef.transform) @ Affine.scale(scale)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(band, 1)
+    Raises:
+        InputError: ``georef``'s CRS has no EPSG code.
+    """
+    from fedrs.data.facts import PATCH_SIZE
+    from fedrs.data.geotiff import crs_epsg, geotiff_bytes
+
+    epsg, geographic = crs_epsg(georef.crs) if georef is not None else (None, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    for band, data in bands.items():
+        transform = None
+        if georef is not None:
+            scale = PATCH_SIZE // data.shape[0]  # the pixels of a 20 m or 60 m band are larger
+            a, b, c, d, e, f = georef.transform
+            transform = (a * scale, b * scale, c, d * scale, e * scale, f)
+        tiff = geotiff_bytes(data, epsg=epsg, transform=transform, geographic=geographic)
+        (folder / f"{name}_{band}.tif").write_bytes(tiff)
 
 
 def write_s2_patch(
@@ -342,18 +339,13 @@ def write_s2_patch(
         The patch folder.
 
     Raises:
-        InputError: a name that cannot name a file, or a folder that would lie outside
-            ``root``.
+        InputError: a name that cannot name a file, a folder that would lie outside ``root``,
+            or a CRS without an EPSG code.
     """
-    from fedrs.data.facts import PATCH_SIZE
-
     check_name(patch_id, "patch id")
     folder = v2_patch_folders(root, patch_id, None)["s2"][0]
     inside(root, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for band, data in s2_native_bands(image).items():
-        scale = PATCH_SIZE // data.shape[0]
-        _write_band(folder / f"{patch_id}_{band}.tif", data, georef, scale)
+    _write_bands(folder, patch_id, s2_native_bands(image), georef)
     return folder
 
 
@@ -366,8 +358,8 @@ def write_s1_patch(
         The patch folder.
 
     Raises:
-        InputError: a name that cannot name a file, or a folder that would lie outside
-            ``root``.
+        InputError: a name that cannot name a file, a folder that would lie outside ``root``,
+            or a CRS without an EPSG code.
     """
     from fedrs.data.facts import PATCH_SIZE, S1_BANDS
 
@@ -376,10 +368,10 @@ def write_s1_patch(
     check_name(s1_name, "S1 name")
     folder = v2_patch_folders(root, s1_name, s1_name)["s1"][0]
     inside(root, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for b, band in enumerate(S1_BANDS):
-        data = np.ascontiguousarray(image[b], dtype=np.float32)
-        _write_band(folder / f"{s1_name}_{band}.tif", data, georef, 1)
+    bands = {
+        band: np.ascontiguousarray(image[b], dtype=np.float32) for b, band in enumerate(S1_BANDS)
+    }
+    _write_bands(folder, s1_name, bands, georef)
     return folder
 
 

@@ -2,7 +2,7 @@
 
 The synthetic archive (``fedrs.data.synth``) draws the country, split, label set and Sentinel
 products of each patch from the rows of the official v2.0 ``metadata.parquet`` (480,038 patches).
-The installed package does not carry that file: it carries ``synth_stats.json``, a small
+The installed package does not carry that file: it carries ``stats.json``, a small
 derivative made by this module, holding
 
 * per country: the number of patches, the split fractions, the frequencies of every label set
@@ -12,7 +12,7 @@ derivative made by this module, holding
   products paired with each, and the EPSG code and upper-left corner of the product's MGRS tile
   (computed from the tile name), from which patch geotransforms follow.
 
-Regenerate it with ``python -m fedrs.data.synth_stats /path/to/v2-metadata.parquet``.
+Regenerate it with ``python -m fedrs.data.synth stats /path/to/v2-metadata.parquet``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fedrs.data.facts import LABELS_19
 from fedrs.data.metadata import labels_matrix, read_parquet
 from fedrs.errors import InputError
 
-STATS_FILE = Path(__file__).with_name("synth_stats.json")
+STATS_FILE = Path(__file__).with_name("stats.json")
 """The packaged derivative of the v2.0 metadata."""
 
 STATS_VERSION = 1
@@ -304,7 +304,7 @@ def write_stats(stats: dict[str, Any], path: str | Path = STATS_FILE) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Regenerate the packaged statistics from an official v2.0 metadata parquet file."""
     parser = argparse.ArgumentParser(
-        prog="python -m fedrs.data.synth_stats",
+        prog="python -m fedrs.data.synth stats",
         description="Summarise BigEarthNet v2.0 metadata.parquet for the synthetic archive.",
     )
     parser.add_argument("metadata", type=Path, help="official v2.0 metadata.parquet")
@@ -316,7 +316,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = sum(sum(c["label_set_patches"]) for c in stats["countries"])
     print(f"{out}: {stats['rows']} rows, label sets cover {kept / stats['rows']:.2%}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
