@@ -7,7 +7,6 @@ Also the way back from a record to the model's objects (:func:`record_patches`) 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
+from fedrs.compression.patch_files import PATCH_WRITERS, v2_patch_folders
 from fedrs.compression.trained import model_for_archive
 from fedrs.container import CompressedArchive, CorruptRecordError, Record
 from fedrs.errors import InputError
-from fedrs.io import atomic_write_text, inside, name_problem
-from fedrs.retrieval.patch_files import PATCH_WRITERS, v2_patch_folders
+from fedrs.io import atomic_write_text, check_output_folder, clear_output, inside, name_problem
 
 if TYPE_CHECKING:
     from fedrs.models import CompressedPatch, JointModel
@@ -187,23 +186,12 @@ class DecompressReport:
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / DECOMPRESSED_MARKER).is_file():
-            raise InputError(
-                f"{out}: folder is not empty and holds no decompressed archive; give a new or "
-                "empty folder"
-            )
-        if not overwrite:
-            raise InputError(f"{out}: holds a decompressed archive (use --overwrite to replace it)")
-        from fedrs.data.archive import V2Archive
+    check_output_folder(out, markers=(DECOMPRESSED_MARKER,), holds="decompressed archive")
+    if (out / DECOMPRESSED_MARKER).exists() and not overwrite:
+        raise InputError(f"{out}: holds a decompressed archive (use --overwrite to replace it)")
+    from fedrs.data.archive import V2Archive
 
-        for sub in (V2Archive.S2_DIR, V2Archive.S1_DIR):
-            if (out / sub).is_dir():
-                shutil.rmtree(out / sub)
-        (out / "metadata.parquet").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    clear_output(out, (V2Archive.S2_DIR, V2Archive.S1_DIR, "metadata.parquet"))
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -218,23 +206,10 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _write_metadata(rows: list[dict[str, Any]], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from fedrs.data.metadata import write_metadata
 
-    schema = pa.schema(
-        [
-            ("patch_id", pa.string()),
-            ("labels", pa.list_(pa.string())),
-            ("split", pa.string()),
-            ("country", pa.string()),
-            ("season", pa.string()),
-            ("s1_name", pa.string()),
-            ("has_s1", pa.bool_()),
-            ("has_s2", pa.bool_()),
-        ]
-    )
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
-    pq.write_table(pa.table(columns, schema=schema), path)
+    names = ("patch_id", "labels", "split", "country", "season", "s1_name", "has_s1", "has_s2")
+    write_metadata({name: [row.get(name) for row in rows] for name in names}, path)
 
 
 def decompress_archive(
