@@ -327,8 +327,8 @@ def size_figures(
     import torch
 
     from fedrs.compression import record_patches
+    from fedrs.compression.patch_files import LAYOUT_FOLDERS
     from fedrs.data.transforms import denormalize
-    from fedrs.retrieval.patch_files import LAYOUT_FOLDERS
 
     model = trained.model
     meta = source.metadata

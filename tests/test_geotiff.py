@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import rasterio
 
-from fedrs.data.geotiff import geotiff_bytes
-from fedrs.errors import InputError
-from fedrs.retrieval.container import GeoReference
-from fedrs.retrieval.patch_files import (
+from fedrs.compression.patch_files import (
     read_georeference,
     read_patch_folders,
     s2_native_bands,
     write_s1_patch,
     write_s2_patch,
 )
+from fedrs.container import GeoReference
+from fedrs.data.geotiff import geotiff_bytes
+from fedrs.errors import InputError
 
 
 def test_geotiff_writer_round_trips_through_rasterio(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The Python face of ``fedrs compress`` (:mod:`~fedrs.compression.compress`), ``fedrs
 decompress`` (:mod:`~fedrs.compression.decompress`) and ``fedrs search``
 (:mod:`~fedrs.compression.query`), with the trained model they load
-(:mod:`~fedrs.compression.trained`)::
+(:mod:`~fedrs.compression.trained`) and the patch GeoTIFFs they read and write
+(:mod:`~fedrs.compression.patch_files`)::
 
     report = compress_archive("BigEarthNet-v2", "runs/centralized", "client-3.fedrs")
     decompress_archive("client-3.fedrs", "runs/centralized", "reconstructed/")

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
+from fedrs.compression.patch_files import geotiff_source
 from fedrs.compression.trained import TrainedModel, as_trained_model
 from fedrs.container import ArchiveWriter, ContainerExistsError, GeoReference, Record
 from fedrs.errors import InputError
 from fedrs.io import check_name
-from fedrs.retrieval.patch_files import geotiff_source
 
 if TYPE_CHECKING:
     import torch

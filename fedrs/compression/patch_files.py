@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedrs.container import GeoReference
 from fedrs.errors import InputError
 from fedrs.io import check_name, inside
-from fedrs.retrieval.container import GeoReference
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,7 @@ GEOREF_BANDS: dict[str, str] = {"s2": "B02", "s1": "VV"}
 
 _UINT16_MAX = float(np.iinfo(np.uint16).max)
 
-# fedrs.data (and with it torch) is imported where used, so that fedrs.retrieval stays light.
+# fedrs.data (and with it torch) is imported where used, so that fedrs.compression stays light.
 
 # ------------------------------------------------------------------------------------------------
 # Where the files of a patch are

@@ -16,10 +16,10 @@ import numpy as np
 
 from fedrs.compression._common import Model
 from fedrs.compression.compress import encode_patches
+from fedrs.compression.patch_files import QueryPatch, read_patch_folders
 from fedrs.compression.trained import TrainedModel, as_trained_model, model_for_archive
 from fedrs.container import CompressedArchive, RecordNotFoundError
 from fedrs.errors import InputError
-from fedrs.retrieval.patch_files import QueryPatch, read_patch_folders
 
 if TYPE_CHECKING:
     from fedrs.models import JointModel

@@ -12,8 +12,7 @@ each answering only its own, and equals ``central_search`` over all of them.
 
 Hash codes themselves (packed and unpacked forms) are :mod:`fedrs.codes`; the ``.fedrs`` file is
 :mod:`fedrs.container`; compressing, decompressing and hashing queries is
-:mod:`fedrs.compression`. ``patch_files.py`` (reading and writing patch GeoTIFFs) lies here only
-until it moves; import it by its module path.
+:mod:`fedrs.compression`.
 """
 
 from __future__ import annotations
