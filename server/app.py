@@ -243,6 +243,7 @@ def serve(
 
     from fedrs.devices import resolve_device
     from fedrs.pipeline import load_run_data
+    from fedrs.plots import plot_rounds
     from fedrs.tracking import Tracker, default_tracking_uri
     from fedrs.train import (
         build_model,
@@ -396,7 +397,7 @@ def serve(
     if plateau is not None:
         summary["plateau"] = plateau_summary(plateau, metric, "round")
     atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    plot = _plot_history(history, out / "rounds.png")
+    plot = plot_rounds(history, out / "rounds.png")
     for artifact in (config_file, out / "model.pt", plot):
         tracker.log_artifact(artifact)
     tracker.log_dict(summary, "summary.json")
@@ -475,38 +476,6 @@ def _summary(
         "history": history,
         "config": config.to_dict(),
     }
-
-
-def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rounds = [h["round"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].plot(rounds, [h.get("eval/map@20") for h in history], marker="o", label="model")
-    axes[0].plot(rounds, [h.get("eval/map@20_random") for h in history], ls="--", label="random")
-    strict = [h.get("eval/map@20_min_k_r") for h in history]
-    if any(v is not None for v in strict):  # runs from before the min(k, R) convention lack it
-        axes[0].plot(rounds, strict, marker="s", label="model, min(k,R)")
-        strict_random = [h.get("eval/map@20_min_k_r_random") for h in history]
-        axes[0].plot(rounds, strict_random, ls=":", label="random, min(k,R)")
-    axes[0].set(xlabel="round", ylabel="mAP@20", title="retrieval")
-    axes[0].legend()
-    for modality in ("s1", "s2"):
-        values = [h.get(f"eval/bpp_{modality}") for h in history]
-        if any(v is not None for v in values):
-            axes[1].plot(rounds, values, marker="o", label=modality.upper())
-    axes[1].set(xlabel="round", ylabel="bits per pixel", title="compression")
-    axes[1].legend()
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 app = ServerApp()
