@@ -21,7 +21,6 @@ data (:func:`fedrs.train.refresh_statistics`), as a federation pools its clients
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +28,8 @@ from typing import Any
 
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
-from fedrs.io import atomic_torch_save, atomic_write_text
 from fedrs.pipeline import Progress, load_run_data
-from fedrs.tracking import Tracker, default_tracking_uri
+from fedrs.recorder import RunRecorder
 from fedrs.train import (
     KeptCheckpoint,
     LocalTrainer,
@@ -63,14 +61,9 @@ def run_centralized(
     data = load_run_data(config.data, progress=progress)
     device = resolve_device(config.train.device)  # training and evaluation
     model = build_model(config).to(device)
-    uri = config.tracking.uri or default_tracking_uri(out)
-    tracker = Tracker(
-        uri,
-        experiment=config.tracking.experiment,
-        run_name=f"{config.name}-centralized",
-        artifact_root=out / "mlartifacts",
-    )
-    tracker.log_params(config.to_dict() | {"mode": "centralized"})
+    recorder = RunRecorder(out)
+    params = config.to_dict() | {"mode": "centralized"}
+    tracker = recorder.track(config, f"{config.name}-centralized", params)
     history: list[dict[str, float]] = []
     step = 0
     warmup = min(config.train.no_bpp_epochs, config.train.stage1_epochs)
@@ -152,13 +145,13 @@ def run_centralized(
         "history": history,
         **({"selection": _selection(kept, len(data.validation_rows))} if warmup else {}),
         "mlflow_run_id": tracker.run_id,
-        "tracking_uri": uri,
+        "tracking_uri": recorder.tracking_uri,
         "config": config.to_dict(),
     }
     # each file whole or not at all; the summary last: a summary.json means a complete run
-    atomic_write_text(out / "config.toml", config.to_toml())
-    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    recorder.write_config(config)
+    recorder.write_model(model.state_dict())
+    recorder.write_summary(summary)
     for name in ("summary.json", "config.toml", "model.pt"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")

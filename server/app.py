@@ -3,8 +3,9 @@
 Each round the global model is evaluated on the server's query/database split (mAP@k from hash
 codes read from real bitstreams, bpp from their sizes, PSNR of the reconstructions), logged to
 MLflow with ``step=round`` together with the round's client and byte counts, and checkpointed in
-``<out>/checkpoints``.  A round without a successful client stops the run with an error (the
-strategy raises); the MLflow run is then marked FAILED, and what was logged stays.
+``<out>/checkpoints`` (:class:`fedrs.recorder.RunRecorder`).  A round without a successful
+client stops the run with an error (the strategy raises); the MLflow run is then marked FAILED,
+and what was logged stays.
 
 The evaluation runs on ``train.device`` (``"auto"``: a GPU where the server sees one); each
 round logs ``clients/cuda``, the clients that trained on a GPU (``client/<id>/device_cuda``
@@ -31,7 +32,6 @@ at the round after which ``eval.plateau_metric`` has not improved by more than
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -45,14 +45,13 @@ import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
-from fedrs.io import atomic_file, atomic_torch_save, atomic_write_text
+from fedrs.io import atomic_torch_save
+from fedrs.recorder import CHECKPOINTS
 from fedrs.settings import RunSettings, check_out_folder
 
 if TYPE_CHECKING:
+    from fedrs.strategies import RoundStats
     from fedrs.train import KeptCheckpoint
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
 
 
 class PlateauReached(Exception):
@@ -62,41 +61,6 @@ class PlateauReached(Exception):
     def __init__(self, round_: int) -> None:
         super().__init__(f"validation plateau reached at round {round_}")
         self.round = round_
-
-
-def latest_checkpoint(out: Path) -> dict[str, Any] | None:
-    """The newest checkpoint record of ``out`` (round, file, MLflow run id), or None."""
-    path = out / CHECKPOINTS / LATEST
-    if not path.is_file():
-        return None
-    info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return info
-
-
-def _save_checkpoint(
-    out: Path,
-    round_: int,
-    arrays: ArrayRecord,
-    run_id: str,
-    strategy: Any = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """The global model of ``round_`` and, where the strategy keeps one, its server state;
-    ``extra`` entries go into ``latest.json`` with them."""
-    import numpy as np
-
-    folder = out / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
-    file = atomic_torch_save(arrays.to_torch_state_dict(), folder / f"round-{round_:04d}.pt")
-    record: dict[str, Any] = {"round": round_, "file": file.name, "mlflow_run_id": run_id}
-    if hasattr(strategy, "server_state"):
-        state_file = folder / f"round-{round_:04d}.strategy.npz"
-        with atomic_file(state_file) as handle:
-            np.savez(handle, **strategy.server_state())
-        record["strategy_file"] = state_file.name
-    record |= extra or {}
-    atomic_write_text(folder / LATEST, json.dumps(record))
-    return file
 
 
 def strategy_for(
@@ -244,7 +208,7 @@ def serve(
     from fedrs.devices import resolve_device
     from fedrs.pipeline import load_run_data
     from fedrs.plots import plot_rounds
-    from fedrs.tracking import Tracker, default_tracking_uri
+    from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
     from fedrs.train import (
         build_model,
         evaluate,
@@ -266,36 +230,28 @@ def serve(
     model = build_model(config).to(device)
     data = load_run_data(config.data)
 
-    checkpoint = latest_checkpoint(out) if settings.resume else None
+    recorder = RunRecorder(out)
+    checkpoint = recorder.latest_checkpoint() if settings.resume else None
     done = 0
     if checkpoint is not None:
         done = int(checkpoint["round"])
-        state = torch.load(out / CHECKPOINTS / checkpoint["file"], weights_only=True)
-        model.load_state_dict(state)
-    uri = config.tracking.uri or default_tracking_uri(out)
-    tracker = Tracker(
-        uri,
-        experiment=config.tracking.experiment,
-        run_name=f"{config.name}-{config.federation.strategy}",
+        model.load_state_dict(recorder.load_model(checkpoint))
+    tracker = recorder.track(
+        config,
+        f"{config.name}-{config.federation.strategy}",
+        config.to_dict() | {"num_clients": num_clients},
         run_id=checkpoint["mlflow_run_id"] if checkpoint else None,
-        artifact_root=out / "mlartifacts",
     )
-    tracker.log_params(config.to_dict() | {"num_clients": num_clients})
-    config_file = atomic_write_text(out / "config.toml", config.to_toml())
-    history = _load_history(out) if checkpoint else []
-    history = [h for h in history if h["round"] <= done]
+    config_file = recorder.write_config(config)
+    history = recorder.load_history(done) if checkpoint else []
 
     # no client can hold more training patches than the archive has: a bigger claimed weight
     # is a failed reply (federation.max_weight overrides)
     strategy = strategy_for(config, num_clients, max_weight=len(data.train_rows) or None)
     if checkpoint is not None and hasattr(strategy, "load_server_state"):
         strategy.round_offset = done
-        if checkpoint.get("strategy_file"):
-            import numpy as np
-
-            path = out / CHECKPOINTS / checkpoint["strategy_file"]
-            with np.load(path, allow_pickle=False) as saved:
-                strategy.load_server_state(dict(saved))
+        if (server_state := recorder.load_server_state(checkpoint)) is not None:
+            strategy.load_server_state(server_state)
     rounds = config.federation.rounds
     selection = _Selection(config, out, checkpoint)
     if selection.enabled and not hasattr(strategy, "replace_global"):
@@ -340,26 +296,19 @@ def serve(
             validated |= validation_metrics(figures)
             if plateau.update(plateau_value(figures, metric)):
                 validated["val/plateau"] = 1.0
-        metrics = evaluate(model, data, config)
-        stats = strategy.round_stats.get(server_round)
-        logged = _flat_eval(metrics) | validated
+        logged = eval_metrics(evaluate(model, data, config)) | validated
         per_client: dict[str, float] = {}
-        if stats is not None:
-            logged |= {k: float(v) for k, v in stats.as_metrics().items()}
-            if "loss" in stats.train_metrics:
-                logged["train/loss"] = stats.train_metrics["loss"]
+        if (stats := strategy.round_stats.get(server_round)) is not None:
+            logged |= _round_metrics(stats)
             per_client = stats.client_metrics()  # MLflow only: history rows stay small
-            cuda = sum(v.get("device_cuda", 0.0) for v in stats.per_client.values())
-            logged["clients/cuda"] = float(cuda)  # clients that trained on a GPU
         tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
-        _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
+        recorder.save_history(history)  # before the checkpoint: a resumed run keeps this round
+        server_state = strategy.server_state() if hasattr(strategy, "server_state") else None
+        kept = {"kept": selection.record()} if selection.enabled else None
+        recorder.save_checkpoint(round_, arrays.to_torch_state_dict(), server_state, kept)
         if selection.enabled:
-            kept = {"kept": selection.record()}
-            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy, kept)
             selection.prune()
-        else:
-            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
         if plateau is not None and plateau.reached:
             raise PlateauReached(round_)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
@@ -385,97 +334,38 @@ def serve(
         tracker.end(status)
     if len(history) < rounds and not stopped:
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
-    summary = _summary(config, history, metrics_final=history[-1], started=started)
-    summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
-    on_gpu = int(sum(h.get("clients/cuda", 0) for h in history))  # client-rounds on a GPU
-    summary |= {
-        "device": str(device),
-        "client_devices": {"cuda": on_gpu, "cpu": summary["clients_ok"] - on_gpu},
-    }
+    summary = federation_summary(
+        config,
+        history,
+        metrics_final=history[-1],
+        started=started,
+        run_id=tracker.run_id,
+        tracking_uri=recorder.tracking_uri,
+        num_clients=num_clients,
+        device=device,
+    )
     if selection.enabled:
         summary["selection"] = selection.summary(len(history), len(data.validation_rows))
     if plateau is not None:
         summary["plateau"] = plateau_summary(plateau, metric, "round")
-    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+    model_file = recorder.write_model(model.state_dict())
     plot = plot_rounds(history, out / "rounds.png")
-    for artifact in (config_file, out / "model.pt", plot):
+    for artifact in (config_file, model_file, plot):
         tracker.log_artifact(artifact)
     tracker.log_dict(summary, "summary.json")
-    # the summary is written last: a fresh summary.json means the run is complete
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    recorder.write_summary(summary)  # last: a fresh summary.json means the run is complete
     return summary
 
 
-def _flat_eval(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"map@20": x, "bpp": {"s1": y}}`` -> ``{"eval/map@20": x, "eval/bpp_s1": y}``."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if v is not None:
-                    flat[f"eval/{key}_{sub}"] = float(v)
-        elif isinstance(value, int | float):
-            flat[f"eval/{key}"] = float(value)
-    return flat
-
-
-def _load_history(out: Path) -> list[dict[str, Any]]:
-    path = out / "history.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-
-
-def _save_history(out: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
-
-
-def _summary(
-    config: ExperimentConfig,
-    history: list[dict[str, Any]],
-    *,
-    metrics_final: dict[str, Any],
-    started: float,
-) -> dict[str, Any]:
-    def final(key: str) -> float | None:
-        value = metrics_final.get(key)
-        return None if value is None else float(value)
-
-    def count(key: str) -> int | None:
-        value = metrics_final.get(key)
-        return None if value is None else int(value)
-
-    modalities = ("s1", "s2")
-    # map@k: AP over the relevant items retrieved in the top k; map@k_min_k_r: AP / min(k, R);
-    # each with its random-code baseline (map@20, map@20_random, map@20_min_k_r, ...)
-    retrieval = {
-        f"map@{k}{convention}{baseline}": final(f"eval/map@{k}{convention}{baseline}")
-        for k in (20, 10, 100)
-        for convention in ("", "_min_k_r")
-        for baseline in ("", "_random")
-    }
-    # the 95 % bootstrap interval of each mAP@20 over the queries
-    retrieval |= {
-        f"map@20{convention}_ci_{end}": final(f"eval/map@20{convention}_ci_{end}")
-        for convention in ("", "_min_k_r")
-        for end in ("low", "high")
-    }
-    return {
-        **retrieval,
-        "eval_queries": count("eval/eval_queries"),
-        "eval_database": count("eval/eval_database"),
-        "encode_s_per_10k": final("eval/encode_s_per_10k"),
-        "decode_s_per_10k": final("eval/decode_s_per_10k"),
-        "bpp": {m: final(f"eval/bpp_{m}") for m in modalities},
-        "psnr": {m: final(f"eval/psnr_{m}") for m in modalities},
-        "wall_s": round(time.perf_counter() - started, 2),
-        "rounds": len(history),
-        "clients_ok": int(sum(h.get("clients/ok", 0) for h in history)),
-        "clients_failed": int(sum(h.get("clients/failed", 0) for h in history)),
-        "bytes_up": int(sum(h.get("comm/bytes_up", 0) for h in history)),
-        "bytes_down": int(sum(h.get("comm/bytes_down", 0) for h in history)),
-        "update_codec": config.federation.update_codec,
-        "history": history,
-        "config": config.to_dict(),
-    }
+def _round_metrics(stats: RoundStats) -> dict[str, float]:
+    """A round's counts (``strategy.round_stats``) as metrics, with the clients' aggregated
+    ``train/loss`` and ``clients/cuda``, the clients that trained on a GPU."""
+    logged = {k: float(v) for k, v in stats.as_metrics().items()}
+    if "loss" in stats.train_metrics:
+        logged["train/loss"] = stats.train_metrics["loss"]
+    cuda = sum(v.get("device_cuda", 0.0) for v in stats.per_client.values())
+    logged["clients/cuda"] = float(cuda)
+    return logged
 
 
 app = ServerApp()
