@@ -12,30 +12,16 @@ round logs ``clients/cuda``, the clients that trained on a GPU (``client/<id>/de
 each), and the summary records the evaluation's ``device`` and ``client_devices``, the
 client-rounds trained on each device type.
 
-With ``federation.no_bpp_rounds`` > 0, rounds 1 to ``no_bpp_rounds`` train on distortion alone
-(the training ConfigRecord says :data:`fedrs.protocol.RATE` false), and every stage-1 round the
-global model is also validated on the validation rows (``val/psnr``, ``val/bpp`` and per
-modality): the highest-PSNR model of the distortion-only rounds and the lowest-bpp one of the
-other stage-1 rounds are kept (``kept-<criterion>.round-NNNN.pt`` next to the round
-checkpoints, named in ``latest.json``).  The last distortion-only round ends with the
-highest-PSNR model, the last stage-1 round with the lowest-bpp one (the highest-PSNR one when
-every stage-1 round is distortion-only): it becomes the global model the next round starts
-from (``replace_global`` of the strategy), that round's evaluation and checkpoint are of it,
-and ``val/selected_round`` names it; the summary's ``selection`` records both kept models.
-
-With ``eval.patience`` > 0 every stage-2 round is also validated (the validation split as
-queries against the database, ``val/map@20``, and its compression figures), and the run ends
-at the round after which ``eval.plateau_metric`` has not improved by more than
-``eval.tolerance`` for ``patience`` rounds (``federation.rounds`` is then a cap); the summary's
-``plateau`` says where and which round was best.
+With ``federation.no_bpp_rounds`` > 0 stage 1 starts with distortion-only rounds and the model
+stage 2 starts from is selected on the validation split; with ``eval.patience`` > 0 the run
+ends once the validation figure stops improving (both in :mod:`fedrs.selection`).  The
+selected model becomes the global model through the strategy's ``replace_global``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -45,13 +31,10 @@ import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
-from fedrs.io import atomic_torch_save
-from fedrs.recorder import CHECKPOINTS
 from fedrs.settings import RunSettings, check_out_folder
 
 if TYPE_CHECKING:
     from fedrs.strategies import RoundStats
-    from fedrs.train import KeptCheckpoint
 
 
 class PlateauReached(Exception):
@@ -116,86 +99,6 @@ def wait_for_nodes(grid: Grid, count: int, *, timeout: float) -> None:
         time.sleep(1.0)
 
 
-class _Selection:
-    """Checkpoint selection over stage 1 when it starts with distortion-only rounds (see the
-    module docstring): what is kept, on which criterion, and its files for a resumed run."""
-
-    def __init__(self, config: ExperimentConfig, out: Path, checkpoint: dict[str, Any] | None):
-        import torch
-
-        from fedrs.train import KeptCheckpoint
-
-        fed = config.federation
-        self.no_bpp_rounds, self.stage1_rounds = fed.no_bpp_rounds, fed.stage1_rounds
-        self.folder = out / CHECKPOINTS
-        self.kept = {c: KeptCheckpoint(c) for c in ("psnr", "bpp")}
-        for criterion, info in ((checkpoint or {}).get("kept") or {}).items():
-            kept = self.kept[criterion]
-            kept.step, kept.score = int(info["round"]), float(info["score"])
-            kept.state = torch.load(self.folder / info["file"], weights_only=True)
-        self.files = {c: self._file(c) for c in self.kept if self.kept[c].step is not None}
-
-    @property
-    def enabled(self) -> bool:
-        return self.no_bpp_rounds > 0
-
-    def validates(self, round_: int) -> bool:
-        """Whether the global model of ``round_`` is validated (a stage-1 round)."""
-        return self.enabled and round_ <= self.stage1_rounds
-
-    def rate(self, round_: int) -> bool:
-        """Whether clients optimise the rate in ``round_``."""
-        return round_ > self.no_bpp_rounds
-
-    def ends_phase(self, round_: int) -> bool:
-        """Whether ``round_`` ends the warm-up or stage 1 (the next round starts from
-        :meth:`selected`)."""
-        return self.enabled and round_ in (self.no_bpp_rounds, self.stage1_rounds)
-
-    def _file(self, criterion: str) -> str:
-        return f"kept-{criterion}.round-{self.kept[criterion].step:04d}.pt"
-
-    def offer(self, round_: int, figures: dict[str, Any], arrays: ArrayRecord) -> None:
-        """Keep the global model of ``round_`` when it beats the kept one (and save it)."""
-        criterion = "bpp" if self.rate(round_) else "psnr"
-        kept = self.kept[criterion]
-        if kept.offer(round_, figures[f"{criterion}_all"], arrays.to_torch_state_dict()):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            file = atomic_torch_save(kept.state, self.folder / self._file(criterion))
-            self.files[criterion] = file.name
-
-    def selected(self) -> KeptCheckpoint:
-        """The model the warm-up or stage 1 ends with: the lowest-bpp kept one, else (the
-        warm-up, or a stage 1 of warm-up only) the best-PSNR one."""
-        return self.kept["bpp"] if self.kept["bpp"].state is not None else self.kept["psnr"]
-
-    def record(self) -> dict[str, Any]:
-        """``latest.json``'s ``kept`` entry: round, score and file of each kept model."""
-        return {
-            c: {"round": k.step, "score": k.score, "file": self.files[c]}
-            for c, k in self.kept.items()
-            if k.step is not None
-        }
-
-    def prune(self) -> None:
-        """Remove kept files ``latest.json`` no longer names."""
-        for path in self.folder.glob("kept-*.pt"):
-            if path.name not in self.files.values():
-                path.unlink(missing_ok=True)
-
-    def summary(self, rounds_done: int, validation_rows: int) -> dict[str, Any]:
-        """The summary's ``selection``: round and score of each kept model and, once stage 1
-        is over, the one stage 2 started from."""
-        over = rounds_done >= self.stage1_rounds
-        return {
-            "psnr": self.kept["psnr"].record("round"),
-            "bpp": self.kept["bpp"].record("round"),
-            "selected": self.selected().criterion if over else None,
-            "selected_round": self.selected().step if over else None,
-            "validation_patches": validation_rows,
-        }
-
-
 def serve(
     grid: Grid,
     settings: RunSettings,
@@ -209,15 +112,8 @@ def serve(
     from fedrs.pipeline import load_run_data
     from fedrs.plots import plot_rounds
     from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
-    from fedrs.train import (
-        build_model,
-        evaluate,
-        plateau_for,
-        plateau_summary,
-        plateau_value,
-        validate,
-        validation_metrics,
-    )
+    from fedrs.selection import PlateauWatch, Selection
+    from fedrs.train import build_model, evaluate
 
     started = time.perf_counter()
     config = settings.experiment()
@@ -253,7 +149,7 @@ def serve(
         if (server_state := recorder.load_server_state(checkpoint)) is not None:
             strategy.load_server_state(server_state)
     rounds = config.federation.rounds
-    selection = _Selection(config, out, checkpoint)
+    selection = Selection(config, out, checkpoint)
     if selection.enabled and not hasattr(strategy, "replace_global"):
         raise FedrsError(
             f"strategy {config.federation.strategy!r} cannot start stage 2 from a selected "
@@ -265,12 +161,8 @@ def serve(
     if selection.enabled:
         train_config[protocol.RATE] = selection.rate(done + 1)
     # eval.patience: stage 2 stops once the validation figure has stopped improving
-    plateau = plateau_for(config)
-    metric, stage1 = config.eval.plateau_metric, config.federation.stage1_rounds
-    if plateau is not None:  # a resumed run counts the rounds it already did
-        for entry in history:
-            if entry["round"] > stage1:
-                plateau.update(entry.get(f"val/{metric}", math.nan))
+    plateau, stage1 = PlateauWatch(config), config.federation.stage1_rounds
+    plateau.replay(history, stage1)  # a resumed run counts the rounds it already did
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -279,23 +171,15 @@ def serve(
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         validated: dict[str, float] = {}
         if selection.validates(round_):
-            figures = validate(model, data)
-            validated = validation_metrics(figures)
-            selection.offer(round_, figures, arrays)
-            if selection.ends_phase(round_):  # the next rounds start from the kept model
-                chosen = selection.selected()
-                state = chosen.restore()
-                model.load_state_dict(state, strict=False)
-                arrays = ArrayRecord(state)
+            state = arrays.to_torch_state_dict()
+            validated, chosen = selection.validate(round_, model, data, state)
+            if chosen is not None:  # the next rounds start from the kept model
+                arrays = ArrayRecord(chosen)
                 strategy.replace_global(arrays)
-                validated["val/selected_round"] = float(chosen.step or 0)
         if selection.enabled:
             train_config[protocol.RATE] = selection.rate(round_ + 1)
-        if plateau is not None and round_ > stage1:
-            figures = validate(model, data, retrieval=metric.startswith("map"))
-            validated |= validation_metrics(figures)
-            if plateau.update(plateau_value(figures, metric)):
-                validated["val/plateau"] = 1.0
+        if plateau.enabled and round_ > stage1:
+            validated |= plateau.validate(model, data)
         logged = eval_metrics(evaluate(model, data, config)) | validated
         per_client: dict[str, float] = {}
         if (stats := strategy.round_stats.get(server_round)) is not None:
@@ -309,12 +193,12 @@ def serve(
         recorder.save_checkpoint(round_, arrays.to_torch_state_dict(), server_state, kept)
         if selection.enabled:
             selection.prune()
-        if plateau is not None and plateau.reached:
+        if plateau.reached:
             raise PlateauReached(round_)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
 
     status = "FAILED"
-    stopped = plateau is not None and plateau.reached
+    stopped = plateau.reached
     try:
         if done < rounds and not stopped:
             wait_for_nodes(grid, num_clients, timeout=config.federation.round_timeout_s)
@@ -346,8 +230,8 @@ def serve(
     )
     if selection.enabled:
         summary["selection"] = selection.summary(len(history), len(data.validation_rows))
-    if plateau is not None:
-        summary["plateau"] = plateau_summary(plateau, metric, "round")
+    if plateau.enabled:
+        summary["plateau"] = plateau.summary("round")
     model_file = recorder.write_model(model.state_dict())
     plot = plot_rounds(history, out / "rounds.png")
     for artifact in (config_file, model_file, plot):
