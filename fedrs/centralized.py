@@ -21,7 +21,6 @@ data (:func:`fedrs.train.refresh_statistics`), as a federation pools its clients
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,17 +28,13 @@ from typing import Any
 
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
-from fedrs.io import atomic_torch_save, atomic_write_text
 from fedrs.pipeline import Progress, load_run_data
-from fedrs.tracking import Tracker, default_tracking_uri
+from fedrs.recorder import RunRecorder
+from fedrs.selection import PlateauWatch, kept_checkpoints, selection_summary
 from fedrs.train import (
-    KeptCheckpoint,
     LocalTrainer,
     build_model,
     evaluate,
-    plateau_for,
-    plateau_summary,
-    plateau_value,
     refresh_statistics,
     validate,
     validation_metrics,
@@ -63,20 +58,14 @@ def run_centralized(
     data = load_run_data(config.data, progress=progress)
     device = resolve_device(config.train.device)  # training and evaluation
     model = build_model(config).to(device)
-    uri = config.tracking.uri or default_tracking_uri(out)
-    tracker = Tracker(
-        uri,
-        experiment=config.tracking.experiment,
-        run_name=f"{config.name}-centralized",
-        artifact_root=out / "mlartifacts",
-    )
-    tracker.log_params(config.to_dict() | {"mode": "centralized"})
+    recorder = RunRecorder(out)
+    params = config.to_dict() | {"mode": "centralized"}
+    tracker = recorder.track(config, f"{config.name}-centralized", params)
     history: list[dict[str, float]] = []
     step = 0
     warmup = min(config.train.no_bpp_epochs, config.train.stage1_epochs)
-    kept = {"psnr": KeptCheckpoint("psnr"), "bpp": KeptCheckpoint("bpp")}
-    plateau = plateau_for(config)
-    metric = config.eval.plateau_metric
+    kept = kept_checkpoints()
+    plateau = PlateauWatch(config)
     status = "FAILED"
     try:
         for stage, epochs in ((1, config.train.stage1_epochs), (2, config.train.stage2_epochs)):
@@ -112,18 +101,15 @@ def run_centralized(
                         kept[criterion].offer(
                             epoch + 1, figures[f"{criterion}_all"], model.state_dict()
                         )
-                    if stage == 2 and plateau is not None:  # stopped on the validation split
+                    if stage == 2 and plateau.enabled:  # stopped on the validation split
                         if config.model.whitening:  # as it will be evaluated
                             refresh_statistics(model, data.archive, data.train_rows, config)
-                        figures = validate(model, data, retrieval=metric.startswith("map"))
-                        logged |= validation_metrics(figures)
-                        if plateau.update(plateau_value(figures, metric)):
-                            logged["val/plateau"] = 1.0
+                        logged |= plateau.validate(model, data)
                     tracker.log_metrics(logged, step=step)
                     history.append({"step": float(step), **logged})
                     if on_epoch is not None:
                         on_epoch(stage, epoch + 1, epochs, metrics)
-                    if stage == 2 and plateau is not None and plateau.reached:
+                    if stage == 2 and plateau.reached:
                         break
                 if stage == 1 and warmup:  # the next phase or stage starts from the kept model
                     chosen = kept["bpp" if rate else "psnr"]
@@ -142,38 +128,25 @@ def run_centralized(
     for key in ("bpp", "psnr"):
         flat |= {f"eval/{key}_{m}": float(v) for m, v in result[key].items() if v is not None}
     tracker.log_metrics(flat, step=step)
+    validation_rows = len(data.validation_rows)
     summary = {
         **{k: v for k, v in result.items() if k != "eval_s"},
         "wall_s": round(time.perf_counter() - started, 2),
         "train_patches": len(data.train_rows),
         "device": str(device),
         "epochs": step,
-        "plateau": None if plateau is None else plateau_summary(plateau, metric, "epoch"),
+        "plateau": plateau.summary("epoch"),
         "history": history,
-        **({"selection": _selection(kept, len(data.validation_rows))} if warmup else {}),
+        **({"selection": selection_summary(kept, "epoch", validation_rows)} if warmup else {}),
         "mlflow_run_id": tracker.run_id,
-        "tracking_uri": uri,
+        "tracking_uri": recorder.tracking_uri,
         "config": config.to_dict(),
     }
     # each file whole or not at all; the summary last: a summary.json means a complete run
-    atomic_write_text(out / "config.toml", config.to_toml())
-    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    recorder.write_config(config)
+    recorder.write_model(model.state_dict())
+    recorder.write_summary(summary)
     for name in ("summary.json", "config.toml", "model.pt"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")
     return summary
-
-
-def _selection(kept: dict[str, KeptCheckpoint], rows: int) -> dict[str, Any]:
-    """What stage 1 kept: the stage-1 epoch and validation score on each criterion (``bpp``
-    None when every stage-1 epoch was distortion-only) and the one stage 2 started from (the
-    lowest-bpp one, else the best-PSNR one)."""
-    selected = kept["bpp"] if kept["bpp"].state is not None else kept["psnr"]
-    return {
-        "psnr": kept["psnr"].record("epoch"),
-        "bpp": kept["bpp"].record("epoch"),
-        "selected": selected.criterion,
-        "selected_epoch": selected.step,
-        "validation_patches": rows,
-    }

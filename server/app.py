@@ -3,39 +3,25 @@
 Each round the global model is evaluated on the server's query/database split (mAP@k from hash
 codes read from real bitstreams, bpp from their sizes, PSNR of the reconstructions), logged to
 MLflow with ``step=round`` together with the round's client and byte counts, and checkpointed in
-``<out>/checkpoints``.  A round without a successful client stops the run with an error (the
-strategy raises); the MLflow run is then marked FAILED, and what was logged stays.
+``<out>/checkpoints`` (:class:`fedrs.recorder.RunRecorder`).  A round without a successful
+client stops the run with an error (the strategy raises); the MLflow run is then marked FAILED,
+and what was logged stays.
 
 The evaluation runs on ``train.device`` (``"auto"``: a GPU where the server sees one); each
 round logs ``clients/cuda``, the clients that trained on a GPU (``client/<id>/device_cuda``
 each), and the summary records the evaluation's ``device`` and ``client_devices``, the
 client-rounds trained on each device type.
 
-With ``federation.no_bpp_rounds`` > 0, rounds 1 to ``no_bpp_rounds`` train on distortion alone
-(the training ConfigRecord says :data:`fedrs.protocol.RATE` false), and every stage-1 round the
-global model is also validated on the validation rows (``val/psnr``, ``val/bpp`` and per
-modality): the highest-PSNR model of the distortion-only rounds and the lowest-bpp one of the
-other stage-1 rounds are kept (``kept-<criterion>.round-NNNN.pt`` next to the round
-checkpoints, named in ``latest.json``).  The last distortion-only round ends with the
-highest-PSNR model, the last stage-1 round with the lowest-bpp one (the highest-PSNR one when
-every stage-1 round is distortion-only): it becomes the global model the next round starts
-from (``replace_global`` of the strategy), that round's evaluation and checkpoint are of it,
-and ``val/selected_round`` names it; the summary's ``selection`` records both kept models.
-
-With ``eval.patience`` > 0 every stage-2 round is also validated (the validation split as
-queries against the database, ``val/map@20``, and its compression figures), and the run ends
-at the round after which ``eval.plateau_metric`` has not improved by more than
-``eval.tolerance`` for ``patience`` rounds (``federation.rounds`` is then a cap); the summary's
-``plateau`` says where and which round was best.
+With ``federation.no_bpp_rounds`` > 0 stage 1 starts with distortion-only rounds and the model
+stage 2 starts from is selected on the validation split; with ``eval.patience`` > 0 the run
+ends once the validation figure stops improving (both in :mod:`fedrs.selection`).  The
+selected model becomes the global model through the strategy's ``replace_global``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -45,14 +31,10 @@ import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
-from fedrs.io import atomic_file, atomic_torch_save, atomic_write_text
 from fedrs.settings import RunSettings, check_out_folder
 
 if TYPE_CHECKING:
-    from fedrs.train import KeptCheckpoint
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
+    from fedrs.strategies import RoundStats
 
 
 class PlateauReached(Exception):
@@ -62,41 +44,6 @@ class PlateauReached(Exception):
     def __init__(self, round_: int) -> None:
         super().__init__(f"validation plateau reached at round {round_}")
         self.round = round_
-
-
-def latest_checkpoint(out: Path) -> dict[str, Any] | None:
-    """The newest checkpoint record of ``out`` (round, file, MLflow run id), or None."""
-    path = out / CHECKPOINTS / LATEST
-    if not path.is_file():
-        return None
-    info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return info
-
-
-def _save_checkpoint(
-    out: Path,
-    round_: int,
-    arrays: ArrayRecord,
-    run_id: str,
-    strategy: Any = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """The global model of ``round_`` and, where the strategy keeps one, its server state;
-    ``extra`` entries go into ``latest.json`` with them."""
-    import numpy as np
-
-    folder = out / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
-    file = atomic_torch_save(arrays.to_torch_state_dict(), folder / f"round-{round_:04d}.pt")
-    record: dict[str, Any] = {"round": round_, "file": file.name, "mlflow_run_id": run_id}
-    if hasattr(strategy, "server_state"):
-        state_file = folder / f"round-{round_:04d}.strategy.npz"
-        with atomic_file(state_file) as handle:
-            np.savez(handle, **strategy.server_state())
-        record["strategy_file"] = state_file.name
-    record |= extra or {}
-    atomic_write_text(folder / LATEST, json.dumps(record))
-    return file
 
 
 def strategy_for(
@@ -152,86 +99,6 @@ def wait_for_nodes(grid: Grid, count: int, *, timeout: float) -> None:
         time.sleep(1.0)
 
 
-class _Selection:
-    """Checkpoint selection over stage 1 when it starts with distortion-only rounds (see the
-    module docstring): what is kept, on which criterion, and its files for a resumed run."""
-
-    def __init__(self, config: ExperimentConfig, out: Path, checkpoint: dict[str, Any] | None):
-        import torch
-
-        from fedrs.train import KeptCheckpoint
-
-        fed = config.federation
-        self.no_bpp_rounds, self.stage1_rounds = fed.no_bpp_rounds, fed.stage1_rounds
-        self.folder = out / CHECKPOINTS
-        self.kept = {c: KeptCheckpoint(c) for c in ("psnr", "bpp")}
-        for criterion, info in ((checkpoint or {}).get("kept") or {}).items():
-            kept = self.kept[criterion]
-            kept.step, kept.score = int(info["round"]), float(info["score"])
-            kept.state = torch.load(self.folder / info["file"], weights_only=True)
-        self.files = {c: self._file(c) for c in self.kept if self.kept[c].step is not None}
-
-    @property
-    def enabled(self) -> bool:
-        return self.no_bpp_rounds > 0
-
-    def validates(self, round_: int) -> bool:
-        """Whether the global model of ``round_`` is validated (a stage-1 round)."""
-        return self.enabled and round_ <= self.stage1_rounds
-
-    def rate(self, round_: int) -> bool:
-        """Whether clients optimise the rate in ``round_``."""
-        return round_ > self.no_bpp_rounds
-
-    def ends_phase(self, round_: int) -> bool:
-        """Whether ``round_`` ends the warm-up or stage 1 (the next round starts from
-        :meth:`selected`)."""
-        return self.enabled and round_ in (self.no_bpp_rounds, self.stage1_rounds)
-
-    def _file(self, criterion: str) -> str:
-        return f"kept-{criterion}.round-{self.kept[criterion].step:04d}.pt"
-
-    def offer(self, round_: int, figures: dict[str, Any], arrays: ArrayRecord) -> None:
-        """Keep the global model of ``round_`` when it beats the kept one (and save it)."""
-        criterion = "bpp" if self.rate(round_) else "psnr"
-        kept = self.kept[criterion]
-        if kept.offer(round_, figures[f"{criterion}_all"], arrays.to_torch_state_dict()):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            file = atomic_torch_save(kept.state, self.folder / self._file(criterion))
-            self.files[criterion] = file.name
-
-    def selected(self) -> KeptCheckpoint:
-        """The model the warm-up or stage 1 ends with: the lowest-bpp kept one, else (the
-        warm-up, or a stage 1 of warm-up only) the best-PSNR one."""
-        return self.kept["bpp"] if self.kept["bpp"].state is not None else self.kept["psnr"]
-
-    def record(self) -> dict[str, Any]:
-        """``latest.json``'s ``kept`` entry: round, score and file of each kept model."""
-        return {
-            c: {"round": k.step, "score": k.score, "file": self.files[c]}
-            for c, k in self.kept.items()
-            if k.step is not None
-        }
-
-    def prune(self) -> None:
-        """Remove kept files ``latest.json`` no longer names."""
-        for path in self.folder.glob("kept-*.pt"):
-            if path.name not in self.files.values():
-                path.unlink(missing_ok=True)
-
-    def summary(self, rounds_done: int, validation_rows: int) -> dict[str, Any]:
-        """The summary's ``selection``: round and score of each kept model and, once stage 1
-        is over, the one stage 2 started from."""
-        over = rounds_done >= self.stage1_rounds
-        return {
-            "psnr": self.kept["psnr"].record("round"),
-            "bpp": self.kept["bpp"].record("round"),
-            "selected": self.selected().criterion if over else None,
-            "selected_round": self.selected().step if over else None,
-            "validation_patches": validation_rows,
-        }
-
-
 def serve(
     grid: Grid,
     settings: RunSettings,
@@ -243,16 +110,10 @@ def serve(
 
     from fedrs.devices import resolve_device
     from fedrs.pipeline import load_run_data
-    from fedrs.tracking import Tracker, default_tracking_uri
-    from fedrs.train import (
-        build_model,
-        evaluate,
-        plateau_for,
-        plateau_summary,
-        plateau_value,
-        validate,
-        validation_metrics,
-    )
+    from fedrs.plots import plot_rounds
+    from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
+    from fedrs.selection import PlateauWatch, Selection
+    from fedrs.train import build_model, evaluate
 
     started = time.perf_counter()
     config = settings.experiment()
@@ -265,38 +126,30 @@ def serve(
     model = build_model(config).to(device)
     data = load_run_data(config.data)
 
-    checkpoint = latest_checkpoint(out) if settings.resume else None
+    recorder = RunRecorder(out)
+    checkpoint = recorder.latest_checkpoint() if settings.resume else None
     done = 0
     if checkpoint is not None:
         done = int(checkpoint["round"])
-        state = torch.load(out / CHECKPOINTS / checkpoint["file"], weights_only=True)
-        model.load_state_dict(state)
-    uri = config.tracking.uri or default_tracking_uri(out)
-    tracker = Tracker(
-        uri,
-        experiment=config.tracking.experiment,
-        run_name=f"{config.name}-{config.federation.strategy}",
+        model.load_state_dict(recorder.load_model(checkpoint))
+    tracker = recorder.track(
+        config,
+        f"{config.name}-{config.federation.strategy}",
+        config.to_dict() | {"num_clients": num_clients},
         run_id=checkpoint["mlflow_run_id"] if checkpoint else None,
-        artifact_root=out / "mlartifacts",
     )
-    tracker.log_params(config.to_dict() | {"num_clients": num_clients})
-    config_file = atomic_write_text(out / "config.toml", config.to_toml())
-    history = _load_history(out) if checkpoint else []
-    history = [h for h in history if h["round"] <= done]
+    config_file = recorder.write_config(config)
+    history = recorder.load_history(done) if checkpoint else []
 
     # no client can hold more training patches than the archive has: a bigger claimed weight
     # is a failed reply (federation.max_weight overrides)
     strategy = strategy_for(config, num_clients, max_weight=len(data.train_rows) or None)
     if checkpoint is not None and hasattr(strategy, "load_server_state"):
         strategy.round_offset = done
-        if checkpoint.get("strategy_file"):
-            import numpy as np
-
-            path = out / CHECKPOINTS / checkpoint["strategy_file"]
-            with np.load(path, allow_pickle=False) as saved:
-                strategy.load_server_state(dict(saved))
+        if (server_state := recorder.load_server_state(checkpoint)) is not None:
+            strategy.load_server_state(server_state)
     rounds = config.federation.rounds
-    selection = _Selection(config, out, checkpoint)
+    selection = Selection(config, out, checkpoint)
     if selection.enabled and not hasattr(strategy, "replace_global"):
         raise FedrsError(
             f"strategy {config.federation.strategy!r} cannot start stage 2 from a selected "
@@ -308,12 +161,8 @@ def serve(
     if selection.enabled:
         train_config[protocol.RATE] = selection.rate(done + 1)
     # eval.patience: stage 2 stops once the validation figure has stopped improving
-    plateau = plateau_for(config)
-    metric, stage1 = config.eval.plateau_metric, config.federation.stage1_rounds
-    if plateau is not None:  # a resumed run counts the rounds it already did
-        for entry in history:
-            if entry["round"] > stage1:
-                plateau.update(entry.get(f"val/{metric}", math.nan))
+    plateau, stage1 = PlateauWatch(config), config.federation.stage1_rounds
+    plateau.replay(history, stage1)  # a resumed run counts the rounds it already did
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -322,49 +171,34 @@ def serve(
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         validated: dict[str, float] = {}
         if selection.validates(round_):
-            figures = validate(model, data)
-            validated = validation_metrics(figures)
-            selection.offer(round_, figures, arrays)
-            if selection.ends_phase(round_):  # the next rounds start from the kept model
-                chosen = selection.selected()
-                state = chosen.restore()
-                model.load_state_dict(state, strict=False)
-                arrays = ArrayRecord(state)
+            state = arrays.to_torch_state_dict()
+            validated, chosen = selection.validate(round_, model, data, state)
+            if chosen is not None:  # the next rounds start from the kept model
+                arrays = ArrayRecord(chosen)
                 strategy.replace_global(arrays)
-                validated["val/selected_round"] = float(chosen.step or 0)
         if selection.enabled:
             train_config[protocol.RATE] = selection.rate(round_ + 1)
-        if plateau is not None and round_ > stage1:
-            figures = validate(model, data, retrieval=metric.startswith("map"))
-            validated |= validation_metrics(figures)
-            if plateau.update(plateau_value(figures, metric)):
-                validated["val/plateau"] = 1.0
-        metrics = evaluate(model, data, config)
-        stats = strategy.round_stats.get(server_round)
-        logged = _flat_eval(metrics) | validated
+        if plateau.enabled and round_ > stage1:
+            validated |= plateau.validate(model, data)
+        logged = eval_metrics(evaluate(model, data, config)) | validated
         per_client: dict[str, float] = {}
-        if stats is not None:
-            logged |= {k: float(v) for k, v in stats.as_metrics().items()}
-            if "loss" in stats.train_metrics:
-                logged["train/loss"] = stats.train_metrics["loss"]
+        if (stats := strategy.round_stats.get(server_round)) is not None:
+            logged |= _round_metrics(stats)
             per_client = stats.client_metrics()  # MLflow only: history rows stay small
-            cuda = sum(v.get("device_cuda", 0.0) for v in stats.per_client.values())
-            logged["clients/cuda"] = float(cuda)  # clients that trained on a GPU
         tracker.log_metrics(logged | per_client, step=round_)
         history.append({"round": round_, **logged})
-        _save_history(out, history)  # before the checkpoint: a resumed run keeps this round
+        recorder.save_history(history)  # before the checkpoint: a resumed run keeps this round
+        server_state = strategy.server_state() if hasattr(strategy, "server_state") else None
+        kept = {"kept": selection.record()} if selection.enabled else None
+        recorder.save_checkpoint(round_, arrays.to_torch_state_dict(), server_state, kept)
         if selection.enabled:
-            kept = {"kept": selection.record()}
-            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy, kept)
             selection.prune()
-        else:
-            _save_checkpoint(out, round_, arrays, tracker.run_id, strategy)
-        if plateau is not None and plateau.reached:
+        if plateau.reached:
             raise PlateauReached(round_)
         return MetricRecord({k: v for k, v in logged.items() if k.startswith("eval/")})
 
     status = "FAILED"
-    stopped = plateau is not None and plateau.reached
+    stopped = plateau.reached
     try:
         if done < rounds and not stopped:
             wait_for_nodes(grid, num_clients, timeout=config.federation.round_timeout_s)
@@ -384,129 +218,38 @@ def serve(
         tracker.end(status)
     if len(history) < rounds and not stopped:
         raise FedrsError(f"federation ended after {len(history)} of {rounds} rounds")
-    summary = _summary(config, history, metrics_final=history[-1], started=started)
-    summary |= {"mlflow_run_id": tracker.run_id, "tracking_uri": uri, "num_clients": num_clients}
-    on_gpu = int(sum(h.get("clients/cuda", 0) for h in history))  # client-rounds on a GPU
-    summary |= {
-        "device": str(device),
-        "client_devices": {"cuda": on_gpu, "cpu": summary["clients_ok"] - on_gpu},
-    }
+    summary = federation_summary(
+        config,
+        history,
+        metrics_final=history[-1],
+        started=started,
+        run_id=tracker.run_id,
+        tracking_uri=recorder.tracking_uri,
+        num_clients=num_clients,
+        device=device,
+    )
     if selection.enabled:
         summary["selection"] = selection.summary(len(history), len(data.validation_rows))
-    if plateau is not None:
-        summary["plateau"] = plateau_summary(plateau, metric, "round")
-    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    plot = _plot_history(history, out / "rounds.png")
-    for artifact in (config_file, out / "model.pt", plot):
+    if plateau.enabled:
+        summary["plateau"] = plateau.summary("round")
+    model_file = recorder.write_model(model.state_dict())
+    plot = plot_rounds(history, out / "rounds.png")
+    for artifact in (config_file, model_file, plot):
         tracker.log_artifact(artifact)
     tracker.log_dict(summary, "summary.json")
-    # the summary is written last: a fresh summary.json means the run is complete
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    recorder.write_summary(summary)  # last: a fresh summary.json means the run is complete
     return summary
 
 
-def _flat_eval(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"map@20": x, "bpp": {"s1": y}}`` -> ``{"eval/map@20": x, "eval/bpp_s1": y}``."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if v is not None:
-                    flat[f"eval/{key}_{sub}"] = float(v)
-        elif isinstance(value, int | float):
-            flat[f"eval/{key}"] = float(value)
-    return flat
-
-
-def _load_history(out: Path) -> list[dict[str, Any]]:
-    path = out / "history.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-
-
-def _save_history(out: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
-
-
-def _summary(
-    config: ExperimentConfig,
-    history: list[dict[str, Any]],
-    *,
-    metrics_final: dict[str, Any],
-    started: float,
-) -> dict[str, Any]:
-    def final(key: str) -> float | None:
-        value = metrics_final.get(key)
-        return None if value is None else float(value)
-
-    def count(key: str) -> int | None:
-        value = metrics_final.get(key)
-        return None if value is None else int(value)
-
-    modalities = ("s1", "s2")
-    # map@k: AP over the relevant items retrieved in the top k; map@k_min_k_r: AP / min(k, R);
-    # each with its random-code baseline (map@20, map@20_random, map@20_min_k_r, ...)
-    retrieval = {
-        f"map@{k}{convention}{baseline}": final(f"eval/map@{k}{convention}{baseline}")
-        for k in (20, 10, 100)
-        for convention in ("", "_min_k_r")
-        for baseline in ("", "_random")
-    }
-    # the 95 % bootstrap interval of each mAP@20 over the queries
-    retrieval |= {
-        f"map@20{convention}_ci_{end}": final(f"eval/map@20{convention}_ci_{end}")
-        for convention in ("", "_min_k_r")
-        for end in ("low", "high")
-    }
-    return {
-        **retrieval,
-        "eval_queries": count("eval/eval_queries"),
-        "eval_database": count("eval/eval_database"),
-        "encode_s_per_10k": final("eval/encode_s_per_10k"),
-        "decode_s_per_10k": final("eval/decode_s_per_10k"),
-        "bpp": {m: final(f"eval/bpp_{m}") for m in modalities},
-        "psnr": {m: final(f"eval/psnr_{m}") for m in modalities},
-        "wall_s": round(time.perf_counter() - started, 2),
-        "rounds": len(history),
-        "clients_ok": int(sum(h.get("clients/ok", 0) for h in history)),
-        "clients_failed": int(sum(h.get("clients/failed", 0) for h in history)),
-        "bytes_up": int(sum(h.get("comm/bytes_up", 0) for h in history)),
-        "bytes_down": int(sum(h.get("comm/bytes_down", 0) for h in history)),
-        "update_codec": config.federation.update_codec,
-        "history": history,
-        "config": config.to_dict(),
-    }
-
-
-def _plot_history(history: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rounds = [h["round"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].plot(rounds, [h.get("eval/map@20") for h in history], marker="o", label="model")
-    axes[0].plot(rounds, [h.get("eval/map@20_random") for h in history], ls="--", label="random")
-    strict = [h.get("eval/map@20_min_k_r") for h in history]
-    if any(v is not None for v in strict):  # runs from before the min(k, R) convention lack it
-        axes[0].plot(rounds, strict, marker="s", label="model, min(k,R)")
-        strict_random = [h.get("eval/map@20_min_k_r_random") for h in history]
-        axes[0].plot(rounds, strict_random, ls=":", label="random, min(k,R)")
-    axes[0].set(xlabel="round", ylabel="mAP@20", title="retrieval")
-    axes[0].legend()
-    for modality in ("s1", "s2"):
-        values = [h.get(f"eval/bpp_{modality}") for h in history]
-        if any(v is not None for v in values):
-            axes[1].plot(rounds, values, marker="o", label=modality.upper())
-    axes[1].set(xlabel="round", ylabel="bits per pixel", title="compression")
-    axes[1].legend()
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def _round_metrics(stats: RoundStats) -> dict[str, float]:
+    """A round's counts (``strategy.round_stats``) as metrics, with the clients' aggregated
+    ``train/loss`` and ``clients/cuda``, the clients that trained on a GPU."""
+    logged = {k: float(v) for k, v in stats.as_metrics().items()}
+    if "loss" in stats.train_metrics:
+        logged["train/loss"] = stats.train_metrics["loss"]
+    cuda = sum(v.get("device_cuda", 0.0) for v in stats.per_client.values())
+    logged["clients/cuda"] = float(cuda)
+    return logged
 
 
 app = ServerApp()

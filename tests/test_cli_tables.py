@@ -273,7 +273,7 @@ def test_partitions_table_fits_80_columns(
 def test_rounds_plot_has_integer_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.pyplot as plt
 
-    from fedrs.server.app import _plot_history
+    from fedrs.plots import plot_rounds
 
     figures: list[Any] = []
     monkeypatch.setattr(plt, "close", figures.append)
@@ -288,7 +288,7 @@ def test_rounds_plot_has_integer_ticks(tmp_path: Path, monkeypatch: pytest.Monke
         }
         for r in (1, 2, 3)
     ]
-    _plot_history(history, tmp_path / "rounds.png")
+    plot_rounds(history, tmp_path / "rounds.png")
     (fig,) = figures
     for ax in fig.axes:
         ticks = ax.get_xticks()

@@ -287,12 +287,12 @@ def test_client_leaves_the_rate_out_when_told(task_identity: None) -> None:
 
 def test_server_selection_survives_a_restart(tmp_path: Path) -> None:
     """What ``latest.json`` records (round, score, file) brings the kept models back."""
-    from fedrs.server.app import _Selection
+    from fedrs.selection import Selection
 
     config = load_config(
         SMOKE, ["federation.stage1_rounds=3", "federation.no_bpp_rounds=1", "federation.rounds=4"]
     )
-    selection = _Selection(config, tmp_path, None)
+    selection = Selection(config, tmp_path, None)
     assert [selection.rate(r) for r in (1, 2, 3, 4)] == [False, True, True, True]
     assert [selection.validates(r) for r in (1, 2, 3, 4)] == [True, True, True, False]
     assert [selection.ends_phase(r) for r in (1, 2, 3, 4)] == [True, False, True, False]
@@ -300,9 +300,9 @@ def test_server_selection_survives_a_restart(tmp_path: Path) -> None:
     def figures(psnr: float, bpp: float) -> dict[str, float]:
         return {"psnr_all": psnr, "bpp_all": bpp}
 
-    selection.offer(1, figures(30.0, 2.0), _state(1.0))
-    selection.offer(2, figures(20.0, 1.0), _state(2.0))
-    selection.offer(3, figures(20.0, 0.5), _state(3.0))
+    selection.offer(1, figures(30.0, 2.0), _state(1.0).to_torch_state_dict())
+    selection.offer(2, figures(20.0, 1.0), _state(2.0).to_torch_state_dict())
+    selection.offer(3, figures(20.0, 0.5), _state(3.0).to_torch_state_dict())
     record = selection.record()
     assert {c: (r["round"], r["score"]) for c, r in record.items()} == {
         "psnr": (1, 30.0),
@@ -311,7 +311,7 @@ def test_server_selection_survives_a_restart(tmp_path: Path) -> None:
     selection.prune()
     kept_files = sorted(p.name for p in (tmp_path / "checkpoints").glob("kept-*.pt"))
     assert kept_files == ["kept-bpp.round-0003.pt", "kept-psnr.round-0001.pt"]
-    again = _Selection(config, tmp_path, {"round": 3, "kept": record})
+    again = Selection(config, tmp_path, {"round": 3, "kept": record})
     assert again.selected().step == 3
     assert torch.equal(again.selected().restore()["codecs.s1.w"], torch.full((2,), 3.0))
     assert again.summary(4, 28)["selected_round"] == 3

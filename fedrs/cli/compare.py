@@ -14,6 +14,7 @@ from rich.table import Table
 from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
 from fedrs.convergence import mean_interval, target_labels, targets
 from fedrs.io import atomic_write_text
+from fedrs.plots import plot_comparison
 from fedrs.reference import centralized_overrides
 
 COLUMNS = (
@@ -261,60 +262,6 @@ def plateau_line(name: str, plateau: dict[str, Any] | None) -> str:
         f"{name}: {plateau['metric']} plateau at stage-2 {unit} {plateau[f'stage2_{unit}']} "
         f"(best {unit} {best}: {plateau['best']:.4g})"
     )
-
-
-def _plot(
-    rows: dict[str, dict[str, float | None]],
-    path: Path,
-    half_widths: dict[str, dict[str, float | None]] | None = None,
-) -> Path:
-    """Bars of mAP@20 (both conventions, random codes as dashed ticks), bpp and PSNR a run
-    (``rows``: run -> title -> figure); with ``half_widths``, their intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(rows)
-
-    def bars(title: str) -> tuple[list[float], list[float] | None]:
-        heights = [rows[n].get(title) or 0.0 for n in names]
-        if half_widths is None:
-            return heights, None
-        return heights, [(half_widths.get(n) or {}).get(title) or 0.0 for n in names]
-
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    panels = (("mAP@20", "map@20"), ("bpp", "bpp"), ("PSNR (dB)", "PSNR"))
-    width = 0.4
-    for ax, (title, key) in zip(axes, panels, strict=True):
-        if key == "map@20":
-            # both conventions (retrieved: AP / R_k; min(k,R): AP / min(20, R)), each with its
-            # random-code baseline as a black tick on its bar
-            for i, (label, suffix) in enumerate((("mAP@20", ""), ("min(k,R)", " min(k,R)"))):
-                xs = [j + (i - 0.5) * width for j in range(len(names))]
-                heights, errors = bars(f"mAP@20{suffix}")
-                ax.bar(xs, heights, width, yerr=errors, capsize=3, label=label)
-                random = [rows[n].get(f"random{suffix}") for n in names]
-                ax.hlines(
-                    [r if r is not None else float("nan") for r in random],
-                    [x - width / 2 for x in xs],
-                    [x + width / 2 for x in xs],
-                    colors="k",
-                    linestyles="--",
-                    label="random" if i == 0 else None,
-                )
-        else:
-            for i, modality in enumerate(("S1", "S2")):
-                xs = [j + (i - 0.5) * width for j in range(len(names))]
-                heights, errors = bars(f"{key} {modality}")
-                ax.bar(xs, heights, width, yerr=errors, capsize=3, label=modality)
-        ax.set_xticks(range(len(names)), names)
-        ax.legend()
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -571,7 +518,7 @@ def main(
         result, metrics = _one_seed(rows, title)
         for name, summary in rows.items():
             console.print(plateau_line(name, summary.get("plateau")), highlight=False)
-        plot = _plot(
+        plot = plot_comparison(
             {name: figures(summary) for name, summary in rows.items()}, out / "comparison.png"
         )
     else:
@@ -588,7 +535,7 @@ def main(
             for seed in seed_list
         }
         result, metrics = _over_seeds(by_seed, title)
-        plot = _plot(
+        plot = plot_comparison(
             {name: row["mean"] for name, row in result.items()},
             out / "comparison.png",
             {name: row["half_width"] for name, row in result.items()},
