@@ -31,14 +31,15 @@ import inspect
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrs.errors import InputError
+from fedrs.registry import Registry
 
 from .errors import UpdateCodecError
 from .payload import CodedTensor, pack, unpack
@@ -58,35 +59,20 @@ DEFAULT_RAW_KEYS: tuple[str, ...] = (
 _SYMBOL_LIMIT = (1 << 31) - 1
 
 Arrays = Mapping[str, npt.NDArray[Any]]
-C = TypeVar("C", bound="type[UpdateCodec]")
-
-UPDATE_CODECS: dict[str, type[UpdateCodec]] = {}
-"""Registered update codecs by name."""
 
 
-def register_update_codec(name: str) -> Callable[[C], C]:
-    """Register an update codec class under ``name``.
-
-    Raises:
-        ValueError: ``name`` is empty or taken by another class.
-    """
-    if not name or not isinstance(name, str):
-        raise ValueError(f"update codec name must be a non-empty string, got {name!r}")
-
-    def decorator(cls: C) -> C:
-        known = UPDATE_CODECS.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"update codec {name!r} is already registered to {known.__qualname__}")
-        cls.name = name
-        UPDATE_CODECS[name] = cls
-        return cls
-
-    return decorator
+def _store_name(name: str, cls: type[UpdateCodec]) -> None:
+    cls.name = name
 
 
-def update_codec_names() -> list[str]:
-    """The registered update codec names, sorted."""
-    return sorted(UPDATE_CODECS)
+UPDATE_CODECS: Registry[type[UpdateCodec]] = Registry("update codec", on_register=_store_name)
+"""Registered update codecs by name (the name is also stored as the class's ``name``)."""
+
+register_update_codec = UPDATE_CODECS.register
+"""``@register_update_codec("name")``: register an update codec class (taken: ValueError)."""
+
+update_codec_names = UPDATE_CODECS.names
+"""The registered update codec names, sorted."""
 
 
 def update_codec_options(name: str) -> list[str]:
@@ -95,9 +81,7 @@ def update_codec_options(name: str) -> list[str]:
     Raises:
         InputError: ``name`` is not a registered codec.
     """
-    cls = UPDATE_CODECS.get(name)
-    if cls is None:
-        raise InputError(f"unknown update codec {name!r}; known: {', '.join(update_codec_names())}")
+    cls = UPDATE_CODECS.lookup(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
