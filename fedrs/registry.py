@@ -15,8 +15,8 @@ default: exit code 2 in the CLI) that names it and lists the known ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from fedrs.errors import InputError
 
@@ -72,6 +72,27 @@ class Registry(MutableMapping[str, T], Generic[T]):
         except KeyError:
             known = ", ".join(self.names()) or "(none registered)"
             raise self._error(f"unknown {self.noun} {name!r}; known: {known}") from None
+
+    def options(
+        self, name: str, options: Mapping[str, Any], accepted: Sequence[str]
+    ) -> dict[str, Any]:
+        """``options`` as keyword arguments of the entry ``name``: ``-`` in a name is read as ``_``.
+
+        Raises:
+            InputError: An option not in ``accepted`` (the message lists them) or one given
+                twice (as ``a-b`` and ``a_b``).
+        """
+        normalised: dict[str, Any] = {}
+        for key, value in options.items():
+            option = key.replace("-", "_")
+            if option not in accepted:
+                raise InputError(
+                    f"{self.noun} {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
+                )
+            if option in normalised:
+                raise InputError(f"{self.noun} {name!r}: option {option!r} given twice")
+            normalised[option] = value
+        return normalised
 
     def names(self) -> list[str]:
         """The registered names, sorted."""

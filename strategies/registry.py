@@ -13,7 +13,6 @@ from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
-from fedrs.errors import InputError
 from fedrs.registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
@@ -59,15 +58,4 @@ def build_strategy(name: str, **options: Any) -> Strategy:
             name (the message lists the accepted ones) or a bad option value.
     """
     cls = STRATEGIES.lookup(name)
-    accepted = strategy_options(name)
-    normalised: dict[str, Any] = {}
-    for key, value in options.items():
-        option = key.replace("-", "_")
-        if option not in accepted:
-            raise InputError(
-                f"strategy {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-            )
-        if option in normalised:
-            raise InputError(f"strategy {name!r}: option {option!r} given twice")
-        normalised[option] = value
-    return cls(**normalised)
+    return cls(**STRATEGIES.options(name, options, strategy_options(name)))

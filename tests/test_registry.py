@@ -58,3 +58,13 @@ def test_on_register_sees_each_entry_with_its_name() -> None:
     things.register("one")(1)
     things["two"] = 2
     assert seen == [("one", 1), ("two", 2)]
+
+
+def test_options_read_dashes_as_underscores_and_refuse_unknown_or_repeated_names() -> None:
+    things: Registry[int] = Registry("thing")
+    accepted = ["top_k", "step"]
+    assert things.options("t", {"top-k": 3, "step": 0.5}, accepted) == {"top_k": 3, "step": 0.5}
+    with pytest.raises(InputError, match=r"^thing 't' has no option 'bits'; accepted: top_k, step"):
+        things.options("t", {"bits": 4}, accepted)
+    with pytest.raises(InputError, match=r"thing 't': option 'top_k' given twice"):
+        things.options("t", {"top-k": 3, "top_k": 4}, accepted)

@@ -91,21 +91,13 @@ def build_update_codec(name: str, **options: Any) -> UpdateCodec:
     Args:
         name: A registered name (``"none"``, ``"entropy"``).
         **options: Constructor options of that codec (``-`` in a name is read as ``_``);
-            options a codec does not take are refused.
+            options a codec does not take, or one given twice, are refused.
 
     Raises:
-        InputError: Unknown name or option, or a bad option value.
+        InputError: Unknown name or option, an option given twice, or a bad option value.
     """
     accepted = update_codec_options(name)
-    normalised: dict[str, Any] = {}
-    for key, value in options.items():
-        option = key.replace("-", "_")
-        if option not in accepted:
-            raise InputError(
-                f"update codec {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-            )
-        normalised[option] = value
-    return UPDATE_CODECS[name](**normalised)
+    return UPDATE_CODECS[name](**UPDATE_CODECS.options(name, options, accepted))
 
 
 @dataclass
