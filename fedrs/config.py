@@ -276,10 +276,9 @@ class FederationConfig(_Section):
     @field_validator("update_codec")
     @classmethod
     def _known_codec(cls, name: str) -> str:
-        from fedrs.comm import update_codec_names
+        from fedrs.comm import UPDATE_CODECS
 
-        if name not in update_codec_names():
-            raise ValueError(f"unknown update codec {name!r}; known: {update_codec_names()}")
+        UPDATE_CODECS.lookup(name)
         return name
 
     def build_update_codec(self, seed: int = 0) -> UpdateCodec:

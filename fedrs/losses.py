@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from fedrs.errors import InputError
+from fedrs.registry import Registry
 
 __all__ = [
     "DISTORTIONS",
@@ -87,8 +88,7 @@ class LossConfig(BaseModel):
     @field_validator("distortion")
     @classmethod
     def _check_distortion(cls, value: str) -> str:
-        if value not in DISTORTIONS:
-            raise ValueError(f"unknown distortion {value!r}; expected one of {sorted(DISTORTIONS)}")
+        DISTORTIONS.lookup(value)
         return value
 
     @field_validator("ms_ssim_window")
@@ -193,17 +193,11 @@ def ms_ssim(
 DistortionFn = Callable[[Tensor, Tensor, LossConfig], Tensor]
 """A distortion: (x_hat, x, config) -> per-item distortion (B,)."""
 
-DISTORTIONS: dict[str, DistortionFn] = {}
+DISTORTIONS: Registry[DistortionFn] = Registry("distortion")
+"""Registered distortions by name."""
 
-
-def register_distortion(name: str) -> Callable[[DistortionFn], DistortionFn]:
-    """Register a per-item distortion function under ``name``."""
-
-    def decorator(fn: DistortionFn) -> DistortionFn:
-        DISTORTIONS[name] = fn
-        return fn
-
-    return decorator
+register_distortion = DISTORTIONS.register
+"""``@register_distortion("name")``: register a per-item distortion function (taken: ValueError)."""
 
 
 @register_distortion("mse")
@@ -226,7 +220,7 @@ def ms_ssim_distortion(x_hat: Tensor, x: Tensor, config: LossConfig) -> Tensor:
 
 def distortion(x_hat: Tensor, x: Tensor, config: LossConfig) -> Tensor:
     """Per-item distortion (B,) named by ``config.distortion``."""
-    return DISTORTIONS[config.distortion](x_hat, x, config)
+    return DISTORTIONS.lookup(config.distortion)(x_hat, x, config)
 
 
 # --- hashing ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fedrs.errors import FedrsError, InputError
+from fedrs.registry import Registry
 
 MODALITIES: tuple[str, ...] = ("s1", "s2")
 """Modalities a client may hold, in their canonical order."""
@@ -131,7 +132,7 @@ class Assignment:
 Partitioner = Callable[..., Assignment]
 """``fn(table, num_clients, rng, **options) -> Assignment``; options are keyword-only."""
 
-PARTITIONS: dict[str, Partitioner] = {}
+PARTITIONS: Registry[Partitioner] = Registry("partition")
 """Registered partitioners by name."""
 
 OptionCheck = Callable[..., object]
@@ -151,13 +152,12 @@ def register_partition(
             :func:`check_partition`); called with every keyword option, defaults filled in.
 
     Raises:
-        ValueError: ``name`` is already registered.
+        ValueError: ``name`` is empty or already registered.
     """
+    register = PARTITIONS.register(name)
 
     def decorator(fn: Partitioner) -> Partitioner:
-        if name in PARTITIONS:
-            raise ValueError(f"partition {name!r} is already registered")
-        PARTITIONS[name] = fn
+        register(fn)
         if check is not None:
             _OPTION_CHECKS[name] = check
         else:
@@ -169,18 +169,10 @@ def register_partition(
 
 def option_names(name: str) -> tuple[str, ...]:
     """The keyword options partitioner ``name`` accepts."""
-    signature = inspect.signature(_lookup(name))
+    signature = inspect.signature(PARTITIONS.lookup(name))
     return tuple(
         p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
     )
-
-
-def _lookup(name: str) -> Partitioner:
-    fn = PARTITIONS.get(name)
-    if fn is None:
-        known = ", ".join(sorted(PARTITIONS))
-        raise InputError(f"unknown partition {name!r} (known: {known})")
-    return fn
 
 
 def number_option(partition: str, name: str, value: object) -> float:
@@ -285,7 +277,7 @@ def check_partition(name: str, num_clients: int, *, seed: int, **options: Any) -
     Raises:
         InputError: Unknown name or option, bad option value, bad ``num_clients`` or ``seed``.
     """
-    fn = _lookup(name)
+    fn = PARTITIONS.lookup(name)
     known = option_names(name)
     unknown = sorted(set(options) - set(known))
     if unknown:

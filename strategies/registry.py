@@ -9,49 +9,20 @@ option names at the boundary (option names may use ``-`` or ``_``: ``proximal-mu
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
-from fedrs.errors import InputError
+from fedrs.registry import Registry
 
-S = TypeVar("S", bound=type[Strategy])
-
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 """Registered strategy classes by name."""
 
+register_strategy = STRATEGIES.register
+"""``@register_strategy("name")``: register a strategy class under ``name`` (taken: ValueError)."""
 
-def register_strategy(name: str) -> Callable[[S], S]:
-    """Register a strategy class under ``name``.
-
-    Args:
-        name: The name configurations use for the strategy (e.g. ``"modality-aware"``).
-
-    Returns:
-        A class decorator that registers the class and returns it unchanged.
-
-    Raises:
-        ValueError: ``name`` is empty or already taken by another class.
-    """
-    if not name or not isinstance(name, str):
-        raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
-
-    def decorator(cls: S) -> S:
-        known = STRATEGIES.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(
-                f"strategy name {name!r} is already registered to {known.__qualname__}"
-            )
-        STRATEGIES[name] = cls
-        return cls
-
-    return decorator
-
-
-def strategy_names() -> list[str]:
-    """Return the registered strategy names, sorted."""
-    return sorted(STRATEGIES)
+strategy_names = STRATEGIES.names
+"""The registered strategy names, sorted."""
 
 
 def strategy_options(name: str) -> list[str]:
@@ -60,7 +31,7 @@ def strategy_options(name: str) -> list[str]:
     Raises:
         InputError: ``name`` is not a registered strategy.
     """
-    cls = _lookup(name)
+    cls = STRATEGIES.lookup(name)
     names = getattr(cls, "option_names", None)
     if callable(names):
         return list(names())
@@ -86,24 +57,5 @@ def build_strategy(name: str, **options: Any) -> Strategy:
         InputError: Unknown strategy name (the message lists the known ones), unknown option
             name (the message lists the accepted ones) or a bad option value.
     """
-    cls = _lookup(name)
-    accepted = strategy_options(name)
-    normalised: dict[str, Any] = {}
-    for key, value in options.items():
-        option = key.replace("-", "_")
-        if option not in accepted:
-            raise InputError(
-                f"strategy {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-            )
-        if option in normalised:
-            raise InputError(f"strategy {name!r}: option {option!r} given twice")
-        normalised[option] = value
-    return cls(**normalised)
-
-
-def _lookup(name: str) -> type[Strategy]:
-    cls = STRATEGIES.get(name)
-    if cls is None:
-        known = ", ".join(strategy_names()) or "(none registered)"
-        raise InputError(f"unknown strategy {name!r}; known strategies: {known}")
-    return cls
+    cls = STRATEGIES.lookup(name)
+    return cls(**STRATEGIES.options(name, options, strategy_options(name)))

@@ -31,14 +31,15 @@ import inspect
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrs.errors import InputError
+from fedrs.registry import Registry
 
 from .errors import UpdateCodecError
 from .payload import CodedTensor, pack, unpack
@@ -58,35 +59,20 @@ DEFAULT_RAW_KEYS: tuple[str, ...] = (
 _SYMBOL_LIMIT = (1 << 31) - 1
 
 Arrays = Mapping[str, npt.NDArray[Any]]
-C = TypeVar("C", bound="type[UpdateCodec]")
-
-UPDATE_CODECS: dict[str, type[UpdateCodec]] = {}
-"""Registered update codecs by name."""
 
 
-def register_update_codec(name: str) -> Callable[[C], C]:
-    """Register an update codec class under ``name``.
-
-    Raises:
-        ValueError: ``name`` is empty or taken by another class.
-    """
-    if not name or not isinstance(name, str):
-        raise ValueError(f"update codec name must be a non-empty string, got {name!r}")
-
-    def decorator(cls: C) -> C:
-        known = UPDATE_CODECS.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"update codec {name!r} is already registered to {known.__qualname__}")
-        cls.name = name
-        UPDATE_CODECS[name] = cls
-        return cls
-
-    return decorator
+def _store_name(name: str, cls: type[UpdateCodec]) -> None:
+    cls.name = name
 
 
-def update_codec_names() -> list[str]:
-    """The registered update codec names, sorted."""
-    return sorted(UPDATE_CODECS)
+UPDATE_CODECS: Registry[type[UpdateCodec]] = Registry("update codec", on_register=_store_name)
+"""Registered update codecs by name (the name is also stored as the class's ``name``)."""
+
+register_update_codec = UPDATE_CODECS.register
+"""``@register_update_codec("name")``: register an update codec class (taken: ValueError)."""
+
+update_codec_names = UPDATE_CODECS.names
+"""The registered update codec names, sorted."""
 
 
 def update_codec_options(name: str) -> list[str]:
@@ -95,9 +81,7 @@ def update_codec_options(name: str) -> list[str]:
     Raises:
         InputError: ``name`` is not a registered codec.
     """
-    cls = UPDATE_CODECS.get(name)
-    if cls is None:
-        raise InputError(f"unknown update codec {name!r}; known: {', '.join(update_codec_names())}")
+    cls = UPDATE_CODECS.lookup(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
@@ -107,21 +91,13 @@ def build_update_codec(name: str, **options: Any) -> UpdateCodec:
     Args:
         name: A registered name (``"none"``, ``"entropy"``).
         **options: Constructor options of that codec (``-`` in a name is read as ``_``);
-            options a codec does not take are refused.
+            options a codec does not take, or one given twice, are refused.
 
     Raises:
-        InputError: Unknown name or option, or a bad option value.
+        InputError: Unknown name or option, an option given twice, or a bad option value.
     """
     accepted = update_codec_options(name)
-    normalised: dict[str, Any] = {}
-    for key, value in options.items():
-        option = key.replace("-", "_")
-        if option not in accepted:
-            raise InputError(
-                f"update codec {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-            )
-        normalised[option] = value
-    return UPDATE_CODECS[name](**normalised)
+    return UPDATE_CODECS[name](**UPDATE_CODECS.options(name, options, accepted))
 
 
 @dataclass

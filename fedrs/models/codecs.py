@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,10 @@ from fedrs.models.layers import (
     ste_round,
     subpel_conv3x3,
 )
+from fedrs.registry import Registry
 
 __all__ = [
+    "CODECS",
     "Cheng2020AttnCodec",
     "Cheng2020AttnContextCodec",
     "Codec",
@@ -71,27 +73,20 @@ class UnknownCodecError(InputError):
     """A codec name that no codec is registered under."""
 
 
-_CODECS: dict[str, type[Codec]] = {}
+def _store_name(name: str, cls: type[Codec]) -> None:
+    cls.name = name
 
-C = TypeVar("C", bound="type[Codec]")
 
+CODECS: Registry[type[Codec]] = Registry("codec", error=UnknownCodecError, on_register=_store_name)
+"""Registered codec classes by name (the name is also stored as the class's ``name``)."""
 
-def register_codec(name: str) -> Callable[[C], C]:
-    """Class decorator registering a :class:`Codec` subclass under ``name``."""
-
-    def decorator(cls: C) -> C:
-        if name in _CODECS and _CODECS[name] is not cls:
-            raise ValueError(f"codec {name!r} is already registered")
-        _CODECS[name] = cls
-        cls.name = name
-        return cls
-
-    return decorator
+register_codec = CODECS.register
+"""``@register_codec("name")``: register a :class:`Codec` subclass (taken: ValueError)."""
 
 
 def available_codecs() -> tuple[str, ...]:
     """Names of the registered codecs."""
-    return tuple(sorted(_CODECS))
+    return tuple(CODECS.names())
 
 
 def build_codec(
@@ -109,12 +104,7 @@ def build_codec(
     Raises:
         UnknownCodecError: no codec has that name.
     """
-    try:
-        cls: Any = _CODECS[name]
-    except KeyError:
-        raise UnknownCodecError(
-            f"unknown codec {name!r}; expected one of {list(available_codecs())}"
-        ) from None
+    cls: Any = CODECS.lookup(name)
     return cls(in_channels, width=width, latent=latent, **options)
 
 

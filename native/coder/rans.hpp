@@ -1,7 +1,7 @@
 // Interleaved 64-bit rANS coder for symbols coded with indexed, quantised CDF tables.
 //
 // This header is free of Python: the pybind11 binding (bindings.cpp) and the fuzz harness
-// (fuzz/fuzz_decode.cpp) both build on it.  The stream format is described in README.md.
+// (fuzz/fuzz_coder.cpp) both build on it.  The stream format is described in README.md.
 #pragma once
 
 #include <cstddef>
