@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrs.container.format import FORMAT_VERSION
-from fedrs.errors import InputError
+from fedrs.errors import PathError
 
 __all__ = [
     "ContainerError",
@@ -19,16 +19,8 @@ __all__ = [
 ]
 
 
-class ContainerError(InputError):
+class ContainerError(PathError):
     """Base of the errors about a ``.fedrs`` file. ``path`` names it, ``reason`` says why."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray workers
-        return (type(self), (str(self.path), self.reason))
 
 
 class NotAContainerError(ContainerError):

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from fedrs.codes import _check_bits, as_packed
-from fedrs.errors import InputError
+from fedrs.errors import InputError, PathError
 
 __all__ = [
     "PAD_DISTANCE",
@@ -41,19 +41,11 @@ PAD_DISTANCE = int(np.iinfo(np.int32).max)
 """Distance returned by :meth:`HashIndex.search` in slots beyond the size of the database."""
 
 
-class CorruptIndexError(InputError):
+class CorruptIndexError(PathError):
     """An index file is missing, unreadable or not a fedrs hash index.
 
-    ``path`` names the offending file; the message says what is wrong with it.
+    ``path`` names the offending file; ``reason`` says what is wrong with it.
     """
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across Ray workers
-        return (type(self), (str(self.path), self.reason))
 
 
 # ------------------------------------------------------------------------------------------------
