@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedrs.errors import InputError
+from fedrs.errors import CdfTableError, CoderError, CorruptStreamError
 
 try:
     from fedrs import _coder
@@ -94,18 +94,6 @@ FORMAT_VERSION: int = _coder.FORMAT_VERSION
 """Version byte written into every stream."""
 
 Int32Array = npt.NDArray[np.int32]
-
-
-class CoderError(InputError):
-    """Bad arguments to the coder (types, shapes, table indexes, symbol counts)."""
-
-
-class CdfTableError(CoderError):
-    """A CDF table is malformed (length, start, end, monotonicity, empty escape interval)."""
-
-
-class CorruptStreamError(CoderError):
-    """A stream is truncated, corrupted, or does not match the indexes and tables given."""
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The fedrs error hierarchy.
+"""The fedrs error hierarchy, and the errors of the top-level modules (:mod:`fedrs.coder`).
 
 Every error fedrs raises on purpose derives from :class:`FedrsError`, in one of three kinds:
 
@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CdfTableError",
+    "CoderError",
+    "CorruptStreamError",
     "FedrsError",
     "FedrsRuntimeError",
     "InputError",
@@ -66,3 +69,19 @@ class PathError(InputError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray workers
         return (type(self), (str(self.path), self.reason))
+
+
+# ------------------------------------------------------------------------------------------------
+# fedrs.coder
+
+
+class CoderError(InputError):
+    """Bad arguments to the coder (types, shapes, table indexes, symbol counts)."""
+
+
+class CdfTableError(CoderError):
+    """A CDF table is malformed (length, start, end, monotonicity, empty escape interval)."""
+
+
+class CorruptStreamError(CoderError):
+    """A stream is truncated, corrupted, or does not match the indexes and tables given."""

@@ -31,6 +31,7 @@ from fedrs.compression.decompress import (
     decompress_archive,
     record_patches,
 )
+from fedrs.compression.errors import ModelMismatchError
 from fedrs.compression.query import (
     QueryCode,
     hash_query_patch,
@@ -41,7 +42,6 @@ from fedrs.compression.query import (
 from fedrs.compression.trained import (
     CONFIG_FILE,
     MODEL_FILE,
-    ModelMismatchError,
     TrainedModel,
     as_trained_model,
     load_trained_model,

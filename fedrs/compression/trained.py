@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedrs.compression.errors import ModelMismatchError
 from fedrs.errors import InputError
 from fedrs.models.config import ModelConfig
 
@@ -44,10 +45,6 @@ MODEL_FILE = "model.pt"
 
 CONFIG_FILE = "config.toml"
 """Experiment file of a run folder (read with :func:`fedrs.config.load_config`)."""
-
-
-class ModelMismatchError(InputError):
-    """The given model did not produce the archive (fingerprint or configuration differ)."""
 
 
 @dataclass(frozen=True, eq=False)

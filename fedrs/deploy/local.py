@@ -31,8 +31,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from fedrs.deploy.certs import Credentials, create_credentials, public_key_path
+from fedrs.deploy.errors import DeploymentError
 from fedrs.deploy.processes import ManagedProcess, ProcessSupervisor, free_port, port_open
-from fedrs.errors import FedrsError, InputError
+from fedrs.errors import InputError
 
 HOST = "127.0.0.1"
 CONNECTION = "local"
@@ -49,10 +50,6 @@ SIMULATION = "flwr-simulation"
 """The process that runs a whole simulated federation (ServerApp and ClientApps on Ray)."""
 FINISHED = "finished:"
 COMPLETED = "finished:completed"
-
-
-class DeploymentError(FedrsError):
-    """A process of the deployment, or the federated run, failed (the message says which)."""
 
 
 @dataclass(frozen=True)

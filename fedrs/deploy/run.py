@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedrs.deploy.local import COMPLETED, FINISHED, DeploymentError, LocalDeployment, NodeSpec
+from fedrs.deploy.errors import DeploymentError
+from fedrs.deploy.local import COMPLETED, FINISHED, LocalDeployment, NodeSpec
 from fedrs.errors import InputError
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from fedrs.models.config import MODALITY_CHANNELS, ModelConfig
+from fedrs.models.errors import EntropyModelError, StatisticsError, UnknownCodecError
 
 if TYPE_CHECKING:
     from fedrs.models.codecs import (
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
         Codec,
         CompressedPatch,
         HyperpriorCodec,
-        UnknownCodecError,
         available_codecs,
         build_codec,
         register_codec,
@@ -39,7 +39,6 @@ _LAZY: dict[str, str] = {
     "Codec": "fedrs.models.codecs",
     "CompressedPatch": "fedrs.models.codecs",
     "HyperpriorCodec": "fedrs.models.codecs",
-    "UnknownCodecError": "fedrs.models.codecs",
     "available_codecs": "fedrs.models.codecs",
     "build_codec": "fedrs.models.codecs",
     "register_codec": "fedrs.models.codecs",
@@ -59,6 +58,7 @@ __all__ = [
     "Codec",
     "CompressedPatch",
     "EntropyBottleneck",
+    "EntropyModelError",
     "FeatureWhitening",
     "GaussianConditional",
     "GaussianMixtureConditional",
@@ -66,6 +66,7 @@ __all__ = [
     "HyperpriorCodec",
     "JointModel",
     "ModelConfig",
+    "StatisticsError",
     "UnknownCodecError",
     "available_codecs",
     "binarize",

@@ -37,6 +37,7 @@ from fedrs.models.entropy import (
     GaussianConditional,
     GaussianMixtureConditional,
 )
+from fedrs.models.errors import UnknownCodecError
 from fedrs.models.layers import (
     EVAL_CHUNK,
     GDN,
@@ -67,10 +68,6 @@ __all__ = [
     "build_codec",
     "register_codec",
 ]
-
-
-class UnknownCodecError(InputError):
-    """A codec name that no codec is registered under."""
 
 
 def _store_name(name: str, cls: type[Codec]) -> None:

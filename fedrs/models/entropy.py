@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedrs.devices import full_precision
-from fedrs.errors import FedrsError, InputError
+from fedrs.errors import InputError
+from fedrs.models.errors import EntropyModelError
 from fedrs.models.layers import lower_bound
 
 __all__ = [
@@ -77,10 +78,6 @@ CDF_GRID_LIMIT = 8.0
 """Half-width of the grid of the interpolated normal CDF (beyond it the CDF is 0 or 1)."""
 CDF_GRID_BITS = 10
 """The grid has ``2**CDF_GRID_BITS`` points per unit."""
-
-
-class EntropyModelError(FedrsError, RuntimeError):
-    """An entropy model cannot code the given data (e.g. a stream that does not decode)."""
 
 
 def default_scale_table(

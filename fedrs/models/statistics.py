@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedrs.errors import InputError
+from fedrs.models.errors import StatisticsError
 from fedrs.models.hash_head import FeatureWhitening
 
 __all__ = [
@@ -40,10 +40,6 @@ __all__ = [
 
 DERIVED = ("running_mean", "running_whitening")
 """Buffers of a whitened branch that are computed from its moments."""
-
-
-class StatisticsError(InputError):
-    """Feature statistics that cannot be used (wrong keys, shapes, values)."""
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ Hash codes themselves (packed and unpacked forms) are :mod:`fedrs.codes`; the ``
 from __future__ import annotations
 
 from fedrs.retrieval.archive_search import ArchiveSearch
+from fedrs.retrieval.errors import CorruptIndexError, ParticipantError
 from fedrs.retrieval.federated import (
     CentralIndex,
     CodeHolder,
     Hit,
     IndexParticipant,
-    ParticipantError,
     SearchParticipant,
     SearchResult,
     central_search,
@@ -32,7 +32,6 @@ from fedrs.retrieval.federated import (
 from fedrs.retrieval.index import (
     PAD_DISTANCE,
     PAD_ID,
-    CorruptIndexError,
     HashIndex,
     hamming_distances,
     set_faiss_threads,

@@ -45,6 +45,7 @@ import numpy as np
 
 from fedrs.codes import as_packed
 from fedrs.errors import InputError
+from fedrs.retrieval.errors import ParticipantError
 from fedrs.retrieval.index import PAD_DISTANCE, PAD_ID, HashIndex
 
 __all__ = [
@@ -60,10 +61,6 @@ __all__ = [
 ]
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
-
-
-class ParticipantError(InputError):
-    """A participant of a federated search is unusable or answered malformed results."""
 
 
 @runtime_checkable

@@ -22,7 +22,8 @@ import faiss
 import numpy as np
 
 from fedrs.codes import _check_bits, as_packed
-from fedrs.errors import InputError, PathError
+from fedrs.errors import InputError
+from fedrs.retrieval.errors import CorruptIndexError
 
 __all__ = [
     "PAD_DISTANCE",
@@ -39,13 +40,6 @@ PAD_ID = -1
 
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
 """Distance returned by :meth:`HashIndex.search` in slots beyond the size of the database."""
-
-
-class CorruptIndexError(PathError):
-    """An index file is missing, unreadable or not a fedrs hash index.
-
-    ``path`` names the offending file; ``reason`` says what is wrong with it.
-    """
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,11 @@
+"""The errors of a deployment of real Flower processes."""
+
+from __future__ import annotations
+
+from fedrs.errors import FedrsError
+
+__all__ = ["DeploymentError"]
+
+
+class DeploymentError(FedrsError):
+    """A process of the deployment, or the federated run, failed (the message says which)."""

@@ -1,0 +1,19 @@
+"""The errors of the models: entropy models, codecs and feature statistics."""
+
+from __future__ import annotations
+
+from fedrs.errors import FedrsError, InputError
+
+__all__ = ["EntropyModelError", "StatisticsError", "UnknownCodecError"]
+
+
+class EntropyModelError(FedrsError, RuntimeError):
+    """An entropy model cannot code the given data (e.g. a stream that does not decode)."""
+
+
+class UnknownCodecError(InputError):
+    """A codec name that no codec is registered under."""
+
+
+class StatisticsError(InputError):
+    """Feature statistics that cannot be used (wrong keys, shapes, values)."""
