@@ -28,6 +28,7 @@ from fedrs.client_round import (
 )
 from fedrs.comm import rebuild_global
 from fedrs.config import ExperimentConfig
+from fedrs.errors import FedrsRuntimeError
 from fedrs.settings import RunSettings
 
 LOCAL_STATE_KEY = "fedrs-local"
@@ -48,8 +49,12 @@ OPTIMIZER_META_KEY = "fedrs-optimizer-meta"
 """Node state: ConfigRecord with the ``stage`` and ``rate`` that Adam state was reached in."""
 
 
-class InjectedClientFailure(RuntimeError):
-    """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests)."""
+class InjectedClientFailure(FedrsRuntimeError):
+    """Raised by a client listed in ``federation.fail_clients`` (fault-tolerance tests).
+
+    A test hook of this app, not a public error of fedrs: it stays here, and Flower reports it
+    to the server as ``fedrs.clients.app.InjectedClientFailure`` in the error reply's reason.
+    """
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from .broadcast import (
     GLOBAL_BASE_KEY,
     GLOBAL_FINGERPRINT_KEY,
-    MissingGlobalModelError,
     rebuild_global,
 )
 from .codec import (
@@ -36,7 +35,7 @@ from .codec import (
     update_codec_names,
     update_codec_options,
 )
-from .errors import UpdateCodecError
+from .errors import MissingGlobalModelError, UpdateCodecError
 
 __all__ = [
     "DEFAULT_RAW_KEYS",

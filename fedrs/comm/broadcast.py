@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .codec import UPDATE_PAYLOAD_KEY, decode_update, fingerprint
-from .errors import UpdateCodecError
+from .errors import MissingGlobalModelError, UpdateCodecError
 
 GLOBAL_FINGERPRINT_KEY = "global-fingerprint"
 """Training ConfigRecord key: fingerprint of the global model the message carries; a client
@@ -27,10 +27,6 @@ keeps that model (as the reference of later coded broadcasts) when the key is pr
 
 GLOBAL_BASE_KEY = "global-base"
 """Training ConfigRecord key: fingerprint of the model a coded broadcast is a difference to."""
-
-
-class MissingGlobalModelError(UpdateCodecError):
-    """A coded broadcast refers to a global model this node does not hold."""
 
 
 def rebuild_global(

@@ -1,18 +1,35 @@
-"""Errors of the update codecs."""
+"""Errors of the update codecs and of coded broadcasts."""
 
 from __future__ import annotations
 
-from fedrs.errors import InputError
+from fedrs.errors import FedrsError, InputError, ProtocolError
+
+__all__ = ["MissingGlobalModelError", "UpdateCodecError"]
 
 
-class UpdateCodecError(InputError):
+class _KeyedError(FedrsError):
+    """Base of the errors below: ``key`` names the record or model key, ``reason`` says why."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key!r}: {reason}")
+
+
+class UpdateCodecError(_KeyedError, InputError):
     """A coded model update cannot be built or read (damaged payload, wrong reference, ...).
 
     Attributes:
         key: The record key or model key the problem is about.
     """
 
-    def __init__(self, key: str, reason: str) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(f"{key!r}: {reason}")
+
+class MissingGlobalModelError(_KeyedError, ProtocolError):
+    """A coded broadcast refers to a global model this node does not hold.
+
+    A state of the protocol, not bad input: the client's round fails and the server sends it
+    the full model next round.
+
+    Attributes:
+        key: The ConfigRecord key that names the model (``global-base``).
+    """

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedrs.errors import FedrsError
+from fedrs.errors import FedrsRuntimeError
 
 __all__ = ["DeploymentError"]
 
 
-class DeploymentError(FedrsError):
+class DeploymentError(FedrsRuntimeError):
     """A process of the deployment, or the federated run, failed (the message says which)."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fedrs.errors import FedrsError, InputError
+from fedrs.errors import FedrsRuntimeError, InputError
 
 __all__ = ["EntropyModelError", "StatisticsError", "UnknownCodecError"]
 
 
-class EntropyModelError(FedrsError, RuntimeError):
+class EntropyModelError(FedrsRuntimeError):
     """An entropy model cannot code the given data (e.g. a stream that does not decode)."""
 
 
