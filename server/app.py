@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from fedrs.strategies import RoundStats
 
 
-class PlateauReached(Exception):
+class PlateauReached(Exception):  # control flow: caught below, never leaves this module
     """Raised from a round's evaluation to end the run: the validation figure has stopped
     improving (``eval.patience``)."""
 

@@ -71,7 +71,7 @@ _ERROR_CODE_NAMES = {
 R = TypeVar("R")
 
 
-class RejectedReply(Exception):
+class RejectedReply(Exception):  # control flow: the strategies record it as a ClientFailure
     """The reply under inspection is unusable.
 
     Args:
