@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import struct
 import zlib
@@ -31,6 +32,7 @@ from fedrs.comm import (
     GLOBAL_FINGERPRINT_KEY,
     UPDATE_PAYLOAD_KEY,
     EntropyCodec,
+    MissingGlobalModelError,
     PlainCodec,
     UpdateCodecError,
     build_update_codec,
@@ -653,3 +655,15 @@ def test_config_and_cli_options_reach_the_strategy() -> None:
     assert isinstance(strategy_for(load_config(SMOKE), 3).update_codec, PlainCodec)
     with pytest.raises(InputError, match=r"federation\.codec\.topk"):
         load_config(SMOKE, {"federation.codec.topk": 2.0})
+
+
+@pytest.mark.parametrize("error", [UpdateCodecError, MissingGlobalModelError])
+def test_keyed_errors_survive_pickling(error: type[Exception]) -> None:
+    """A client's error crosses processes (Ray actors) whole: its class, key and reason."""
+    copy = pickle.loads(pickle.dumps(error("global-base", "no such model")))
+    assert type(copy) is error
+    assert (copy.key, copy.reason, str(copy)) == (
+        "global-base",
+        "no such model",
+        str(error("global-base", "no such model")),
+    )

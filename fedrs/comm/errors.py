@@ -15,6 +15,9 @@ class _KeyedError(FedrsError):
         self.reason = reason
         super().__init__(f"{key!r}: {reason}")
 
+    def __reduce__(self) -> tuple[type[_KeyedError], tuple[str, str]]:
+        return type(self), (self.key, self.reason)  # pickles across processes (Ray actors)
+
 
 class UpdateCodecError(_KeyedError, InputError):
     """A coded model update cannot be built or read (damaged payload, wrong reference, ...).
