@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.client_data import ClientData, HeldShard, load_shard
 from fedrs.client_round import (

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from fedrs import pipeline
 from fedrs.config import ExperimentConfig
 from fedrs.data.archive import check_modalities
 from fedrs.data.cache import CachedArchive
 from fedrs.errors import InputError
-from fedrs.pipeline import cache_identity, client_rows, open_cache, resolve_cache, split_rows
+from fedrs.pipeline import cache_identity, client_rows, open_cache, split_rows
 
 _SHARD_NODE_KEYS = ("data-path", "modalities", "partition-id", "num-partitions")
 
@@ -111,7 +112,7 @@ def load_shard(
         data_config = config.data
         client_id = int(node_config["partition-id"])
         clients = int(node_config.get("num-partitions", config.partition.clients))
-    cache = resolve_cache(data_config)
+    cache = pipeline.resolve_cache(data_config)
     key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)
     archive = open_cache(cache, data_config.modalities, reuse=True)
     found = _held_shard(held, key)

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import fedrs.partitions
 from fedrs.config import DataConfig, PartitionConfig
 from fedrs.data.archive import PatchArchive, open_archive
 from fedrs.data.cache import MARKER, VERSION, CachedArchive, prepare_cache
 from fedrs.data.synth import ensure_synthetic_archive
 from fedrs.errors import FedrsError, InputError
-from fedrs.partitions import partition as split
 
 Progress = Callable[[str, int], Callable[[int], None]]
 """``progress(description, total)`` returns an ``advance(n)`` callback."""
@@ -237,7 +237,9 @@ def client_rows(
     if not 0 <= client_id < clients:
         raise InputError(f"partition-id {client_id} is outside 0 .. {clients - 1}")
     train_meta = run.archive.metadata.iloc[run.train_rows]
-    shards = split(partition.name, train_meta, clients, seed=partition.seed, **partition.options)
+    shards = fedrs.partitions.partition(
+        partition.name, train_meta, clients, seed=partition.seed, **partition.options
+    )
     shard = shards[client_id]
     # patch ids are unique (the partition checks), so each id has one position
     positions = pd.Index(train_meta["patch_id"].to_numpy(dtype=object)).get_indexer(

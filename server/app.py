@@ -28,7 +28,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device

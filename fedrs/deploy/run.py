@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import tomli_w
 
 import fedrs
+from fedrs import pipeline
 from fedrs.data.archive import open_archive
 from fedrs.deploy.local import COMPLETED, FINISHED, DeploymentError, LocalDeployment, NodeSpec
 from fedrs.errors import InputError
-from fedrs.pipeline import resolve_cache
 
 if TYPE_CHECKING:
     from fedrs.config import ExperimentConfig
@@ -108,7 +108,7 @@ def prepare_node_data(
             configs.append(base.model_copy(update=update))
     nodes = []
     for index, node_config in enumerate(configs):
-        cache = resolve_cache(node_config, progress=progress)
+        cache = pipeline.resolve_cache(node_config, progress=progress)
         meta = open_archive(cache).metadata
         present = [m for m in ("s1", "s2") if bool(meta[f"has_{m}"].any())]
         modalities = tuple(m for m in present if m in base.modalities)
