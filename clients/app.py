@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.client_data import ClientData, HeldShard, load_shard
 from fedrs.client_round import (
@@ -143,7 +143,6 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
 def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Flower's client-side clipping mods, applied where the server asks for them
     (:data:`fedrs.protocol.DP_CLIENT_CLIPPING` in a training message's config)."""
-    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
     kind = None
     if msg.has_content() and protocol.CONFIG in msg.content.config_records:

@@ -25,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from fedrs import pipeline
 from fedrs.config import ExperimentConfig
+from fedrs.data.archive import check_modalities
 from fedrs.data.cache import CachedArchive
 from fedrs.errors import InputError
+from fedrs.pipeline import cache_identity, client_rows, open_cache, split_rows
 
 _SHARD_NODE_KEYS = ("data-path", "modalities", "partition-id", "num-partitions")
 
@@ -60,7 +63,6 @@ def shard_fingerprint(config: ExperimentConfig, node_config: dict[str, Any], cac
     """What a node's rows depend on: the data and partition settings, the node's entries that
     place it (``data-path``, ``modalities``, ``partition-id``, ``num-partitions``) and the build
     of the cache it reads (:func:`fedrs.pipeline.cache_identity`)."""
-    from fedrs.pipeline import cache_identity
 
     facts = {
         "data": config.data.model_dump(mode="json"),
@@ -97,8 +99,6 @@ def load_shard(
         The shard, and the :class:`HeldShard` to keep for later rounds when the rows were
         computed afresh (``None`` when they came from ``held``).
     """
-    from fedrs.data.archive import check_modalities
-    from fedrs.pipeline import client_rows, open_cache, resolve_cache, split_rows
 
     if "data-path" in node_config:
         data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
@@ -112,7 +112,7 @@ def load_shard(
         data_config = config.data
         client_id = int(node_config["partition-id"])
         clients = int(node_config.get("num-partitions", config.partition.clients))
-    cache = resolve_cache(data_config)
+    cache = pipeline.resolve_cache(data_config)
     key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)
     archive = open_cache(cache, data_config.modalities, reuse=True)
     found = _held_shard(held, key)

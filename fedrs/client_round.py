@@ -33,11 +33,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fedrs import protocol
 from fedrs.client_data import ClientData, sent_modalities
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
+from fedrs.models.statistics import WhiteningPool
+from fedrs.train import build_model, measure_statistics, train_local
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -123,10 +126,6 @@ def train_round(
         local: The local keys' values kept from the last round, if any.
         optimizer: Adam's state kept from the last round, if any.
     """
-    import torch
-
-    from fedrs.models.statistics import WhiteningPool
-    from fedrs.train import build_model, train_local
 
     received = {k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()}
     global_round = int(cfg.get(protocol.ROUND_OFFSET, 0)) + int(cfg[protocol.SERVER_ROUND])
@@ -218,7 +217,6 @@ def round_statistics(
 ) -> dict[str, np.ndarray]:
     """The whitening statistics of the trained model over the examples it trained on, in their
     wire form (:meth:`fedrs.models.statistics.Moments.arrays`)."""
-    from fedrs.train import measure_statistics
 
     moments = measure_statistics(
         trained.model,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import tomli_w
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedrs.comm import UPDATE_CODECS, build_update_codec, update_codec_options
 from fedrs.errors import InputError
 from fedrs.losses import LossConfig
 from fedrs.models.config import ModelConfig
@@ -276,14 +278,11 @@ class FederationConfig(_Section):
     @field_validator("update_codec")
     @classmethod
     def _known_codec(cls, name: str) -> str:
-        from fedrs.comm import UPDATE_CODECS
-
         UPDATE_CODECS.lookup(name)
         return name
 
     def build_update_codec(self, seed: int = 0) -> UpdateCodec:
         """The configured update codec, given the ``codec`` options it takes and ``seed``."""
-        from fedrs.comm import build_update_codec, update_codec_options
 
         accepted = update_codec_options(self.update_codec)
         options = self.codec.model_dump() | {"seed": seed}
@@ -338,7 +337,6 @@ class ExperimentConfig(_Section):
 
     def to_toml(self) -> str:
         """The configuration as TOML text (round-trips through :func:`load_config`)."""
-        import tomli_w
 
         return tomli_w.dumps(_drop_none(self.to_dict()))
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from fedrs.errors import InputError
 
 __all__ = [
@@ -118,7 +120,6 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj, path)``, atomically (see :func:`atomic_file`); returns ``path``."""
-    import torch
 
     with atomic_file(path) as handle:
         torch.save(obj, handle)

@@ -10,6 +10,7 @@ configured partition of the training rows (:func:`client_rows`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -19,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import fedrs.partitions
 from fedrs.config import DataConfig, PartitionConfig
 from fedrs.data.archive import PatchArchive, open_archive
 from fedrs.data.cache import MARKER, VERSION, CachedArchive, prepare_cache
+from fedrs.data.synth import ensure_synthetic_archive
 from fedrs.errors import FedrsError, InputError
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -52,8 +55,6 @@ def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Pa
     """
     base = cache_base(config)
     if config.path is None:
-        from fedrs.data.synth import ensure_synthetic_archive
-
         source = base / _synthetic_name(config)
         synth_progress: Callable[[int, int], None] | None = None
         if progress is not None:
@@ -90,8 +91,6 @@ def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Pa
 
 
 def _cache_is_of(cache: Path, source: Path) -> bool:
-    import json
-
     marker = cache / MARKER
     if not marker.is_file():
         return False
@@ -234,12 +233,13 @@ def client_rows(
         InputError: ``client_id`` is not in ``0 .. clients - 1``, or the partition fails (see
             :func:`fedrs.partitions.partition`).
     """
-    from fedrs.partitions import partition as split
 
     if not 0 <= client_id < clients:
         raise InputError(f"partition-id {client_id} is outside 0 .. {clients - 1}")
     train_meta = run.archive.metadata.iloc[run.train_rows]
-    shards = split(partition.name, train_meta, clients, seed=partition.seed, **partition.options)
+    shards = fedrs.partitions.partition(
+        partition.name, train_meta, clients, seed=partition.seed, **partition.options
+    )
     shard = shards[client_id]
     # patch ids are unique (the partition checks), so each id has one position
     positions = pd.Index(train_meta["patch_id"].to_numpy(dtype=object)).get_indexer(

@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+matplotlib.use("Agg")
+
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path:
     """mAP@20 (both conventions, with their random-code baselines) and bpp per modality a
     round (``history``: ``history.json``'s rows), saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     rounds = [h["round"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(rounds, [h.get("eval/map@20") for h in history], marker="o", label="model")
@@ -48,11 +48,6 @@ def plot_comparison(
 ) -> Path:
     """Bars of mAP@20 (both conventions, random codes as dashed ticks), bpp and PSNR a run
     (``rows``: run -> title -> figure); with ``half_widths``, their intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(rows)
 
     def bars(title: str) -> tuple[list[float], list[float] | None]:

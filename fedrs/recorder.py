@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from fedrs.io import atomic_file, atomic_torch_save, atomic_write_text
+from fedrs.tracking import Tracker, default_tracking_uri
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +59,6 @@ class RunRecorder:
 
     def load_model(self, checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
         """The global model a checkpoint record names."""
-        import torch
 
         state: dict[str, Tensor] = torch.load(
             self.checkpoints / checkpoint["file"], weights_only=True
@@ -64,7 +67,6 @@ class RunRecorder:
 
     def load_server_state(self, checkpoint: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """The strategy's server state a checkpoint record names (None when it has none)."""
-        import numpy as np
 
         if not checkpoint.get("strategy_file"):
             return None
@@ -80,7 +82,6 @@ class RunRecorder:
     ) -> Path:
         """The global model of ``round_`` and, where the strategy keeps one, its server state
         (named numpy arrays); ``extra`` entries go into ``latest.json`` with them."""
-        import numpy as np
 
         folder = self.checkpoints
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,6 @@ class RunRecorder:
     ) -> Tracker:
         """Start the run's MLflow run (continue ``run_id``) and log ``params``: the store is
         ``tracking.uri``, else a sqlite file under ``out``."""
-        from fedrs.tracking import Tracker, default_tracking_uri
 
         self.tracking_uri = config.tracking.uri or default_tracking_uri(self.out)
         self._tracker = Tracker(

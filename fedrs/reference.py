@@ -65,6 +65,7 @@ def reference_key(config: ExperimentConfig) -> str:
 
 
 def reference_path(config: ExperimentConfig) -> Path:
+    # heavy: pandas, rasterio; `fedrs --help` loads this module
     from fedrs.pipeline import cache_base
 
     return cache_base(config.data) / "references" / f"{reference_key(config)}.json"

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fedrs.config import ExperimentConfig
 from fedrs.io import atomic_torch_save
 from fedrs.recorder import CHECKPOINTS
@@ -80,8 +82,6 @@ class Selection:
     ``<out>/checkpoints`` for a resumed run (``checkpoint``: the ``latest.json`` record)."""
 
     def __init__(self, config: ExperimentConfig, out: Path, checkpoint: dict[str, Any] | None):
-        import torch
-
         fed = config.federation
         self.no_bpp_rounds, self.stage1_rounds = fed.no_bpp_rounds, fed.stage1_rounds
         self.folder = out / CHECKPOINTS

@@ -9,9 +9,15 @@ absolute, since Flower runs the ServerApp in another working directory); pass a 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "fedrs"
 
@@ -51,9 +57,6 @@ class Tracker:
         run_id: str | None = None,
         artifact_root: str | Path | None = None,
     ) -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
         self._client = MlflowClient(tracking_uri=tracking_uri)
@@ -76,7 +79,6 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log (nested) params flattened to dotted names; values longer than 6000 chars cut."""
-        from mlflow.entities import Param
 
         existing = self._client.get_run(self.run_id).data.params
         batch = [
@@ -88,10 +90,6 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log numeric metrics at ``step`` (non-finite or non-numeric values are left out),
         in batches of at most 1000 (MLflow's limit; a round logs 5 metrics a client)."""
-        import math
-        import time
-
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [

@@ -30,13 +30,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedrs.codes import pack_codes
 from fedrs.config import ExperimentConfig
+from fedrs.convergence import Plateau, bootstrap_interval
 from fedrs.data.archive import MODALITIES
 from fedrs.data.cache import CachedArchive
 from fedrs.data.transforms import denormalize, normalize, upsample_s2
 from fedrs.devices import AmpMode, autocast, resolve_device, to_device
 from fedrs.errors import InputError
+from fedrs.losses import compute_losses, weighted_hash_terms
 from fedrs.models import JointModel
+from fedrs.models.hash_head import FeatureWhitening
+from fedrs.models.statistics import apply_moments, moments_from_features, pool_moments
+from fedrs.optim import GradientManipulator
+from fedrs.retrieval import (
+    evaluate_retrieval,
+    evaluate_retrieval_per_query,
+    random_codes_evaluation,
+)
 
 if TYPE_CHECKING:
     from fedrs.convergence import Plateau
@@ -226,8 +237,6 @@ class LocalTrainer:
         reference: Mapping[str, Tensor] | None = None,
         rate: bool = True,
     ) -> None:
-        from fedrs.optim import GradientManipulator
-
         if stage not in (1, 2):
             raise InputError(f"stage must be 1 or 2, not {stage}")
         tc = config.train
@@ -320,7 +329,6 @@ class LocalTrainer:
             The loss terms of :func:`fedrs.losses.compute_losses` (plus ``prox``, the proximal
             term's value, when there is one) and what the manipulator did.
         """
-        from fedrs.losses import compute_losses, weighted_hash_terms
 
         loss = self.config.loss
         with mixed_precision(self.model, self.device, self.config.train.amp):
@@ -486,7 +494,6 @@ def encode_rows(
     {modality: per-band sum of squared physical errors}, ``values`` {modality: count of
     values} and ``decode_s`` (seconds decoding and comparing).
     """
-    from fedrs.codes import pack_codes
 
     held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
     started = time.perf_counter()
@@ -603,7 +610,6 @@ def validate(
     if retrieval:
         if isinstance(data, CachedArchive):
             raise InputError("validate: retrieval needs a run's database")
-        from fedrs.retrieval import evaluate_retrieval
 
         database = encode_rows(model, archive, data.database_rows, packed=True)
         figures = evaluate_retrieval(
@@ -625,7 +631,6 @@ def validate(
 def plateau_for(config: ExperimentConfig) -> Plateau | None:
     """The stopping rule of ``config.eval`` (None when ``eval.patience`` is 0): watches the
     validation figure ``eval.plateau_metric`` each stage-2 epoch or round."""
-    from fedrs.convergence import Plateau
 
     ev = config.eval
     if ev.patience == 0:
@@ -743,8 +748,6 @@ def evaluate(
     (queries and database together), and ``decode_s_per_10k``, those to decode 10,000 of the
     queries' images; ``eval_s``.
     """
-    from fedrs.convergence import bootstrap_interval
-    from fedrs.retrieval import evaluate_retrieval_per_query, random_codes_evaluation
 
     started = time.perf_counter()
     queries = encode_rows(model, data.archive, data.query_rows, decode=True, packed=True)
@@ -809,8 +812,6 @@ def measure_statistics(
     modalities among them that it holds; with ``limit``, over the first ``limit`` of those
     (a client measures as many patches as it reports trained on per epoch, its weight).  The
     model is left in eval mode."""
-    from fedrs.models.hash_head import FeatureWhitening
-    from fedrs.models.statistics import moments_from_features, pool_moments
 
     whiten = model.hash_head.whiten
     if not isinstance(whiten, FeatureWhitening):
@@ -833,6 +834,5 @@ def refresh_statistics(
 ) -> None:
     """Set the whitening statistics of ``model`` to those of ``rows`` (all its modalities):
     what a federation pooling its clients' statistics computes on the union of their data."""
-    from fedrs.models.statistics import apply_moments
 
     apply_moments(model, measure_statistics(model, archive, rows, config))

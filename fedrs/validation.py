@@ -14,7 +14,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import torch
+
+from fedrs.devices import autocast, resolve_device
 from fedrs.errors import InputError
+from fedrs.partitions import check_partition
+from fedrs.server.app import strategy_for
+from fedrs.train import build_model
 
 if TYPE_CHECKING:
     from fedrs.config import ExperimentConfig
@@ -48,14 +54,10 @@ def _named(word: str, label: str, exc: Exception) -> InputError:
 
 
 def _check_device(config: ExperimentConfig) -> None:
-    from fedrs.devices import autocast, resolve_device
-
     autocast(resolve_device(config.train.device), config.train.amp)  # built, not entered
 
 
 def _check_partition(config: ExperimentConfig) -> None:
-    from fedrs.partitions import check_partition
-
     part = config.partition
     try:
         check_partition(part.name, part.clients, seed=part.seed, **part.options)
@@ -64,10 +66,6 @@ def _check_partition(config: ExperimentConfig) -> None:
 
 
 def _check_model(config: ExperimentConfig) -> None:
-    import torch
-
-    from fedrs.train import build_model
-
     try:
         with torch.random.fork_rng(devices=[]):  # build_model seeds torch: leave no trace
             build_model(config)
@@ -84,8 +82,6 @@ def _check_update_codec(config: ExperimentConfig) -> None:
 
 
 def _check_strategy(config: ExperimentConfig) -> None:
-    from fedrs.server.app import strategy_for  # imports Flower, which sets up its logger
-
     fed = config.federation
     flower_log = logging.getLogger("flwr")
     level = flower_log.level

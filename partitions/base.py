@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedrs.data.metadata import normalize_metadata
 from fedrs.errors import FedrsError, InputError
 from fedrs.registry import Registry
 
@@ -208,7 +209,6 @@ def prepare_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
     Raises:
         InputError: ``metadata`` is not a DataFrame or repeats a ``patch_id``.
     """
-    from fedrs.data.metadata import normalize_metadata
 
     if not isinstance(metadata, pd.DataFrame):
         raise InputError(f"metadata must be a pandas DataFrame, got {type(metadata).__name__}")

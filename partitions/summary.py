@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedrs.data.facts import LABELS_19
+from fedrs.data.metadata import labels_matrix
 from fedrs.errors import InputError
 
 from .base import ClientShard, prepare_metadata
@@ -53,7 +54,6 @@ def summarize_shards(
     Raises:
         InputError: A shard names a patch the metadata does not have.
     """
-    from fedrs.data.metadata import labels_matrix
 
     table = prepare_metadata(metadata)
     sizes = np.array([len(s) for s in shards], dtype=np.int64)

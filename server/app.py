@@ -24,14 +24,23 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-import fedrs.preload  # noqa: F401  (before the apps run: see its docstring)
 from fedrs import protocol
 from fedrs.config import ExperimentConfig
+from fedrs.devices import resolve_device
 from fedrs.errors import FedrsError
+from fedrs.models import JointModel
+from fedrs.models.statistics import WhiteningPool
+from fedrs.pipeline import load_run_data
+from fedrs.plots import plot_rounds
+from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
+from fedrs.selection import PlateauWatch, Selection
 from fedrs.settings import RunSettings, check_out_folder
+from fedrs.strategies import build_strategy
+from fedrs.train import build_model, evaluate
 
 if TYPE_CHECKING:
     from fedrs.strategies import RoundStats
@@ -54,7 +63,6 @@ def strategy_for(
     ``max_weight`` (the most examples a reply may claim) applies when the configuration sets
     no ``federation.max_weight``; ``None`` and no configured bound leave replies unbounded.
     """
-    from fedrs.strategies import build_strategy
 
     fed = config.federation
     # a node lost mid-run must not make later rounds wait for it: rounds need only as many
@@ -73,11 +81,6 @@ def strategy_for(
     if fed.max_weight is not None or max_weight is not None:
         options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
     if fed.statistics != "averaged" and config.model.whitening:
-        import torch
-
-        from fedrs.models import JointModel
-        from fedrs.models.statistics import WhiteningPool
-
         with torch.random.fork_rng(devices=[]):  # a model's shape only: leave the RNG alone
             pool = WhiteningPool(JointModel(config.model))
         options["statistics"] = pool
@@ -106,14 +109,6 @@ def serve(
     num_clients: int,
 ) -> dict[str, Any]:
     """Run the whole federation on ``grid``; returns the summary (also ``<out>/summary.json``)."""
-    import torch
-
-    from fedrs.devices import resolve_device
-    from fedrs.pipeline import load_run_data
-    from fedrs.plots import plot_rounds
-    from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
-    from fedrs.selection import PlateauWatch, Selection
-    from fedrs.train import build_model, evaluate
 
     started = time.perf_counter()
     config = settings.experiment()

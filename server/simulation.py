@@ -26,8 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedrs.deploy.run import RoundCallback
+import ray
+import tomli_w
+import torch
+
+from fedrs import __version__
+from fedrs.deploy.local import LocalDeployment
+from fedrs.deploy.run import RoundCallback, run_federation
 from fedrs.errors import InputError
+from fedrs.pipeline import cache_base
 from fedrs.settings import RunSettings
 
 APP_COMPONENTS = {"serverapp": "fedrs.server.app:app", "clientapp": "fedrs.clients.app:app"}
@@ -47,14 +54,11 @@ STARTUP_S = 300.0
 def visible_gpus(ray_address: str | None) -> float:
     """GPUs the simulation could use: the Ray cluster's (with an address), else this machine's."""
     if ray_address:
-        import ray
-
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, logging_level=logging.ERROR)
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         ray.shutdown()
         return gpus
-    import torch
 
     return float(torch.cuda.device_count())
 
@@ -80,9 +84,6 @@ def write_app(folder: Path) -> Path:
     The bundle carries configuration only; the installed fedrs package runs (a bundled copy
     of the sources would shadow it, see DESIGN's note on bundles).
     """
-    import tomli_w
-
-    from fedrs import __version__
 
     project = {
         "project": {
@@ -175,8 +176,6 @@ def run_simulation(
         DeploymentError: the run failed (the ServerApp's error, e.g. too few clients), a
             process did not start, or the run did not end within its rounds' timeouts.
     """
-    from fedrs.deploy.local import LocalDeployment
-    from fedrs.deploy.run import run_federation
 
     config = settings.experiment()
     fed = config.federation
@@ -185,7 +184,6 @@ def run_simulation(
     if fed.ray_address:
         # a cluster's workers run with the environment of `ray start`, not this process':
         # name the cache folder ($FEDRS_CACHE_DIR or the default) in the run's own settings
-        from fedrs.pipeline import cache_base
 
         if config.data.cache_dir is None:
             overrides = settings.overrides | {

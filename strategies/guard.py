@@ -45,7 +45,14 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 
 from fedrs import protocol
 from fedrs.errors import InputError
@@ -435,12 +442,6 @@ def check_dp(dp: Mapping[str, Any] | None, flower: str, partial: bool) -> dict[s
 
 def wrap_dp(strategy: Strategy, dp: Mapping[str, Any]) -> Strategy:
     """``strategy`` inside Flower's DP clipping wrapper that ``dp`` names."""
-    from flwr.serverapp.strategy import (
-        DifferentialPrivacyClientSideAdaptiveClipping,
-        DifferentialPrivacyClientSideFixedClipping,
-        DifferentialPrivacyServerSideAdaptiveClipping,
-        DifferentialPrivacyServerSideFixedClipping,
-    )
 
     noise = float(dp.get("noise_multiplier", 0.0))
     sampled = int(dp["num_sampled_clients"])

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import click
 import typer
 
+from fedrs import __version__
 from fedrs.cli._common import NOISY_LOGGERS, error_line
 from fedrs.errors import FedrsError, InputError
 
@@ -37,8 +38,6 @@ def _root(
 ) -> None:
     """Federated learned compression and hashing of remote-sensing image archives."""
     if version:
-        from fedrs import __version__
-
         typer.echo(f"fedrs {__version__}")
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None:

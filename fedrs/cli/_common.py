@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
 
@@ -77,8 +79,6 @@ def quiet_third_parties(verbose: bool = False) -> None:
     warning (a real problem: a runtime warning, a user warning) still shows, as do errors.
     ``verbose`` leaves all of it as the packages set it.
     """
-    import logging
-    import warnings
 
     if verbose:
         return

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedrs.config import ExperimentConfig
+
 COMPONENT_FLAGS: dict[str, tuple[str, str]] = {
     "partition.name": ("--partition", "partition.options"),
     "federation.strategy": ("--strategy", "federation.strategy_options"),
@@ -51,7 +53,6 @@ def drop_replaced_options(
         options are lost, e.g. ``--partition iid replaces modality: its options both, s1_only,
         s2_only from experiments/modality-split.toml are dropped``.
     """
-    from fedrs.config import ExperimentConfig
 
     if config is None:
         return {}, []

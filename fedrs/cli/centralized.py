@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from fedrs.cli._common import console, progress, quiet_third_parties, tracker
+from fedrs.cli.simulate import experiment_overrides, print_summary
+from fedrs.config import load_config
+from fedrs.settings import check_out_folder, clear_run
 
 
 def main(
@@ -20,10 +23,10 @@ def main(
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show third-party logs and notices."),
 ) -> None:
+    # heavy: mlflow, faiss, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.centralized import run_centralized
-    from fedrs.cli.simulate import experiment_overrides, print_summary
-    from fedrs.config import load_config
-    from fedrs.settings import check_out_folder, clear_run
+
+    # heavy: mlflow, flwr, faiss, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.validation import check_experiment
 
     quiet_third_parties(verbose)

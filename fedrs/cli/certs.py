@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 
 from fedrs.cli._common import console
+from fedrs.deploy.certs import DEFAULT_HOSTS, create_credentials
 
 
 def main(
@@ -36,8 +37,6 @@ def main(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Make every file again."),
 ) -> None:
-    from fedrs.deploy.certs import DEFAULT_HOSTS, create_credentials
-
     hosts = tuple(host) if host else DEFAULT_HOSTS
     made = create_credentials(
         out, nodes=nodes, hosts=hosts, days=days, ca_days=ca_days, overwrite=overwrite

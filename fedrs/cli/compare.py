@@ -12,10 +12,11 @@ from rich import box
 from rich.table import Table
 
 from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
+from fedrs.config import load_config
 from fedrs.convergence import mean_interval, target_labels, targets
 from fedrs.io import atomic_write_text
-from fedrs.plots import plot_comparison
-from fedrs.reference import centralized_overrides
+from fedrs.reference import centralized_overrides, write_reference
+from fedrs.settings import RunSettings, check_out_folder, clear_run
 
 COLUMNS = (
     ("mAP@20", "map@20"),
@@ -300,7 +301,6 @@ def check_run_folders(folders: list[Path], overwrite: bool) -> list[Path]:
     Raises:
         InputError: a folder holds an interrupted run and ``overwrite`` is not set.
     """
-    from fedrs.settings import check_out_folder
 
     replaced: list[Path] = []
     for folder in folders:
@@ -320,11 +320,11 @@ def _runs(
 ) -> dict[str, dict[str, Any]]:
     """The summaries of the centralized run and of each federation, in ``out/<run>``: read
     where ``summary.json`` exists, run otherwise."""
+    # heavy: mlflow, faiss, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.centralized import run_centralized
-    from fedrs.config import load_config
-    from fedrs.reference import write_reference
+
+    # heavy: ray, flwr, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.server.simulation import run_simulation
-    from fedrs.settings import RunSettings
 
     rows: dict[str, dict[str, Any]] = {}
     central = out / "centralized"
@@ -478,13 +478,17 @@ def main(
     """Runs (or reads, where ``<out>/<run>/summary.json`` exists) every run, then tabulates;
     with ``--seeds``, every run once a seed in ``<out>/seed-<s>/<run>``, tabulated as means with
     their 95% intervals."""
+    # cycle: fedrs.cli.simulate imports this module
     from fedrs.cli.simulate import (
         experiment_overrides,
         prepare_data_with_progress,
         validate_components,
     )
-    from fedrs.config import load_config
-    from fedrs.settings import RunSettings, clear_run
+
+    # heavy: matplotlib, imported when the command runs
+    from fedrs.plots import plot_comparison
+
+    # heavy: mlflow, imported when the command runs
     from fedrs.tracking import Tracker, default_tracking_uri
 
     quiet_third_parties(verbose)

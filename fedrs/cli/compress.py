@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
 from fedrs.cli._common import console, fail, print_skipped, progress, tracker
+from fedrs.devices import resolve_device
 
 
 def parse_modalities(text: str | None) -> list[str] | None:
@@ -50,11 +52,9 @@ def main(
         "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
     ),
 ) -> None:
-    import torch
-
     torch.set_num_threads(threads)
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.compression import compress_archive, load_trained_model
-    from fedrs.devices import resolve_device
 
     target = resolve_device(device, key="--device")
     trained = load_trained_model(model, device=str(target))  # the archive records the type

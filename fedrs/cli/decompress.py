@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
 from fedrs.cli._common import console, print_skipped, progress, tracker
+from fedrs.devices import cross_device_note, resolve_device
 
 
 def main(
@@ -27,12 +29,12 @@ def main(
         "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
     ),
 ) -> None:
-    import torch
-
     torch.set_num_threads(threads)
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.compression import decompress_archive, model_for_archive
+
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.container import CompressedArchive
-    from fedrs.devices import cross_device_note, resolve_device
 
     target = resolve_device(device, key="--device")
     with CompressedArchive.open(container) as archive:

@@ -14,11 +14,15 @@ quick).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
 
 from fedrs.cli._common import console, progress, quiet_third_parties, round_printer, tracker
+from fedrs.cli.simulate import experiment_overrides, print_summary, validate_components
+from fedrs.errors import InputError
+from fedrs.settings import RunSettings, check_out_folder, clear_run
 
 
 def main(
@@ -45,18 +49,16 @@ def main(
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show Flower's logs (the SuperLink's)."),
 ) -> None:
-    import logging
-
-    from fedrs.cli.simulate import experiment_overrides, print_summary, validate_components
+    # heavy: flwr, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.deploy.run import (
         check_app,
         default_app,
         prepare_node_data,
         run_local_deployment,
     )
-    from fedrs.errors import InputError
+
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.pipeline import resolve_cache
-    from fedrs.settings import RunSettings, check_out_folder, clear_run
 
     quiet_third_parties(verbose)
     if supernodes < 1:
@@ -86,6 +88,7 @@ def main(
             "would run; lower it or add --supernodes"
         )
     replaced = check_out_folder(out, resume=resume, overwrite=overwrite)
+    # heavy: flwr, imported when the command runs
     import flwr.serverapp  # noqa: F401  (sets up Flower's logger, quietened below)
 
     flower_log = logging.getLogger("flwr")

@@ -11,11 +11,15 @@ CA; node authentication passes through unchanged.  Runs until stopped (Ctrl-C, S
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
 from pathlib import Path
 
 import typer
 
 from fedrs.cli._common import console
+from fedrs.deploy.gateway import FleetGateway, parse_address
 
 
 def main(
@@ -39,12 +43,6 @@ def main(
     ),
     verbose: bool = typer.Option(False, help="Also log every forwarded call."),
 ) -> None:
-    import logging
-    import signal
-    import sys
-
-    from fedrs.deploy.gateway import FleetGateway, parse_address
-
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

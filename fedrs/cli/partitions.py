@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
 from fedrs.cli._common import console
 from fedrs.errors import InputError
@@ -47,6 +48,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 def read_metadata(source: Path, metadata: Path | None = None) -> Any:
     """Normalised metadata of a parquet file or of an archive folder."""
     if source.is_dir():
+        # heavy: pandas, pyarrow, rasterio, imported when the command runs
         from fedrs.data import open_archive
 
         return open_archive(source, metadata=metadata).metadata
@@ -54,6 +56,7 @@ def read_metadata(source: Path, metadata: Path | None = None) -> Any:
         raise InputError(f"{source}: no such file or folder")
     if source.suffix.lower() != ".parquet":
         raise InputError(f"{source}: expected a metadata .parquet file or an archive folder")
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.data.metadata import load_metadata
 
     return load_metadata(source)
@@ -85,9 +88,10 @@ def main(
     json_out: Path | None = typer.Option(None, "--json", help="Write the shards to this file."),
     top: int = typer.Option(3, "--top", help="Countries and labels shown per client."),
 ) -> None:
-    from rich.table import Table
-
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.partitions import partition as make_partition
+
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.partitions import save_shards, summarize_shards
 
     options = dict(parse_option(text) for text in option or [])

@@ -29,7 +29,10 @@ def main(
         2, min=1, help="Processes reading the archive (each opens it itself; 1: this process)."
     ),
 ) -> None:
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.data import open_archive, prepare_cache
+
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.data.cache import check_cache_target, partial_folder
 
     # every check before the (possibly long) opening of the archive, and before any change

@@ -6,12 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from fedrs.cli._common import console, fail
+from fedrs.devices import cross_device_note, resolve_device
 
 
 def main(
@@ -41,17 +45,17 @@ def main(
         "cuda or cuda:N.",
     ),
 ) -> None:
-    import torch
-
     torch.set_num_threads(threads)
-    import numpy as np
 
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.compression import (
         hash_query_patch,
         model_for_archives,
         open_archives,
         patch_code,
     )
+
+    # heavy: faiss, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.retrieval import ArchiveSearch, federated_search
 
     if bool(query_patch) == (query_id is not None):
@@ -64,7 +68,6 @@ def main(
     else:
         if model is None:
             fail("--query-patch needs --model (the model that wrote the archives)")
-        from fedrs.devices import cross_device_note, resolve_device
 
         target = resolve_device(device, key="--device")
         trained = model_for_archives(archives, model)
@@ -139,8 +142,6 @@ def hits_table(title: str, hits: list[dict[str, Any]], *, one_line: bool = False
 
 
 def _print_table(query: dict[str, Any], hits: list[dict[str, Any]], archives: list[Any]) -> None:
-    from rich.console import Console
-
     what = query.get("patch_id") or query.get("patch")
     title = f"top {len(hits)} for {what} over {len(archives)} archive(s)"
     if console.is_terminal:

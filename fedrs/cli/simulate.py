@@ -16,6 +16,11 @@ from fedrs.cli._common import (
     round_printer,
     tracker,
 )
+from fedrs.cli._overrides import drop_replaced_options, note_line
+from fedrs.cli.compare import figures
+from fedrs.config import parse_override
+from fedrs.reference import read_reference
+from fedrs.settings import RunSettings, check_out_folder, clear_run
 
 
 def experiment_overrides(
@@ -40,8 +45,6 @@ def experiment_overrides(
     component than the file drops the options the file gives the replaced one and says so in
     one line on stderr (:func:`fedrs.cli._overrides.drop_replaced_options`).
     """
-    from fedrs.cli._overrides import drop_replaced_options, note_line
-    from fedrs.config import parse_override
 
     named = {
         "partition.clients": clients,
@@ -70,6 +73,7 @@ def validate_components(experiment: Any) -> None:
     See :func:`fedrs.validation.check_experiment`: partition and its options, model codecs,
     update codec, strategy and its options.
     """
+    # heavy: mlflow, flwr, faiss, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.validation import check_experiment
 
     check_experiment(experiment)
@@ -77,6 +81,7 @@ def validate_components(experiment: Any) -> None:
 
 def prepare_data_with_progress(settings: Any) -> None:
     """Build the synthetic archive and the cache once, here, before any client starts."""
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.pipeline import resolve_cache
 
     config = settings.experiment()
@@ -146,7 +151,6 @@ REFERENCE_ROWS = ("mAP@20", "mAP@20 min(k,R)", "bpp S1", "bpp S2", "PSNR S1", "P
 def reference_table(summary: dict[str, Any], reference: dict[str, Any]) -> Table:
     """A federation's final figures beside the centralized reference of the same archive and
     recipe (:mod:`fedrs.reference`): the difference for mAP and PSNR, the ratio for bpp."""
-    from fedrs.cli.compare import figures
 
     epochs = reference["figures"].get("epochs")
     table = Table(
@@ -176,7 +180,6 @@ def reference_table(summary: dict[str, Any], reference: dict[str, Any]) -> Table
 def print_reference(summary: dict[str, Any], experiment: Any) -> None:
     """Show the centralized reference beside ``summary`` when one is cached, else say how
     to make one."""
-    from fedrs.reference import read_reference
 
     reference = read_reference(experiment)
     if reference is None:
@@ -214,8 +217,8 @@ def main(
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
 ) -> None:
+    # heavy: ray, flwr, pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.server.simulation import check_resources, run_simulation
-    from fedrs.settings import RunSettings, check_out_folder, clear_run
 
     quiet_third_parties(verbose)
     overrides = experiment_overrides(

@@ -9,6 +9,8 @@ the clients that sent it; "whole": every client sends every shared key.
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from fedrs.cli._common import console
@@ -17,9 +19,10 @@ from fedrs.cli._common import console
 def main(
     json_: bool = typer.Option(False, "--json", help="Print a JSON object instead."),
 ) -> None:
-    import json
-
+    # heavy: flwr, imported when the command runs
     from fedrs.strategies import STRATEGIES, strategy_options
+
+    # heavy: flwr, imported when the command runs
     from fedrs.strategies.guard import GuardedStrategy
 
     common = [o for o in strategy_options("fedavg")]

@@ -30,6 +30,7 @@ def main(
         False, "--overwrite", help="Write again even if --out holds this very archive."
     ),
 ) -> None:
+    # heavy: pandas, pyarrow, rasterio, imported when the command runs
     from fedrs.data.synth import (
         check_output,
         check_parameters,

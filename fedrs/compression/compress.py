@@ -32,11 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
 from fedrs.compression.patch_files import geotiff_source
 from fedrs.compression.trained import TrainedModel, as_trained_model
 from fedrs.container import ArchiveWriter, ContainerExistsError, GeoReference, Record
+from fedrs.data.archive import PatchArchive, check_modalities, open_archive
+from fedrs.data.errors import CorruptPatchError
+from fedrs.data.metadata import season_of
+from fedrs.data.transforms import normalize
 from fedrs.errors import InputError
 from fedrs.io import check_name
 
@@ -118,9 +123,6 @@ def encode_patches(
         (``None`` where absent), and the ``(B, K)`` ``int8`` codes in {-1, +1} computed by
         ``model.hash_from_bitstreams`` from exactly those streams.
     """
-    import torch
-
-    from fedrs.data.transforms import normalize
 
     device = _device(model)
     compressed: dict[str, list[CompressedPatch | None]] = {}
@@ -157,8 +159,6 @@ def _open_source(
     split: str | None,
     metadata: str | Path | None,
 ) -> PatchArchive:
-    from fedrs.data.archive import PatchArchive, open_archive
-
     if isinstance(archive, PatchArchive):
         if split is not None or metadata is not None:
             raise InputError("split and metadata apply when the archive is given as a folder")
@@ -173,8 +173,6 @@ def _open_source(
 
 
 def _choose_modalities(trained: TrainedModel, modalities: Sequence[str] | None) -> tuple[str, ...]:
-    from fedrs.data.archive import check_modalities
-
     if modalities is None:
         return trained.modalities
     chosen = check_modalities(modalities)
@@ -227,9 +225,6 @@ def compress_archive(
         InputError: bad arguments, an archive that cannot be opened, or ``out`` exists.
         CorruptPatchError: a bad patch file (without ``skip_bad``); nothing is written.
     """
-    import torch
-
-    from fedrs.data.errors import CorruptPatchError
 
     started = time.perf_counter()
     if Path(out).exists() and not overwrite:  # before the (possibly long) opening of the archive
@@ -317,8 +312,6 @@ def compress_archive(
 
 
 def _descriptive_fields(table: Any) -> list[dict[str, Any]]:
-    from fedrs.data.metadata import season_of
-
     columns = {
         c: table[c].tolist() if c in table.columns else [None] * len(table)
         for c in ("patch_id", "s1_name", "split", "country", "season")

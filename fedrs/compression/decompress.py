@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
 from fedrs.compression.patch_files import PATCH_WRITERS, v2_patch_folders
 from fedrs.compression.trained import model_for_archive
 from fedrs.container import CompressedArchive, CorruptRecordError, Record
+from fedrs.data.archive import V2Archive
+from fedrs.data.facts import PATCH_SIZE
+from fedrs.data.metadata import season_of, write_metadata
+from fedrs.data.transforms import denormalize
 from fedrs.errors import InputError
 from fedrs.io import atomic_write_text, check_output_folder, clear_output, inside, name_problem
+from fedrs.models import CompressedPatch
 
 if TYPE_CHECKING:
     from fedrs.models import CompressedPatch, JointModel
@@ -48,8 +54,6 @@ def record_patches(archive: CompressedArchive, record: Record) -> dict[str, Comp
         CorruptRecordError: a modality without its ``y``/``z`` streams or shapes, an image size
             other than the patch size, or latent shapes other than those of that size.
     """
-    from fedrs.data.facts import PATCH_SIZE
-    from fedrs.models import CompressedPatch
 
     out = {}
     for modality, named in record.streams.items():
@@ -128,7 +132,6 @@ def decode_records(
     Raises:
         CorruptRecordError: a record whose streams do not decode.
     """
-    from fedrs.data.transforms import denormalize
 
     patches = [record_patches(archive, r)[modality] for r in records]
     out: list[np.ndarray | None] = [None] * len(records)
@@ -189,7 +192,6 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     check_output_folder(out, markers=(DECOMPRESSED_MARKER,), holds="decompressed archive")
     if (out / DECOMPRESSED_MARKER).exists() and not overwrite:
         raise InputError(f"{out}: holds a decompressed archive (use --overwrite to replace it)")
-    from fedrs.data.archive import V2Archive
 
     clear_output(out, (V2Archive.S2_DIR, V2Archive.S1_DIR, "metadata.parquet"))
 
@@ -206,8 +208,6 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _write_metadata(rows: list[dict[str, Any]], path: Path) -> None:
-    from fedrs.data.metadata import write_metadata
-
     names = ("patch_id", "labels", "split", "country", "season", "s1_name", "has_s1", "has_s2")
     write_metadata({name: [row.get(name) for row in rows] for name in names}, path)
 
@@ -261,8 +261,6 @@ def _decompress(
     skip_bad: bool,
     progress: Progress | None,
 ) -> DecompressReport:
-    import torch
-
     started = time.perf_counter()
     trained = model_for_archive(archive, model)
     _prepare_output(out, overwrite)
@@ -417,6 +415,4 @@ def _write_patch(
 
 
 def _season(name: str) -> str | None:
-    from fedrs.data.metadata import season_of
-
     return season_of(name)

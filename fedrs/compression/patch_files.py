@@ -23,8 +23,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import rasterio
+import torch
+from rasterio.errors import RasterioError
 
 from fedrs.container import GeoReference
+from fedrs.data.archive import V1Archive, V2Archive, _product
+from fedrs.data.errors import CorruptPatchError
+from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
+from fedrs.data.geotiff import (
+    block_mean,
+    crs_epsg,
+    geotiff_bytes,
+    read_s1,
+    read_s2_native,
+    upsample_s2,
+)
 from fedrs.errors import InputError
 from fedrs.io import check_name, inside
 
@@ -64,7 +78,6 @@ Folders = Callable[[Path, str, str | None], dict[str, tuple[Path, str]]]
 
 def v2_patch_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tuple[Path, str]]:
     """``{modality: (patch folder, file name prefix)}`` of a patch in the v2 layout."""
-    from fedrs.data.archive import V2Archive, _product
 
     out = {"s2": (root / V2Archive.S2_DIR / _product(patch_id, 2) / patch_id, patch_id)}
     if s1_name:
@@ -73,8 +86,6 @@ def v2_patch_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str
 
 
 def _v1_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tuple[Path, str]]:
-    from fedrs.data.archive import V1Archive
-
     out = {"s2": (root / V1Archive.S2_DIR / patch_id, patch_id)}
     if s1_name:
         out["s1"] = (root / V1Archive.S1_DIR / s1_name, s1_name)
@@ -141,10 +152,6 @@ def read_georeference(path: Path) -> GeoReference | None:
     Raises:
         CorruptPatchError: missing or unreadable file.
     """
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from fedrs.data.errors import CorruptPatchError
 
     try:
         with warnings.catch_warnings():
@@ -200,16 +207,10 @@ def _prefixes(folder: Path, band: str) -> list[str]:
 
 
 def _read_s2(folder: Path, name: str, resample: str) -> torch.Tensor:
-    from fedrs.data.geotiff import read_s2_native, upsample_s2
-
     return upsample_s2(read_s2_native(folder, name), resample)  # type: ignore[arg-type]
 
 
 def _read_s1(folder: Path, name: str, resample: str) -> torch.Tensor:
-    import torch
-
-    from fedrs.data.geotiff import read_s1
-
     return torch.from_numpy(np.asarray(read_s1(folder, name), dtype=np.float32))
 
 
@@ -284,8 +285,6 @@ def s2_native_bands(image: np.ndarray) -> dict[str, np.ndarray]:
     20 m bands are averaged over 2 x 2 blocks, 60 m bands over 6 x 6; values are rounded and
     clipped to 0 .. 65535.
     """
-    from fedrs.data.facts import PATCH_SIZE, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
-    from fedrs.data.geotiff import block_mean
 
     if image.shape != (len(S2_BANDS), PATCH_SIZE, PATCH_SIZE):
         raise InputError(f"expected a (12, 120, 120) S2 image, got {image.shape}")
@@ -309,8 +308,6 @@ def _write_bands(
     Raises:
         InputError: ``georef``'s CRS has no EPSG code.
     """
-    from fedrs.data.facts import PATCH_SIZE
-    from fedrs.data.geotiff import crs_epsg, geotiff_bytes
 
     epsg, geographic = crs_epsg(georef.crs) if georef is not None else (None, False)
     folder.mkdir(parents=True, exist_ok=True)
@@ -361,7 +358,6 @@ def write_s1_patch(
         InputError: a name that cannot name a file, a folder that would lie outside ``root``,
             or a CRS without an EPSG code.
     """
-    from fedrs.data.facts import PATCH_SIZE, S1_BANDS
 
     if image.shape != (len(S1_BANDS), PATCH_SIZE, PATCH_SIZE):
         raise InputError(f"expected a (2, 120, 120) S1 image, got {image.shape}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from fedrs.compression._common import Model
 from fedrs.compression.compress import encode_patches
@@ -68,7 +69,6 @@ def hash_query_patch(
         InputError: no usable band files, or only modalities the model does not encode.
         CorruptPatchError: a bad band file (names it).
     """
-    import torch
 
     trained = as_trained_model(model)
     folders = [folder] if isinstance(folder, str | Path) else list(folder)

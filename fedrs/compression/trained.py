@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fedrs.compression.errors import ModelMismatchError
+from fedrs.config import load_config
 from fedrs.errors import InputError
+from fedrs.models import JointModel
 from fedrs.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -90,7 +94,6 @@ def model_fingerprint(model: JointModel) -> str:
     The entropy coders' tables are not part of the state dict (they are derived from it), so the
     fingerprint does not change when they are rebuilt.
     """
-    import torch
 
     digest = hashlib.sha256()
     digest.update(json.dumps(model.config.model_dump(mode="json"), sort_keys=True).encode())
@@ -116,7 +119,6 @@ def as_trained_model(model: TrainedModel | JointModel | str | Path) -> TrainedMo
         return model
     if isinstance(model, str | Path):
         return load_trained_model(model)
-    from fedrs.models import JointModel
 
     if isinstance(model, JointModel):
         _ready(model)
@@ -172,15 +174,10 @@ def load_trained_model(
         InputError: no weights, no configuration, an unreadable file, or weights that do not fit
             the configuration (the message names the file).
     """
-    import torch
-
-    from fedrs.models import JointModel
 
     weights, config_file = _locate(Path(path))
     experiment: str | None = None
     if config_file is not None:
-        from fedrs.config import load_config
-
         loaded = load_config(config_file)
         model_config, experiment = loaded.model, loaded.name
     elif config is not None:

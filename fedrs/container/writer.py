@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fedrs import __version__
 from fedrs.codes import _check_bits, as_packed
 from fedrs.container.errors import ContainerExistsError
 from fedrs.container.format import (
@@ -36,6 +37,7 @@ from fedrs.container.format import (
     _encode_streams,
 )
 from fedrs.container.record import Record
+from fedrs.data.facts import LABELS_19
 from fedrs.errors import InputError
 from fedrs.io import name_problem, sync_folder
 
@@ -45,8 +47,6 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def _default_label_names() -> tuple[str, ...]:
-    from fedrs.data.facts import LABELS_19
-
     return tuple(LABELS_19)
 
 
@@ -334,6 +334,4 @@ def _discard(handle: BinaryIO | None, tmp: Path) -> None:
 
 
 def _fedrs_version() -> str:
-    from fedrs import __version__
-
     return __version__

@@ -18,6 +18,7 @@ Citation: Sumbul et al., "BigEarthNet-MM", IEEE GRSM 2021; Clasen et al., "reBEN
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -329,7 +330,6 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def _folders_two_deep(folder: Path) -> set[str]:
     """Names of ``folder/<product>/<patch>`` directories (one scandir per product)."""
-    import os
 
     found: set[str] = set()
     if not folder.is_dir():
@@ -354,7 +354,7 @@ LayoutOpener = Callable[..., PatchArchive]
 
 
 def _layouts() -> list[tuple[Callable[[Path], bool], LayoutOpener]]:
-    from fedrs.data.cache import CachedArchive
+    from fedrs.data.cache import CachedArchive  # cycle: fedrs.data.cache imports this module
 
     return [
         (CachedArchive.detect, CachedArchive.open),

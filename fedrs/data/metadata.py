@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import LABELS_19
@@ -77,7 +78,6 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
     valid UTF-8, offsets must stay in bounds): pyarrow decodes string data lazily, and a damaged
     page would otherwise fail much later, far from the file, with an ``ArrowException``.
     """
-    import pyarrow.parquet as pq
 
     path = Path(path)
     try:
@@ -122,7 +122,6 @@ def write_metadata(columns: Mapping[str, Any], path: str | Path) -> Path:
     unknown = sorted(set(columns) - set(ARROW_TYPES))
     if unknown:
         raise InputError(f"no metadata column(s) {unknown}; known: {sorted(ARROW_TYPES)}")
-    import pyarrow.parquet as pq
 
     schema = pa.schema([(name, ARROW_TYPES[name]) for name in columns])
     path = Path(path)

@@ -36,6 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from fedrs.errors import InputError
 from fedrs.io import atomic_write_bytes
 
@@ -100,8 +106,6 @@ def _now() -> dt.datetime:
 
 
 def _san_entries(hosts: Sequence[str]) -> list[Any]:
-    from cryptography import x509
-
     entries: list[Any] = []
     for host in hosts:
         host = host.strip()
@@ -118,7 +122,6 @@ def _san_entries(hosts: Sequence[str]) -> list[Any]:
 
 def _certificate_hosts(path: Path) -> set[str] | None:
     """The IP addresses and DNS names a certificate is valid for, or None when unreadable."""
-    from cryptography import x509
 
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -143,8 +146,6 @@ def _expiry(cert: Any) -> str | None:
 
 def _server_problem(path: Path, ca_cert: Any, hosts: Sequence[str]) -> str | None:
     """Why the server certificate at ``path`` must be made again, or None to keep it."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
 
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -160,9 +161,6 @@ def _server_problem(path: Path, ca_cert: Any, hosts: Sequence[str]) -> str | Non
 
 
 def _load_ca(cert_path: Path, key_path: Path) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -178,11 +176,6 @@ def _load_ca(cert_path: Path, key_path: Path) -> tuple[Any, Any]:
 
 
 def _new_ca(folder: Path, days: int) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedrs deployment CA")])
     now = _now()
@@ -227,11 +220,6 @@ def _new_ca(folder: Path, days: int) -> tuple[Any, Any]:
 def _new_server_pair(
     folder: Path, ca_cert: Any, ca_key: Any, hosts: Sequence[str], days: int
 ) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     key = ec.generate_private_key(ec.SECP384R1())
     now = _now()
     cert = (
@@ -271,8 +259,6 @@ def create_node_key(path: Path) -> Path:
     This is what ``flower-supernode --auth-supernode-private-key`` reads and what ``flwr
     supernode register`` accepts (the same as ``ssh-keygen -t ecdsa -b 384 -N ""``).
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP384R1())
     _write_private(

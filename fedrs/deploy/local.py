@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+
+import tomli_w
 
 from fedrs.deploy.certs import Credentials, create_credentials, public_key_path
 from fedrs.deploy.errors import DeploymentError
@@ -79,7 +83,6 @@ class NodeSpec:
 
 def flower_executable(name: str) -> str:
     """Path of a Flower command (``flwr``, ``flower-superlink``, ...) of this environment."""
-    import shutil
 
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
@@ -92,7 +95,6 @@ def flower_executable(name: str) -> str:
 
 def _last_line(path: Path) -> str:
     """The last error line of a log (else its last line), without terminal colour codes."""
-    import re
 
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -368,7 +370,6 @@ class LocalDeployment:
 
     def supernode_argv(self, node: NodeSpec, *, key: Path | None, port: int) -> list[str]:
         """The ``flower-supernode`` command line of ``node`` (its node config in a TOML file)."""
-        import tomli_w
 
         config_file = self.folder / "nodes" / f"{node.name}.toml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -415,7 +416,6 @@ class LocalDeployment:
 
     def write_connection(self) -> Path:
         """Write ``FLWR_HOME/config.toml`` with the connection ``local`` to the SuperLink."""
-        import tomli_w
 
         connection: dict[str, Any] = {"address": self.address}
         if self.credentials is None:

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
+
+import fedrs
+from fedrs import pipeline
+from fedrs.data.archive import open_archive
 from fedrs.deploy.errors import DeploymentError
 from fedrs.deploy.local import COMPLETED, FINISHED, LocalDeployment, NodeSpec
 from fedrs.errors import InputError
@@ -83,8 +89,6 @@ def prepare_node_data(
     Raises:
         InputError: as many paths as neither 1 nor ``count``; an archive with no usable modality.
     """
-    from fedrs.data.archive import open_archive
-    from fedrs.pipeline import resolve_cache
 
     if data and len(data) not in (1, count):
         raise InputError(f"--data: give one archive for all nodes or one per node ({count})")
@@ -105,7 +109,7 @@ def prepare_node_data(
             configs.append(base.model_copy(update=update))
     nodes = []
     for index, node_config in enumerate(configs):
-        cache = resolve_cache(node_config, progress=progress)
+        cache = pipeline.resolve_cache(node_config, progress=progress)
         meta = open_archive(cache).metadata
         present = [m for m in ("s1", "s2") if bool(meta[f"has_{m}"].any())]
         modalities = tuple(m for m in present if m in base.modalities)
@@ -120,7 +124,6 @@ def prepare_node_data(
 
 def default_app() -> Path:
     """The Flower app folder: the source checkout fedrs runs from, else the current folder."""
-    import fedrs
 
     checkout = Path(fedrs.__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file() and (checkout / "experiments").is_dir():
@@ -130,7 +133,6 @@ def default_app() -> Path:
 
 def check_app(app: Path) -> Path:
     """Refuse a folder that is not a Flower app (``pyproject.toml`` with ``[tool.flwr.app]``)."""
-    import tomllib
 
     pyproject = app / "pyproject.toml"
     try:
@@ -153,7 +155,6 @@ def read_history(out: Path) -> list[dict[str, Any]]:
 
 def write_run_config(path: Path, values: Mapping[str, Any]) -> Path:
     """The ``--run-config`` file of ``flwr run``."""
-    import tomli_w
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(dict(values)), encoding="utf-8")

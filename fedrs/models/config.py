@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedrs.models.codecs import available_codecs
+
 __all__ = ["MODALITY_CHANNELS", "ModelConfig"]
 
 MODALITY_CHANNELS: dict[str, int] = {"s1": 2, "s2": 12}
@@ -49,7 +51,6 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"unknown modality {unknown[0]!r}; expected one of {sorted(MODALITY_CHANNELS)}"
             )
-        from fedrs.models.codecs import available_codecs
 
         names = available_codecs()
         for modality, name in value.items():

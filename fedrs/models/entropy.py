@@ -39,8 +39,10 @@ autocast off (:func:`fedrs.devices.full_precision`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from types import ModuleType
 from typing import Any
 
@@ -89,7 +91,6 @@ def default_scale_table(
 
 def _coder() -> ModuleType:
     """The native range coder (imported on use so that models import and pickle without it)."""
-    import importlib
 
     return importlib.import_module("fedrs.coder")
 
@@ -101,7 +102,6 @@ def _std_cumulative(x: Tensor) -> Tensor:
 
 def _tail_multiplier(tail_mass: float) -> float:
     """``-Phi^-1(tail_mass / 2)``: the half-width of a table in units of the scale."""
-    from statistics import NormalDist
 
     return -NormalDist().inv_cdf(tail_mass / 2)
 
