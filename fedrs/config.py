@@ -231,7 +231,7 @@ class FederationConfig(_Section):
         description="first stage-1 rounds on distortion alone (best validation PSNR kept); "
         "0: none, and no validation",
     )
-    local_epochs: int = Field(1, ge=1, description="FedAvg's E: epochs a client trains a round")
+    local_epochs: int = Field(2, ge=1, description="FedAvg's E: epochs a client trains a round")
     local_batch_size: int | None = Field(
         4,
         ge=1,
