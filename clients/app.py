@@ -26,7 +26,7 @@ from fedrs.client_round import (
     round_statistics,
     train_round,
 )
-from fedrs.comm import rebuild_global
+from fedrs.comm import UPDATE_PAYLOAD_KEY, rebuild_global
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsRuntimeError
 from fedrs.settings import RunSettings
@@ -95,7 +95,9 @@ def receive_global(
     from the one kept in ``state``; kept there when the message names its fingerprint."""
     meta = state.config_records.get(GLOBAL_META_KEY)
     held = None if meta is None else meta.get("fingerprint")
-    arrays, keep = rebuild_global(_numpy(record), cfg, held, _kept(state, GLOBAL_STATE_KEY))
+    # the kept model is read only for a coded broadcast, the one message that refers to it
+    kept = _kept(state, GLOBAL_STATE_KEY) if UPDATE_PAYLOAD_KEY in record else None
+    arrays, keep = rebuild_global(_numpy(record), cfg, held, kept)
     if keep is not None:
         state.array_records[GLOBAL_STATE_KEY] = _record(arrays)
         state.config_records[GLOBAL_META_KEY] = ConfigRecord({"fingerprint": keep})
@@ -114,7 +116,7 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     global_arrays = receive_global(msg.content.array_records[protocol.ARRAYS], cfg, state)
     local = state.array_records.get(LOCAL_STATE_KEY)
     meta = state.config_records.get(OPTIMIZER_META_KEY)
-    adam = _kept(state, OPTIMIZER_STATE_KEY)
+    adam = None if meta is None else _kept(state, OPTIMIZER_STATE_KEY)
     trained = train_round(
         config,
         data,
