@@ -165,7 +165,7 @@ class PartitionConfig(_Section):
 
 
 class UpdateCodecConfig(_Section):
-    """Options of the ``entropy`` update codec (:class:`fedrs.comm.EntropyCodec`)."""
+    """Options of the ``entropy`` update codec (:class:`fedrs.comm.EntropyUpdateCodec`)."""
 
     step: float = Field(
         0.25, gt=0, description="quantisation step as a fraction of each tensor's update RMS"

@@ -90,7 +90,7 @@ from fedrs import protocol
 from fedrs.comm import (
     GLOBAL_BASE_KEY,
     GLOBAL_FINGERPRINT_KEY,
-    PlainCodec,
+    PlainUpdateCodec,
     UpdateCodec,
     build_update_codec,
     fingerprint,
@@ -300,7 +300,7 @@ class AccountedFedAvg(FedAvg):
             self.local_keys, () if statistics is None else statistics.derived_keys()
         )
         if update_codec is None:
-            update_codec = PlainCodec()
+            update_codec = PlainUpdateCodec()
         elif isinstance(update_codec, str):
             update_codec = build_update_codec(update_codec)
         elif not isinstance(update_codec, UpdateCodec):

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fedrs.container.writer
 from fedrs.container import (
+    CONTAINER_FORMAT,
     FORMAT_VERSION,
     MAGIC,
     ArchiveWriter,
@@ -421,6 +423,35 @@ def test_version_mismatch(archive_path: Path, version: int) -> None:
         info.value
     )
     assert pickle.loads(pickle.dumps(info.value)).found == version
+
+
+def test_header_names_the_container_format(archive_path: Path) -> None:
+    (length,) = struct.unpack_from("<I", archive_path.read_bytes(), 12)
+    header = archive_path.read_bytes()[32 : 32 + length]
+    assert CONTAINER_FORMAT == "fedrs-container"
+    assert b'"format": "fedrs-container"' in header or b'"format":"fedrs-container"' in header
+
+
+@pytest.mark.parametrize("older", ["fedrs-archive"])
+def test_older_format_name_is_read_alike(
+    tmp_path: Path, records: list[Record], older: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fedrs.container.writer, "CONTAINER_FORMAT", older)
+    path = _write(tmp_path / "older.fedrs", records)
+    assert f'"{older}"'.encode() in path.read_bytes()[:4096]
+    with CompressedArchive.open(path) as archive:
+        assert len(archive) == len(records)
+        for i, want in enumerate(records):
+            _assert_same(archive.record(i), want, i)
+
+
+def test_other_format_name_is_refused(
+    tmp_path: Path, records: list[Record], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fedrs.container.writer, "CONTAINER_FORMAT", "fedrs-cache")
+    path = _write(tmp_path / "other.fedrs", records)
+    with pytest.raises(CorruptArchiveError, match="not a fedrs-container header"):
+        CompressedArchive.open(path)
 
 
 def test_damaged_header(archive_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedrs import coder
-from fedrs.models import CompressedPatch, JointModel, ModelConfig, build_codec
+from fedrs.models import CompressedPatch, JointModel, ModelConfig, build_image_codec
 from fedrs.models.codecs import Cheng2020AttnContextCodec
 from fedrs.models.entropy import GaussianMixtureConditional
 from fedrs.models.layers import EVAL_CHUNK, MaskedConv2d
@@ -29,7 +29,7 @@ def smooth(batch: int, channels: int = 12, seed: int = 0, scale: float = 4.0) ->
 
 def tiny_codec(seed: int = 0, channels: int = 12) -> Cheng2020AttnContextCodec:
     torch.manual_seed(seed)
-    codec = build_codec(NAME, channels, width=8, latent=8)
+    codec = build_image_codec(NAME, channels, width=8, latent=8)
     assert isinstance(codec, Cheng2020AttnContextCodec)
     return codec.eval()
 
@@ -43,7 +43,7 @@ def codec() -> Cheng2020AttnContextCodec:
 
 
 def test_registry_builds_the_context_codec() -> None:
-    codec = build_codec(NAME, 5, width=8, latent=4, gmm_components=2)
+    codec = build_image_codec(NAME, 5, width=8, latent=4, gmm_components=2)
     assert isinstance(codec, Cheng2020AttnContextCodec)
     assert isinstance(codec.conditional, GaussianMixtureConditional)
     assert codec.conditional.components == 2
@@ -196,7 +196,7 @@ def test_damaged_streams_raise_corrupt_stream_error(codec: Cheng2020AttnContextC
         with pytest.raises(coder.CorruptStreamError):
             codec.decompress_latents([bad])
     # another latent size: the symbol count does not match
-    other = build_codec(NAME, 12, width=8, latent=4).eval()
+    other = build_image_codec(NAME, 12, width=8, latent=4).eval()
     foreign = other.compress(smooth(1, seed=6))[0]
     with pytest.raises(coder.CorruptStreamError, match="symbols"):
         codec.decompress_latents([replace(patch, y=foreign.y)])

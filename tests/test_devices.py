@@ -24,7 +24,7 @@ from fedrs.devices import (
     to_device,
 )
 from fedrs.errors import InputError
-from fedrs.models import build_codec
+from fedrs.models import build_image_codec
 from fedrs.pipeline import load_run_data
 from fedrs.train import LocalTrainer, build_model, load_batch, mixed_precision, train_local
 
@@ -172,7 +172,7 @@ def test_bf16_runs_the_transforms_low_and_the_rate_in_float32() -> None:
 @pytest.mark.parametrize("name", ["cheng2020-attn", "cheng2020-attn-ctx"])
 def test_bf16_likelihoods_of_the_mixture_codecs_are_float32(name: str) -> None:
     torch.manual_seed(0)
-    codec = build_codec(name, 2, width=8, latent=8).train()
+    codec = build_image_codec(name, 2, width=8, latent=8).train()
     x = torch.randn(2, 2, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out: Any = codec(x)

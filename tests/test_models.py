@@ -18,13 +18,13 @@ from fedrs.models import (
     GaussianMixtureConditional,
     JointModel,
     ModelConfig,
-    UnknownCodecError,
+    UnknownImageCodecError,
     available_codecs,
-    build_codec,
+    build_image_codec,
 )
 from fedrs.models.entropy import quantized_cdf_table
 
-CODECS = ("hyperprior", "cheng2020-attn")
+IMAGE_CODECS = ("hyperprior", "cheng2020-attn")
 SIZE = 120
 
 
@@ -58,7 +58,7 @@ def model_for(codec: str, seed: int = 0) -> JointModel:
 # --- shapes -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
 @pytest.mark.parametrize("present", [("s1", "s2"), ("s1",), ("s2",)])
 @pytest.mark.parametrize("training", [True, False])
 def test_forward_shapes(codec: str, present: tuple[str, ...], training: bool) -> None:
@@ -221,8 +221,8 @@ def test_bad_inputs_raise_typed_errors() -> None:
         model({"s2": torch.zeros(1, 3, SIZE, SIZE)})
     with pytest.raises(InputError):
         model({})
-    with pytest.raises(UnknownCodecError, match="nope"):
-        build_codec("nope", 3)
+    with pytest.raises(UnknownImageCodecError, match="nope"):
+        build_image_codec("nope", 3)
     with pytest.raises(pydantic.ValidationError, match="codec"):
         ModelConfig(codecs={"s2": "nope"})
     with pytest.raises(pydantic.ValidationError, match="modality"):
@@ -232,17 +232,17 @@ def test_bad_inputs_raise_typed_errors() -> None:
 
 
 def test_registry_lists_both_architectures() -> None:
-    assert set(CODECS) <= set(available_codecs())
-    codec = build_codec("cheng2020-attn", 5, width=8, latent=4)
+    assert set(IMAGE_CODECS) <= set(available_codecs())
+    codec = build_image_codec("cheng2020-attn", 5, width=8, latent=4)
     assert isinstance(codec.conditional, GaussianMixtureConditional)
     assert codec.conditional.components == 3
     assert isinstance(
-        build_codec("hyperprior", 5, width=8, latent=4).conditional, GaussianConditional
+        build_image_codec("hyperprior", 5, width=8, latent=4).conditional, GaussianConditional
     )
 
 
 def test_odd_sizes_are_padded_and_cropped() -> None:
-    codec = build_codec("hyperprior", 2, width=8, latent=8).eval()
+    codec = build_image_codec("hyperprior", 2, width=8, latent=8).eval()
     x = torch.randn(1, 2, 70, 33)
     out = codec(x)
     assert out["x_hat"].shape == x.shape
@@ -279,7 +279,7 @@ def test_encoder_parameters_are_the_analysis_transforms() -> None:
     assert len(named) == len([n for n, _ in model.named_parameters() if ".g_a." in n])
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
 def test_pickle_round_trip_gives_equal_results(codec: str) -> None:
     model = model_for(codec)
     batch = make_batch(2)
@@ -384,7 +384,7 @@ def test_compressed_patch_container_round_trip() -> None:
 # --- bitstreams (through fedrs.coder) -----------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
 def test_compress_decompress_reproduces_latents_and_codes(codec: str) -> None:
     model = model_for(codec).eval()
     batch = make_batch(3, scale=4.0)

@@ -31,9 +31,9 @@ from fedrs.comm import (
     GLOBAL_BASE_KEY,
     GLOBAL_FINGERPRINT_KEY,
     UPDATE_PAYLOAD_KEY,
-    EntropyCodec,
+    EntropyUpdateCodec,
     MissingGlobalModelError,
-    PlainCodec,
+    PlainUpdateCodec,
     UpdateCodecError,
     build_update_codec,
     decode_update,
@@ -90,7 +90,7 @@ def symbols_of(payload: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("step", [0.1, 0.5, 2.0])
 def test_uniform_round_trip_within_half_a_step(step: float) -> None:
     values, reference = model_pair()
-    codec = EntropyCodec(step=step, error_feedback=False)
+    codec = EntropyUpdateCodec(step=step, error_feedback=False)
     sent = codec.encode(values, reference)
     assert set(sent.payload) == {UPDATE_PAYLOAD_KEY}
     received = decode_update(sent.payload, reference)
@@ -109,7 +109,7 @@ def test_uniform_round_trip_within_half_a_step(step: float) -> None:
 
 def test_quantised_values_are_reconstructed_exactly() -> None:
     values, reference = model_pair(seed=3)
-    codec = EntropyCodec(step=0.25, error_feedback=False)
+    codec = EntropyUpdateCodec(step=0.25, error_feedback=False)
     sent = codec.encode(values, reference)
     steps, symbols = steps_of(sent.payload), symbols_of(sent.payload)
     received = decode_update(sent.payload, reference)
@@ -126,7 +126,7 @@ def test_extreme_values_escape_their_table_and_still_round_trip() -> None:
     values["fc.w"] = values["fc.w"].copy()
     # far outside the fitted table
     values["fc.w"][0, :3] += np.array([5.0, -7.0, 40.0], dtype=np.float32)
-    codec = EntropyCodec(step=0.1, error_feedback=False)
+    codec = EntropyUpdateCodec(step=0.1, error_feedback=False)
     sent = codec.encode(values, reference)
     symbols = symbols_of(sent.payload)["fc.w"]
     assert np.abs(symbols[0, :3]).min() > 50 and np.abs(symbols[1:]).max() < 5
@@ -137,7 +137,7 @@ def test_extreme_values_escape_their_table_and_still_round_trip() -> None:
 
 def test_bit_budget_bounds_the_symbols() -> None:
     values, reference = model_pair(seed=5)
-    codec = EntropyCodec(bits=4, error_feedback=False)
+    codec = EntropyUpdateCodec(bits=4, error_feedback=False)
     sent = codec.encode(values, reference)
     for key, symbols in symbols_of(sent.payload).items():
         assert np.abs(symbols).max() == 7, key  # 2**4 - 1 levels, the largest one used
@@ -152,8 +152,8 @@ def test_stochastic_rounding_is_unbiased() -> None:
     values = {"w": np.full(4000, 0.3, dtype=np.float32)}
     values["w"][::2] = -0.3  # RMS 0.3: step = 0.3 with step=1, so levels sit at 0, +-0.3 ...
     values["w"][::4] = 0.1
-    codec = EntropyCodec(step=1.0, stochastic=True, error_feedback=False)
-    nearest = EntropyCodec(step=1.0, error_feedback=False)
+    codec = EntropyUpdateCodec(step=1.0, stochastic=True, error_feedback=False)
+    nearest = EntropyUpdateCodec(step=1.0, error_feedback=False)
     step = steps_of(codec.encode(values, reference).payload)["w"]
     # per element, the mean over many independent draws approaches the value
     draws = [
@@ -172,7 +172,7 @@ def test_stochastic_rounding_is_unbiased() -> None:
 
 def test_topk_error_feedback_accumulates_the_residual() -> None:
     values, reference = model_pair(seed=6)
-    codec = EntropyCodec(step=0.05, topk=0.1)
+    codec = EntropyUpdateCodec(step=0.05, topk=0.1)
     first = codec.encode(values, reference)
     for key, value in values.items():
         sent = first.decoded[key].astype(np.float64) - reference[key]
@@ -189,7 +189,9 @@ def test_topk_error_feedback_accumulates_the_residual() -> None:
         residual = later.residual
     for key, value in values.items():
         np.testing.assert_allclose(held[key], value, atol=2e-5)
-    without = EntropyCodec(step=0.05, topk=0.1, error_feedback=False).encode(values, reference)
+    without = EntropyUpdateCodec(step=0.05, topk=0.1, error_feedback=False).encode(
+        values, reference
+    )
     assert without.residual == {}
 
 
@@ -206,7 +208,7 @@ def test_integer_raw_and_unreferenced_keys_travel_unchanged() -> None:
         "eb._quantized_cdf": np.zeros((3, 4), dtype=np.float32),
         "half.w": np.ones(5, dtype=np.float32),  # another dtype: sent plain
     }
-    sent = EntropyCodec(step=1.0).encode(values, reference)
+    sent = EntropyUpdateCodec(step=1.0).encode(values, reference)
     plain = {"bn.num_batches_tracked", "eb._quantized_cdf", "new.w", "half.w"}
     assert set(sent.payload) == plain | {UPDATE_PAYLOAD_KEY}
     received = decode_update(sent.payload, reference)
@@ -219,7 +221,7 @@ def test_integer_raw_and_unreferenced_keys_travel_unchanged() -> None:
 def test_unchanged_tensors_cost_no_symbols() -> None:
     values, reference = model_pair(seed=8)
     values["conv.w"] = reference["conv.w"].copy()
-    sent = EntropyCodec().encode(values, reference)
+    sent = EntropyUpdateCodec().encode(values, reference)
     assert symbols_of(sent.payload)["conv.w"] is None
     np.testing.assert_array_equal(
         decode_update(sent.payload, reference)["conv.w"], values["conv.w"]
@@ -228,7 +230,7 @@ def test_unchanged_tensors_cost_no_symbols() -> None:
 
 def test_plain_codec_is_the_identity() -> None:
     values, reference = model_pair()
-    sent = PlainCodec().encode(values, reference)
+    sent = PlainUpdateCodec().encode(values, reference)
     assert sent.payload.keys() == values.keys() and sent.residual == {}
     for key in values:
         assert sent.payload[key] is values[key]
@@ -240,7 +242,7 @@ def test_plain_codec_is_the_identity() -> None:
 
 def test_registry_and_options() -> None:
     assert update_codec_names() == ["entropy", "none"]
-    assert isinstance(build_update_codec("entropy", step=0.2), EntropyCodec)
+    assert isinstance(build_update_codec("entropy", step=0.2), EntropyUpdateCodec)
     with pytest.raises(InputError, match="unknown update codec 'zip'"):
         build_update_codec("zip")
     with pytest.raises(InputError, match="no option 'quality'"):
@@ -262,7 +264,7 @@ def test_registry_and_options() -> None:
 
 def coded_payload() -> tuple[dict[str, Any], dict[str, Any]]:
     values, reference = model_pair(seed=9)
-    return EntropyCodec(step=0.5).encode(values, reference).payload, reference
+    return EntropyUpdateCodec(step=0.5).encode(values, reference).payload, reference
 
 
 def with_crc(body: bytes) -> bytes:
@@ -345,7 +347,7 @@ def coded_reply(
     instruction: Message,
     arrays: dict[str, np.ndarray],
     weight: float,
-    codec: EntropyCodec,
+    codec: EntropyUpdateCodec,
     **metrics: float,
 ) -> Message:
     """A reply whose arrays are coded against the shared model the instruction carries."""
@@ -365,7 +367,7 @@ def trained(offset: float, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", ["modality-aware", "fedavg", "fedprox"])
 def test_aggregate_of_coded_replies_equals_aggregate_of_decoded_replies(name: str) -> None:
-    codec = EntropyCodec(step=0.5, broadcast=False)
+    codec = EntropyUpdateCodec(step=0.5, broadcast=False)
     partial = name == "modality-aware"
     keys = [(S1, HEAD), (S2, HEAD), (S1, S2, HEAD)] if partial else [(S1, S2, HEAD)] * 3
     updates = [trained(0.5 * (i + 1), k) for i, k in enumerate(keys)]
@@ -417,7 +419,7 @@ def test_aggregate_of_coded_replies_equals_aggregate_of_decoded_replies(name: st
 
 
 def test_damaged_coded_reply_is_a_failed_reply() -> None:
-    codec = EntropyCodec(broadcast=False)
+    codec = EntropyUpdateCodec(broadcast=False)
     strategy = build_strategy("modality-aware", update_codec=codec)
     assert isinstance(strategy, AccountedFedAvg)
     good, bad = instructions(strategy, 2)
@@ -454,7 +456,7 @@ def test_message_bytes_measure_the_messages_flower_sends() -> None:
 # ---------------------------------------------------------------------------- coded broadcast
 
 
-def client_round(msg: Message, state: RecordDict, codec: EntropyCodec, node: int) -> Message:
+def client_round(msg: Message, state: RecordDict, codec: EntropyUpdateCodec, node: int) -> Message:
     """A client: rebuild the global model, change it a little, reply coded."""
     from fedrs.clients.app import receive_global
 
@@ -474,7 +476,7 @@ def test_coded_broadcast_rebuilds_the_servers_model_exactly() -> None:
     from fedrs.clients.app import receive_global
     from fedrs.comm import MissingGlobalModelError
 
-    codec = EntropyCodec(step=0.5)
+    codec = EntropyUpdateCodec(step=0.5)
     strategy = build_strategy("modality-aware", update_codec=codec, min_train_nodes=3)
     assert isinstance(strategy, AccountedFedAvg)
     states = {node: RecordDict() for node in (1, 2, 3)}
@@ -517,7 +519,7 @@ def test_coded_broadcast_rebuilds_the_servers_model_exactly() -> None:
 
 
 def test_coded_global_model_stays_close_to_the_average() -> None:
-    codec = EntropyCodec(step=0.5)
+    codec = EntropyUpdateCodec(step=0.5)
     coded = build_strategy("modality-aware", update_codec=codec)
     plain = build_strategy("modality-aware")
     results = []
@@ -650,9 +652,9 @@ def test_config_and_cli_options_reach_the_strategy() -> None:
     config = load_config(SMOKE, overrides)
     strategy = strategy_for(config, 3)
     codec = strategy.update_codec
-    assert isinstance(codec, EntropyCodec)
+    assert isinstance(codec, EntropyUpdateCodec)
     assert (codec.step, codec.topk, codec.codes_broadcast) == (0.75, 0.5, True)
-    assert isinstance(strategy_for(load_config(SMOKE), 3).update_codec, PlainCodec)
+    assert isinstance(strategy_for(load_config(SMOKE), 3).update_codec, PlainUpdateCodec)
     with pytest.raises(InputError, match=r"federation\.codec\.topk"):
         load_config(SMOKE, {"federation.codec.topk": 2.0})
 

@@ -5,8 +5,8 @@ arrays, or the server's next global model) into a *payload* of numpy arrays, giv
 *reference* both sides hold exactly (the global model the server sent).  The receiver rebuilds
 the values with :func:`decode_update` and the same reference.
 
-* ``"none"`` (:class:`PlainCodec`): the payload is the values themselves (float32 ``.npy``).
-* ``"entropy"`` (:class:`EntropyCodec`): for each floating-point tensor the difference
+* ``"none"`` (:class:`PlainUpdateCodec`): the payload is the values themselves (float32 ``.npy``).
+* ``"entropy"`` (:class:`EntropyUpdateCodec`): for each floating-point tensor the difference
   ``values - reference`` (plus the error-feedback residual) is optionally sparsified (top-k by
   magnitude), quantised with a step relative to the difference's RMS (or set by a bit budget;
   nearest or stochastic rounding), and the integer symbols are entropy-coded with
@@ -150,7 +150,7 @@ class UpdateCodec(ABC):
 
 
 @register_update_codec("none")
-class PlainCodec(UpdateCodec):
+class PlainUpdateCodec(UpdateCodec):
     """No coding: the arrays travel as they are (``.npy`` bytes)."""
 
     def __init__(self) -> None:
@@ -186,7 +186,7 @@ def _check_bool(name: str, value: object) -> bool:
 
 
 @register_update_codec("entropy")
-class EntropyCodec(UpdateCodec):
+class EntropyUpdateCodec(UpdateCodec):
     """Quantised differences to the reference, entropy-coded with fitted tables.
 
     Args:

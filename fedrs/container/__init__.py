@@ -32,12 +32,13 @@ from fedrs.container.errors import (
     NotAContainerError,
     RecordNotFoundError,
 )
-from fedrs.container.format import FORMAT_VERSION, MAGIC
+from fedrs.container.format import CONTAINER_FORMAT, FORMAT_VERSION, MAGIC
 from fedrs.container.reader import CompressedArchive, RecordIterator
 from fedrs.container.record import GeoReference, Record
 from fedrs.container.writer import ArchiveWriter
 
 __all__ = [
+    "CONTAINER_FORMAT",
     "FORMAT_VERSION",
     "MAGIC",
     "ArchiveWriter",

@@ -27,7 +27,8 @@ offset  size   field
 ======  =====  ==============================================================================
 
 **Header** (``header_length`` bytes at offset 32): a UTF-8 JSON object with the keys
-``format`` (``"fedrs-archive"``), ``hash_bits`` (``K``, a positive multiple of 8),
+``format`` (``"fedrs-container"``; ``"fedrs-archive"``, written by earlier versions, is read
+alike), ``hash_bits`` (``K``, a positive multiple of 8),
 ``model_fingerprint`` (non-empty string: which model produced the bitstreams and codes; codes of
 different models are not comparable), ``label_names`` (list of the ``L`` class names, in the order
 of the label bits; BigEarthNet's 19 classes by default), ``name`` (string or ``null``: the
@@ -98,7 +99,7 @@ import numpy as np
 from fedrs.container.record import GeoReference
 from fedrs.errors import InputError
 
-__all__ = ["END_MAGIC", "FORMAT_VERSION", "MAGIC"]
+__all__ = ["CONTAINER_FORMAT", "END_MAGIC", "FORMAT_VERSION", "MAGIC"]
 
 MAGIC = b"\x89FEDRS\r\n"
 """First 8 bytes of every ``.fedrs`` file."""
@@ -109,12 +110,18 @@ END_MAGIC = b"FEDRSEND"
 FORMAT_VERSION = 1
 """The container format version this fedrs writes and reads."""
 
+CONTAINER_FORMAT = "fedrs-container"
+"""The header's ``format``: what the file is (a ``.fedrs`` container). What its records hold
+is said by the writer in ``meta`` (``"fedrs-compressed-archive"``: :mod:`fedrs.compression`)."""
+
+_OLDER_FORMAT_NAMES = frozenset({"fedrs-archive"})
+"""Header ``format`` values written by earlier fedrs versions, read alike."""
+
 _PREAMBLE = struct.Struct("<8sHHII12s")
 _TRAILER = struct.Struct("<QQII8s")
 _INDEX_HEAD = struct.Struct("<QIIQ")
 _U32 = struct.Struct("<I")
 _REC_HEAD = struct.Struct("<II")
-_FORMAT_NAME = "fedrs-archive"
 _U32_MAX = 2**32 - 1
 _SHAPE_MAX = 2**63 - 1
 
@@ -231,8 +238,10 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _Bad(f"not UTF-8 JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != _FORMAT_NAME:
-        raise _Bad(f"not a {_FORMAT_NAME} header")
+    if not isinstance(header, dict) or (
+        header.get("format") != CONTAINER_FORMAT and header.get("format") not in _OLDER_FORMAT_NAMES
+    ):
+        raise _Bad(f"not a {CONTAINER_FORMAT} header")
     bits = header.get("hash_bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
         raise _Bad(f"hash_bits {bits!r} is not a positive multiple of 8")

@@ -20,13 +20,13 @@ from fedrs import __version__
 from fedrs.codes import _check_bits, as_packed
 from fedrs.container.errors import ContainerExistsError
 from fedrs.container.format import (
-    _FORMAT_NAME,
     _INDEX_HEAD,
     _PREAMBLE,
     _REC_HEAD,
     _TRAILER,
     _U32,
     _U32_MAX,
+    CONTAINER_FORMAT,
     END_MAGIC,
     FORMAT_VERSION,
     MAGIC,
@@ -103,7 +103,7 @@ class ArchiveWriter:
         self._code_bytes = self.hash_bits // 8
         self.overwrite = bool(overwrite)
         header = {
-            "format": _FORMAT_NAME,
+            "format": CONTAINER_FORMAT,
             "hash_bits": self.hash_bits,
             "model_fingerprint": model_fingerprint,
             "label_names": list(names),

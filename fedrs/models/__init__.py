@@ -10,12 +10,12 @@ from __future__ import annotations
 from fedrs.models.codecs import (
     Cheng2020AttnCodec,
     Cheng2020AttnContextCodec,
-    Codec,
     CompressedPatch,
     HyperpriorCodec,
+    ImageCodec,
     available_codecs,
-    build_codec,
-    register_codec,
+    build_image_codec,
+    register_image_codec,
 )
 from fedrs.models.config import MODALITY_CHANNELS, ModelConfig
 from fedrs.models.entropy import (
@@ -23,7 +23,7 @@ from fedrs.models.entropy import (
     GaussianConditional,
     GaussianMixtureConditional,
 )
-from fedrs.models.errors import EntropyModelError, StatisticsError, UnknownCodecError
+from fedrs.models.errors import EntropyModelError, StatisticsError, UnknownImageCodecError
 from fedrs.models.hash_head import FeatureWhitening, HashHead, binarize
 from fedrs.models.joint import JointModel
 
@@ -31,7 +31,6 @@ __all__ = [
     "MODALITY_CHANNELS",
     "Cheng2020AttnCodec",
     "Cheng2020AttnContextCodec",
-    "Codec",
     "CompressedPatch",
     "EntropyBottleneck",
     "EntropyModelError",
@@ -40,12 +39,13 @@ __all__ = [
     "GaussianMixtureConditional",
     "HashHead",
     "HyperpriorCodec",
+    "ImageCodec",
     "JointModel",
     "ModelConfig",
     "StatisticsError",
-    "UnknownCodecError",
+    "UnknownImageCodecError",
     "available_codecs",
     "binarize",
-    "build_codec",
-    "register_codec",
+    "build_image_codec",
+    "register_image_codec",
 ]

@@ -37,7 +37,7 @@ from fedrs.models.entropy import (
     GaussianConditional,
     GaussianMixtureConditional,
 )
-from fedrs.models.errors import UnknownCodecError
+from fedrs.models.errors import UnknownImageCodecError
 from fedrs.models.layers import (
     EVAL_CHUNK,
     GDN,
@@ -57,38 +57,41 @@ from fedrs.models.layers import (
 from fedrs.registry import Registry
 
 __all__ = [
-    "CODECS",
+    "IMAGE_CODECS",
     "Cheng2020AttnCodec",
     "Cheng2020AttnContextCodec",
-    "Codec",
     "CompressedPatch",
     "HyperpriorCodec",
-    "UnknownCodecError",
+    "ImageCodec",
+    "UnknownImageCodecError",
     "available_codecs",
-    "build_codec",
-    "register_codec",
+    "build_image_codec",
+    "register_image_codec",
 ]
 
 
-def _store_name(name: str, cls: type[Codec]) -> None:
+def _store_name(name: str, cls: type[ImageCodec]) -> None:
     cls.name = name
 
 
-CODECS: Registry[type[Codec]] = Registry("codec", error=UnknownCodecError, on_register=_store_name)
+IMAGE_CODECS: Registry[type[ImageCodec]] = Registry(
+    "image codec", error=UnknownImageCodecError, on_register=_store_name
+)
 """Registered codec classes by name (the name is also stored as the class's ``name``)."""
 
-register_codec = CODECS.register
-"""``@register_codec("name")``: register a :class:`Codec` subclass (taken: ValueError)."""
+register_image_codec = IMAGE_CODECS.register
+"""``@register_image_codec("name")``: register an :class:`ImageCodec` subclass (taken:
+ValueError)."""
 
 
 def available_codecs() -> tuple[str, ...]:
     """Names of the registered codecs."""
-    return tuple(CODECS.names())
+    return tuple(IMAGE_CODECS.names())
 
 
-def build_codec(
+def build_image_codec(
     name: str, in_channels: int, *, width: int = 32, latent: int = 48, **options: int
-) -> Codec:
+) -> ImageCodec:
     """Instantiate the codec registered under ``name``.
 
     Args:
@@ -99,9 +102,9 @@ def build_codec(
         **options: further keyword arguments of the codec (e.g. ``gmm_components``).
 
     Raises:
-        UnknownCodecError: no codec has that name.
+        UnknownImageCodecError: no image codec has that name.
     """
-    cls: Any = CODECS.lookup(name)
+    cls: Any = IMAGE_CODECS.lookup(name)
     return cls(in_channels, width=width, latent=latent, **options)
 
 
@@ -136,13 +139,13 @@ class CompressedPatch:
         """Refuse shapes no codec produces, before anything is allocated from them.
 
         ``z_shape`` must be that of ``image_size`` padded to a multiple of ``stride`` (the
-        codecs' :attr:`Codec.stride`, 64 unless given): ``ceil(H / stride) x ceil(W /
+        codecs' :attr:`ImageCodec.stride`, 64 unless given): ``ceil(H / stride) x ceil(W /
         stride)``.  With ``image_size`` given, the patch's own image size must equal it.
 
         Raises:
             InputError: the sizes disagree (the message gives both).
         """
-        step = Codec.stride if stride is None else stride
+        step = ImageCodec.stride if stride is None else stride
         height, width = self.image_size
         if height < 1 or width < 1:
             raise InputError(f"image size {height}x{width} is empty")
@@ -190,7 +193,7 @@ class CompressedPatch:
         return patch
 
 
-class Codec(nn.Module):
+class ImageCodec(nn.Module):
     """Learned image codec with a hyperprior.
 
     Subclasses build ``g_a``, ``g_s``, ``h_a``, ``h_s`` and choose the conditional model.
@@ -372,8 +375,8 @@ class Codec(nn.Module):
         return list(self.entropy_bottleneck.parameters())
 
 
-@register_codec("hyperprior")
-class HyperpriorCodec(Codec):
+@register_image_codec("hyperprior")
+class HyperpriorCodec(ImageCodec):
     """Mean-scale hyperprior (Minnen et al. 2018 "Joint autoregressive and hierarchical priors",
     without the context model; Ballé et al. 2018 transforms with GDN)."""
 
@@ -409,8 +412,8 @@ class HyperpriorCodec(Codec):
         )
 
 
-@register_codec("cheng2020-attn")
-class Cheng2020AttnCodec(Codec):
+@register_image_codec("cheng2020-attn")
+class Cheng2020AttnCodec(ImageCodec):
     """Cheng et al. 2020 "Learned image compression with discretized Gaussian mixture likelihoods
     and attention modules": residual blocks, attention, sub-pixel upsampling, GMM (K = 3)."""
 
@@ -487,7 +490,7 @@ def _padded(t: Tensor) -> Tensor:
     return torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) if missing > 0 else t
 
 
-@register_codec("cheng2020-attn-ctx")
+@register_image_codec("cheng2020-attn-ctx")
 class Cheng2020AttnContextCodec(Cheng2020AttnCodec):
     """Cheng et al. 2020 with the autoregressive context model of Minnen et al. 2018 ("Joint").
 

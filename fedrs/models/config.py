@@ -17,7 +17,7 @@ class ModelConfig(BaseModel):
 
     Attributes:
         codecs: codec name per modality (keys ``"s1"`` and/or ``"s2"``; names registered with
-            ``fedrs.models.register_codec``: ``"hyperprior"``, ``"cheng2020-attn"``,
+            ``fedrs.models.register_image_codec``: ``"hyperprior"``, ``"cheng2020-attn"``,
             ``"cheng2020-attn-ctx"`` (with the autoregressive context model)).
         width: channels N of the transforms.
         latent: channels M of the latent ``y``.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fedrs.errors import FedrsRuntimeError, InputError
 
-__all__ = ["EntropyModelError", "StatisticsError", "UnknownCodecError"]
+__all__ = ["EntropyModelError", "StatisticsError", "UnknownImageCodecError"]
 
 
 class EntropyModelError(FedrsRuntimeError):
     """An entropy model cannot code the given data (e.g. a stream that does not decode)."""
 
 
-class UnknownCodecError(InputError):
+class UnknownImageCodecError(InputError):
     """A codec name that no codec is registered under."""
 
 

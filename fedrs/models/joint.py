@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fedrs.errors import InputError
-from fedrs.models.codecs import Codec, CompressedPatch, build_codec
+from fedrs.models.codecs import CompressedPatch, ImageCodec, build_image_codec
 from fedrs.models.config import MODALITY_CHANNELS, ModelConfig
 from fedrs.models.hash_head import HashHead
 
@@ -51,7 +51,7 @@ class JointModel(nn.Module):
         }
         self.codecs = nn.ModuleDict(
             {
-                modality: build_codec(
+                modality: build_image_codec(
                     name,
                     MODALITY_CHANNELS[modality],
                     width=cfg.width,
@@ -75,11 +75,11 @@ class JointModel(nn.Module):
         """Modalities this model has a codec for."""
         return tuple(self.codecs.keys())
 
-    def codec(self, modality: str) -> Codec:
+    def codec(self, modality: str) -> ImageCodec:
         """The codec of ``modality``."""
         if modality not in self.codecs:
             raise InputError(f"model has no codec for modality {modality!r} ({self.modalities})")
-        codec: Codec = self.codecs[modality]  # type: ignore[assignment]
+        codec: ImageCodec = self.codecs[modality]  # type: ignore[assignment]
         return codec
 
     def _inputs(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
