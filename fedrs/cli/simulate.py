@@ -70,7 +70,7 @@ def experiment_overrides(
 def validate_components(experiment: Any) -> None:
     """Refuse a bad experiment before data is prepared or Ray starts (one InputError line).
 
-    See :func:`fedrs.validation.check_experiment`: partition and its options, model codecs,
+    See :func:`fedrs.validation.check_experiment`: partition and its options, image codecs,
     update codec, strategy and its options.
     """
     # heavy: mlflow, flwr, faiss, pandas, pyarrow, rasterio, imported when the command runs
@@ -212,7 +212,7 @@ def main(
         None, help="How updates travel: none (plain arrays) | entropy (quantised, entropy-coded)."
     ),
     codec_step: float | None = typer.Option(
-        None, help="Entropy codec: quantisation step as a fraction of each update's RMS."
+        None, help="Entropy update codec: quantisation step as a fraction of each update's RMS."
     ),
     set_: list[str] | None = typer.Option(None, "--set", help="Override: key=value (repeat)."),
     verbose: bool = typer.Option(False, help="Also show Flower's and Ray's logs."),
