@@ -10,13 +10,16 @@
 A registry is a read-mostly mapping: a name is registered once (a second entry under a taken
 name is refused with ``ValueError``, a programming error), :meth:`Registry.lookup` turns an
 unknown name, which comes from a user, into the registry's typed error (an ``InputError`` by
-default: exit code 2 in the CLI) that names it and lists the known ones.
+default: exit code 2 in the CLI) that names it and lists the known ones.  The options a user
+gives an entry are checked the same way (:meth:`Registry.options`), by default against the
+parameters it is called with (:meth:`Registry.parameters`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from fedrs.errors import InputError
 
@@ -73,15 +76,37 @@ class Registry(MutableMapping[str, T], Generic[T]):
             known = ", ".join(self.names()) or "(none registered)"
             raise self._error(f"unknown {self.noun} {name!r}; known: {known}") from None
 
+    def parameters(self, name: str) -> list[str]:
+        """The parameters the entry ``name`` is called with (a class: its constructor's), in
+        order; ``*args`` and ``**kwargs`` are left out.
+
+        Raises:
+            The registry's error: no entry has that name.
+        """
+        entry = cast(Callable[..., object], self.lookup(name))
+        return [
+            p.name
+            for p in inspect.signature(entry).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
     def options(
-        self, name: str, options: Mapping[str, Any], accepted: Sequence[str]
+        self, name: str, options: Mapping[str, Any], accepted: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """``options`` as keyword arguments of the entry ``name``: ``-`` in a name is read as ``_``.
+
+        Args:
+            name: The entry, for messages (and for the default ``accepted``).
+            options: Option name -> value, as the user gave them.
+            accepted: The option names the entry takes; ``None`` for its :meth:`parameters`.
 
         Raises:
             InputError: An option not in ``accepted`` (the message lists them) or one given
                 twice (as ``a-b`` and ``a_b``).
+            The registry's error: ``accepted`` is ``None`` and no entry has that name.
         """
+        if accepted is None:
+            accepted = self.parameters(name)
         normalised: dict[str, Any] = {}
         for key, value in options.items():
             option = key.replace("-", "_")

@@ -8,7 +8,6 @@ option names at the boundary (option names may use ``-`` or ``_``: ``proximal-mu
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
@@ -35,12 +34,7 @@ def strategy_options(name: str) -> list[str]:
     names = getattr(cls, "option_names", None)
     if callable(names):
         return list(names())
-    params = inspect.signature(cls.__init__).parameters.values()
-    return [
-        p.name
-        for p in params
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    return STRATEGIES.parameters(name)
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:

@@ -118,6 +118,23 @@ def intervals(
     return means, half_widths
 
 
+def _run_table(title: str, caption: str, *, padding: int) -> Table:
+    """A table of runs in the comparison's style: no edge, a rule under the headers, the caption
+    on the left, cells padded by ``padding`` spaces left and right (not at the edges) and a first
+    column ``run`` whose long names fold."""
+    table = Table(
+        title=title,
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, padding),
+    )
+    table.add_column("run", overflow="fold")
+    return table
+
+
 def figures_table(
     rows: dict[str, dict[str, float | None]],
     title: str,
@@ -135,16 +152,7 @@ def figures_table(
     up to three lines, columns are one space apart and a long run name folds: no cell is cut
     short. The caption (:data:`CONVENTIONS`) says what the mAP columns mean.
     """
-    table = Table(
-        title=title,
-        caption=CONVENTIONS,
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 0),
-    )
-    table.add_column("run", overflow="fold")
+    table = _run_table(title, CONVENTIONS, padding=0)
     for header, _ in COLUMNS:
         table.add_column(_header(header), justify="right", no_wrap=True)
     for name, row in rows.items():
@@ -220,16 +228,7 @@ def targets_table(rows: dict[str, dict[str, dict[str, Any]]], title: str) -> Tab
     caption = TARGETS_CAPTION
     if several:
         caption += " Means over the seeds that reached it; seeds: how many of them did."
-    table = Table(
-        title=title,
-        caption=caption,
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1),
-    )
-    table.add_column("run", overflow="fold")
+    table = _run_table(title, caption, padding=1)
     table.add_column("target", no_wrap=True)
     for header in ("round", "passes", "MB"):
         table.add_column(header, justify="right", no_wrap=True)

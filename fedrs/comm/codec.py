@@ -27,7 +27,6 @@ does not depend on the sender's options: a server decodes any mix of coded and p
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import re
 from abc import ABC, abstractmethod
@@ -81,8 +80,7 @@ def update_codec_options(name: str) -> list[str]:
     Raises:
         InputError: ``name`` is not a registered codec.
     """
-    cls = UPDATE_CODECS.lookup(name)
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return UPDATE_CODECS.parameters(name)
 
 
 def build_update_codec(name: str, **options: Any) -> UpdateCodec:
@@ -96,8 +94,7 @@ def build_update_codec(name: str, **options: Any) -> UpdateCodec:
     Raises:
         InputError: Unknown name or option, an option given twice, or a bad option value.
     """
-    accepted = update_codec_options(name)
-    return UPDATE_CODECS[name](**UPDATE_CODECS.options(name, options, accepted))
+    return UPDATE_CODECS.lookup(name)(**UPDATE_CODECS.options(name, options))
 
 
 @dataclass

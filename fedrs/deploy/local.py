@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 import tomli_w
@@ -194,12 +194,7 @@ class LocalDeployment:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _trap_signals(self) -> None:
@@ -296,20 +291,25 @@ class LocalDeployment:
         ]
         if self.simulation:
             argv.append("--simulation")
-        if self.credentials is None:
-            argv.append("--insecure")
-        else:
-            argv += [
-                "--ssl-ca-certfile",
-                str(self.credentials.ca_cert),
-                "--ssl-certfile",
-                str(self.credentials.server_cert),
-                "--ssl-keyfile",
-                str(self.credentials.server_key),
-            ]
-            if self.node_auth:
-                argv.append("--enable-supernode-auth")
+        argv += self._server_tls_argv()
+        if self.credentials is not None and self.node_auth:
+            argv.append("--enable-supernode-auth")
         return argv
+
+    def _server_tls_argv(self) -> list[str]:
+        """The TLS options of a process that serves the nodes (the SuperLink, the Fleet
+        gateway): the CA certificate and the server's pair, or ``--insecure`` without
+        credentials."""
+        if self.credentials is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.credentials.ca_cert),
+            "--ssl-certfile",
+            str(self.credentials.server_cert),
+            "--ssl-keyfile",
+            str(self.credentials.server_key),
+        ]
 
     def start_superlink(self) -> ManagedProcess:
         """Start the SuperLink on a free port and wait until it accepts connections."""
@@ -323,26 +323,15 @@ class LocalDeployment:
     def gateway_argv(self) -> list[str]:
         """The ``fedrs fleet-gateway`` command line: the Fleet port, forwarding to the
         SuperLink."""
-        argv = [
+        return [
             flower_executable("fedrs"),
             "fleet-gateway",
             "--listen",
             self.fleet_address,
             "--superlink",
             self.address,
+            *self._server_tls_argv(),
         ]
-        if self.credentials is None:
-            argv.append("--insecure")
-        else:
-            argv += [
-                "--ssl-certfile",
-                str(self.credentials.server_cert),
-                "--ssl-keyfile",
-                str(self.credentials.server_key),
-                "--ssl-ca-certfile",
-                str(self.credentials.ca_cert),
-            ]
-        return argv
 
     def start_gateway(self) -> ManagedProcess:
         """Start the Fleet gateway on a free port and wait until it accepts connections."""
