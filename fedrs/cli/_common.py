@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,6 +24,14 @@ from rich.progress import (
 from fedrs.errors import InputError
 
 console = Console()
+
+THREADS_OPTION = typer.Option(1, min=1, help="Torch threads (1 suits small models on busy CPUs).")
+"""``--threads`` of the commands that run the model."""
+
+DEVICE_OPTION = typer.Option(
+    "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
+)
+"""``--device`` of the commands that run the model."""
 
 
 def error_line(message: str) -> None:

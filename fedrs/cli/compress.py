@@ -7,7 +7,15 @@ from pathlib import Path
 import torch
 import typer
 
-from fedrs.cli._common import console, fail, print_skipped, progress, tracker
+from fedrs.cli._common import (
+    DEVICE_OPTION,
+    THREADS_OPTION,
+    console,
+    fail,
+    print_skipped,
+    progress,
+    tracker,
+)
 from fedrs.devices import resolve_device
 
 
@@ -45,12 +53,8 @@ def main(
     name: str | None = typer.Option(None, help="Display name of the archive in search results."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     skip_bad: bool = typer.Option(False, help="Leave out patches with bad files (reported)."),
-    threads: int = typer.Option(
-        1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
-    ),
-    device: str = typer.Option(
-        "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
-    ),
+    threads: int = THREADS_OPTION,
+    device: str = DEVICE_OPTION,
 ) -> None:
     torch.set_num_threads(threads)
     # heavy: pandas, pyarrow, rasterio, imported when the command runs

@@ -7,7 +7,14 @@ from pathlib import Path
 import torch
 import typer
 
-from fedrs.cli._common import console, print_skipped, progress, tracker
+from fedrs.cli._common import (
+    DEVICE_OPTION,
+    THREADS_OPTION,
+    console,
+    print_skipped,
+    progress,
+    tracker,
+)
 from fedrs.devices import cross_device_note, resolve_device
 
 
@@ -22,12 +29,8 @@ def main(
     batch_size: int = typer.Option(16, min=1, help="Records decoded together."),
     overwrite: bool = typer.Option(False, help="Replace a previous decompression in --out."),
     skip_bad: bool = typer.Option(False, help="Leave out damaged records (reported)."),
-    threads: int = typer.Option(
-        1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
-    ),
-    device: str = typer.Option(
-        "auto", help="auto (a GPU where one is seen, else the CPU), cpu, cuda or cuda:N."
-    ),
+    threads: int = THREADS_OPTION,
+    device: str = DEVICE_OPTION,
 ) -> None:
     torch.set_num_threads(threads)
     # heavy: pandas, pyarrow, rasterio, imported when the command runs

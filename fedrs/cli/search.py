@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedrs.cli._common import console, fail
+from fedrs.cli._common import THREADS_OPTION, console, fail
 from fedrs.devices import cross_device_note, resolve_device
 
 
@@ -36,9 +36,7 @@ def main(
         None, "--model", help="Run folder or model.pt of the archives' model (for --query-patch)."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    threads: int = typer.Option(
-        1, min=1, help="Torch threads (1 suits small models on busy CPUs)."
-    ),
+    threads: int = THREADS_OPTION,
     device: str = typer.Option(
         "auto",
         help="Where --query-patch is hashed: auto (a GPU where one is seen, else the CPU), cpu, "
