@@ -42,7 +42,6 @@ import math
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -212,34 +211,12 @@ def hashing_figures(trained: Any, archive: Any, batch_size: int, repeat: int) ->
 # 2. Size: GeoTIFF and JPEG 2000 at the same PSNR
 
 
-def jp2_bytes_and_decoded(band: np.ndarray, quality: float, codec: str = "JP2") -> tuple[Any, int]:
-    """One uint16 band through JP2OpenJPEG in memory: (decoded band, encoded bytes)."""
-    from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.io import MemoryFile
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with MemoryFile() as memfile:
-            with memfile.open(
-                driver="JP2OpenJPEG",
-                width=band.shape[1],
-                height=band.shape[0],
-                count=1,
-                dtype="uint16",
-                QUALITY=quality,
-                REVERSIBLE="NO",
-                CODEC=codec,
-            ) as dst:
-                dst.write(band, 1)
-            data = memfile.read()
-        with MemoryFile(data) as memfile, memfile.open() as src:
-            return src.read(1), len(data)
-
-
 class Jpeg2000:
-    """JPEG 2000 of some patches of one modality, per band at native resolution."""
+    """JPEG 2000 of some patches of one modality, per band at native resolution (one file a
+    band, through bench/rd.py's round trip)."""
 
     def __init__(self, source: Any, rows: list[int], modality: str) -> None:
+        self.jp2_roundtrip = _bench_module("rd.py").jp2_roundtrip
         self.modality = modality
         self.native = []  # per patch: list of (uint16 band, resolution group, position)
         self.items = []
@@ -265,7 +242,8 @@ class Jpeg2000:
             for res, bands in groups.items():
                 out = np.empty_like(bands)
                 for b in range(bands.shape[0]):
-                    out[b], size = jp2_bytes_and_decoded(bands[b], quality, codec)
+                    band, size = self.jp2_roundtrip(bands[b : b + 1], quality, codec)
+                    out[b] = band[0]
                     total += size
                 decoded[res] = out
             if self.modality == "s2":

@@ -38,8 +38,14 @@ S1_RANGE = (-50.0, 10.0)
 PEAK = {"s2": 10000.0, "s1": 60.0}
 
 
-def jp2_roundtrip(bands: np.ndarray, quality: float) -> tuple[np.ndarray, int]:
-    """Encode uint16 (C, H, W) as one JPEG 2000 file in memory; return decoded bands, bytes."""
+def jp2_roundtrip(
+    bands: np.ndarray, quality: float, codec: str | None = None
+) -> tuple[np.ndarray, int]:
+    """Encode uint16 (C, H, W) as one JPEG 2000 file in memory; return decoded bands, bytes.
+
+    ``codec`` is JP2OpenJPEG's ``CODEC`` (``"JP2"``: JP2 boxes around the codestream, ``"J2K"``:
+    the bare codestream); by default the driver's choice."""
+    options = {} if codec is None else {"CODEC": codec}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as memfile:
@@ -51,6 +57,7 @@ def jp2_roundtrip(bands: np.ndarray, quality: float) -> tuple[np.ndarray, int]:
                 dtype="uint16",
                 QUALITY=quality,
                 REVERSIBLE="NO",
+                **options,
             ) as dst:
                 dst.write(bands)
             data = memfile.read()

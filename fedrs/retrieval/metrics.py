@@ -146,6 +146,17 @@ def _labels(labels: Any, rows: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _label_pair(
+    query_labels: Any, db_labels: Any, query_rows: int, db_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked query and database labels with the given rows and one number of classes."""
+    ql = _labels(query_labels, query_rows, "query_labels")
+    dl = _labels(db_labels, db_rows, "db_labels")
+    if ql.shape[1] != dl.shape[1]:
+        raise InputError(f"query_labels has {ql.shape[1]} classes but db_labels has {dl.shape[1]}")
+    return ql, dl
+
+
 def _inputs(
     query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -155,11 +166,13 @@ def _inputs(
         raise InputError("query_codes: no queries")
     if d.shape[0] == 0:
         raise InputError("db_codes: empty database")
-    ql = _labels(query_labels, q.shape[0], "query_labels")
-    dl = _labels(db_labels, d.shape[0], "db_labels")
-    if ql.shape[1] != dl.shape[1]:
-        raise InputError(f"query_labels has {ql.shape[1]} classes but db_labels has {dl.shape[1]}")
+    ql, dl = _label_pair(query_labels, db_labels, q.shape[0], d.shape[0])
     return q, d, ql, dl
+
+
+def _chunk_rows(chunk_size: int | None, default: int) -> int:
+    """Rows handled at once: ``chunk_size`` when given (checked), else ``default``."""
+    return default if chunk_size is None else _check_k(chunk_size, "chunk_size")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,11 +260,8 @@ def _blocks(
     k = _check_k(k)
     q, d, ql, dl = _inputs(query_codes, db_codes, query_labels, db_labels)
     kk = min(k, d.shape[0])
-    rows = (
-        _check_k(chunk_size, "chunk_size")
-        if chunk_size is not None
-        else max(1, min(_QUERY_BLOCK, _CHUNK_ELEMENTS // (kk * max(1, ql.shape[1]))))
-    )
+    default = max(1, min(_QUERY_BLOCK, _CHUNK_ELEMENTS // (kk * max(1, ql.shape[1]))))
+    rows = _chunk_rows(chunk_size, default)
     return _ranked_blocks(q, d, ql, dl, kk, rows)
 
 
@@ -671,15 +681,8 @@ def random_codes_evaluation(
     """:func:`evaluate_retrieval` of the random codes of :func:`random_codes_baseline`.
 
     One ranking pass for every ``k`` and both mAP conventions; ``map@k`` here equals
-    ``random_codes_baseline(..., k, bits=bits, seed=seed)`` (the same codes).
-
-    Args:
-        query_labels: ``(Q, L)`` multi-hot.
-        db_labels: ``(N, L)`` multi-hot.
-        ks: ranking depths.
-        bits: code length, a positive multiple of 8.
-        seed: random seed.
-        chunk_size: queries per chunk.
+    ``random_codes_baseline(..., k, bits=bits, seed=seed)`` (the same codes). Arguments as in
+    :func:`random_codes_baseline`, with ``ks`` the ranking depths.
 
     Returns:
         The keys of :func:`evaluate_retrieval` for the random codes.
@@ -707,16 +710,9 @@ def relevance_prior(query_labels: Any, db_labels: Any, *, chunk_size: int | None
             f"labels: expected non-empty 2-D multi-hot arrays, got {ql_raw.shape} and "
             f"{dl_raw.shape}"
         )
-    ql = _labels(ql_raw, ql_raw.shape[0], "query_labels")
-    dl = _labels(dl_raw, dl_raw.shape[0], "db_labels")
-    if ql.shape[1] != dl.shape[1]:
-        raise InputError(f"query_labels has {ql.shape[1]} classes but db_labels has {dl.shape[1]}")
+    ql, dl = _label_pair(ql_raw, dl_raw, ql_raw.shape[0], dl_raw.shape[0])
     n_db = dl.shape[0]
-    rows = (
-        _check_k(chunk_size, "chunk_size")
-        if chunk_size is not None
-        else max(1, _CHUNK_ELEMENTS // n_db)
-    )
+    rows = _chunk_rows(chunk_size, max(1, _CHUNK_ELEMENTS // n_db))
     dl_t = np.ascontiguousarray(dl.T)
     counts = [
         np.count_nonzero(ql[start : start + rows] @ dl_t > 0.5, axis=1)

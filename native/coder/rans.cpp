@@ -107,6 +107,19 @@ FEDRS_INLINE uint32_t load_u32(const uint8_t* p) {
   return v;
 }
 
+// Decoder renormalisation with a bounds check: state = y, refilled from word `pos` (then ++pos)
+// if y < 2^31.
+FEDRS_INLINE void refill_checked(uint64_t y, uint64_t& state, const uint8_t* word_bytes,
+                                 uint64_t num_words, uint64_t& pos) {
+  if (y < kStateLow) {
+    if (pos >= num_words) throw_stream("rANS data ends early");
+    state = (y << 32) | load_u32(word_bytes + 4 * pos);
+    ++pos;
+  } else {
+    state = y;
+  }
+}
+
 int ceil_log2(uint64_t v) {
   int bits = 0;
   while ((1ull << bits) < v) ++bits;
@@ -449,13 +462,7 @@ void decode_chunk(const Tables& tables, const uint8_t* word_bytes, uint64_t num_
     const uint64_t lo = d.cdf[sym];
     const uint64_t y = (hi - lo) * (state >> kPrecisionBits) + (slot - lo);
     if constexpr (kChecked) {
-      if (y < kStateLow) {
-        if (pos >= num_words) throw_stream("rANS data ends early");
-        state = (y << 32) | load_u32(word_bytes + 4 * pos);
-        ++pos;
-      } else {
-        state = y;
-      }
+      refill_checked(y, state, word_bytes, num_words, pos);
     } else {
       // The refill happens for a few percent of the symbols, unpredictably: select, not branch.
       uint64_t next = y;
@@ -499,13 +506,7 @@ int32_t decode_symbol(const DecTable& d, uint64_t& state, const uint8_t* word_by
   const uint64_t lo = d.cdf[sym];
   const uint64_t hi = d.cdf[sym + 1];
   const uint64_t y = (hi - lo) * (state >> kPrecisionBits) + (slot - lo);
-  if (y < kStateLow) {
-    if (pos >= num_words) throw_stream("rANS data ends early");
-    state = (y << 32) | load_u32(word_bytes + 4 * pos);
-    ++pos;
-  } else {
-    state = y;
-  }
+  refill_checked(y, state, word_bytes, num_words, pos);
   return sym == d.n ? read_escape(escapes, d) : d.offset + static_cast<int32_t>(sym);
 }
 
