@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
+from fedrs.compression._common import INFO_GROUP, INFO_STREAM, Model, Progress, check_batch_size
 from fedrs.compression.patch_files import geotiff_source
 from fedrs.compression.trained import TrainedModel, as_trained_model
 from fedrs.container import ArchiveWriter, ContainerExistsError, GeoReference, Record
@@ -230,7 +230,7 @@ def compress_archive(
     if Path(out).exists() and not overwrite:  # before the (possibly long) opening of the archive
         raise ContainerExistsError(out, "already exists; pass overwrite=True to replace it")
     trained = as_trained_model(model)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     chosen = _choose_modalities(trained, modalities)
     source = _open_source(archive, chosen, split, metadata)
     geo = geotiff_source(source)
@@ -355,7 +355,7 @@ def _write_batch(
             report.stream_bytes[modality] += stream.num_bytes
         info = infos[patch.row]
         if any(v is not None for v in info.values()):
-            streams[INFO_GROUP] = {_INFO_STREAM: _info_bytes(info)}
+            streams[INFO_GROUP] = {INFO_STREAM: _info_bytes(info)}
         writer.add(
             Record(
                 patch_id=patch.patch_id,
