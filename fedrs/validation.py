@@ -19,7 +19,7 @@ import torch
 from fedrs.devices import autocast, resolve_device
 from fedrs.errors import InputError
 from fedrs.partitions import check_partition
-from fedrs.server.app import strategy_for
+from fedrs.server_strategy import strategy_for
 from fedrs.train import build_model
 
 if TYPE_CHECKING:
