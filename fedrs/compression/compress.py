@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,12 +44,7 @@ from fedrs.data.metadata import season_of
 from fedrs.data.transforms import normalize
 from fedrs.errors import InputError
 from fedrs.io import check_name
-
-if TYPE_CHECKING:
-    import torch
-
-    from fedrs.data.archive import PatchArchive
-    from fedrs.models import CompressedPatch, JointModel
+from fedrs.models import CompressedPatch, JointModel
 
 __all__ = [
     "ARCHIVE_FORMAT",

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +26,7 @@ from fedrs.data.metadata import season_of, write_metadata
 from fedrs.data.transforms import denormalize
 from fedrs.errors import InputError
 from fedrs.io import atomic_write_text, check_output_folder, clear_output, inside, name_problem
-from fedrs.models import CompressedPatch
-
-if TYPE_CHECKING:
-    from fedrs.models import CompressedPatch, JointModel
+from fedrs.models import CompressedPatch, JointModel
 
 __all__ = [
     "DECOMPRESSED_MARKER",

@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -28,7 +27,7 @@ import torch
 from rasterio.errors import RasterioError
 
 from fedrs.container import GeoReference
-from fedrs.data.archive import V1Archive, V2Archive, product_folder
+from fedrs.data.archive import PatchArchive, V1Archive, V2Archive, product_folder
 from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
 from fedrs.data.geotiff import (
@@ -41,11 +40,6 @@ from fedrs.data.geotiff import (
 )
 from fedrs.errors import InputError
 from fedrs.io import check_name, inside
-
-if TYPE_CHECKING:
-    import torch
-
-    from fedrs.data.archive import PatchArchive
 
 __all__ = [
     "GEOREF_BANDS",
