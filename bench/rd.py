@@ -167,7 +167,7 @@ def main() -> None:
 
     from fedrs.config import load_config
     from fedrs.data import open_archive, prepare_cache
-    from fedrs.pipeline import _synthetic_name, cache_base, load_run_data
+    from fedrs.pipeline import cache_base, load_run_data, synthetic_name
 
     torch.set_num_threads(os.cpu_count() or 1)
     models = load_or_train(args.model, args.train_batches)
@@ -177,7 +177,7 @@ def main() -> None:
         prepare_cache(real, Path(tmp) / "real")
         data_config = load_config(REPO / "experiments" / "default.toml").data
         synth = load_run_data(data_config)
-        source = open_archive(cache_base(data_config) / _synthetic_name(data_config))
+        source = open_archive(cache_base(data_config) / synthetic_name(data_config))
         sets = {
             "real": (real, open_archive(Path(tmp) / "real"), np.arange(len(real))),
             "synthetic": (source, synth.archive, synth.query_rows),

@@ -30,22 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from fedrs import protocol
 from fedrs.client_data import ClientData, sent_modalities
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
+from fedrs.models.joint import JointModel
 from fedrs.models.statistics import WhiteningPool
 from fedrs.train import build_model, measure_statistics, train_local
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from fedrs.models.joint import JointModel
 
 
 @dataclass(frozen=True)

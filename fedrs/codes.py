@@ -132,7 +132,8 @@ def as_packed(codes: Any, bits: int | None = None, *, name: str = "codes") -> np
     return packed
 
 
-def _check_bits(bits: Any) -> int:
+def check_bits(bits: Any) -> int:
+    """``bits`` as an int, a positive multiple of 8 (a code length); InputError otherwise."""
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or bits <= 0 or bits % 8:
         raise InputError(f"bits: expected a positive multiple of 8 (16, 32, 64, 128), got {bits!r}")
     return int(bits)

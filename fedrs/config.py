@@ -11,7 +11,7 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import (
@@ -24,13 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from fedrs.comm import UPDATE_CODECS, build_update_codec, update_codec_options
+from fedrs.comm import UPDATE_CODECS, UpdateCodec, build_update_codec, update_codec_options
 from fedrs.errors import InputError
 from fedrs.losses import LossConfig
 from fedrs.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    from fedrs.comm import UpdateCodec
 
 
 class _Section(BaseModel):

@@ -39,7 +39,8 @@ def cache_base(config: DataConfig) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fedrs"
 
 
-def _synthetic_name(config: DataConfig) -> str:
+def synthetic_name(config: DataConfig) -> str:
+    """Folder name of the synthetic archive of ``config`` under :func:`cache_base`."""
     name = f"synthetic-{config.patches}-{config.seed}"
     if config.s1_only_fraction or config.s2_only_fraction:
         name += f"-s1o{config.s1_only_fraction:g}-s2o{config.s2_only_fraction:g}"
@@ -55,7 +56,7 @@ def resolve_cache(config: DataConfig, *, progress: Progress | None = None) -> Pa
     """
     base = cache_base(config)
     if config.path is None:
-        source = base / _synthetic_name(config)
+        source = base / synthetic_name(config)
         synth_progress: Callable[[int, int], None] | None = None
         if progress is not None:
             advance = progress("synthesising archive", config.patches)

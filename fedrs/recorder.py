@@ -14,20 +14,15 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from fedrs.config import ExperimentConfig
 from fedrs.io import atomic_file, atomic_torch_save, atomic_write_text
 from fedrs.tracking import Tracker, default_tracking_uri
-
-if TYPE_CHECKING:
-    import numpy as np
-    from torch import Tensor
-
-    from fedrs.config import ExperimentConfig
-    from fedrs.tracking import Tracker
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"

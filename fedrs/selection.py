@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedrs.config import ExperimentConfig
 from fedrs.io import atomic_torch_save
+from fedrs.models import JointModel
+from fedrs.pipeline import RunData
 from fedrs.recorder import CHECKPOINTS
 from fedrs.train import (
     KeptCheckpoint,
@@ -41,12 +44,6 @@ from fedrs.train import (
     validate,
     validation_metrics,
 )
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from fedrs.models import JointModel
-    from fedrs.pipeline import RunData
 
 
 def kept_checkpoints() -> dict[str, KeptCheckpoint]:

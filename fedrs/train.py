@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,19 +41,14 @@ from fedrs.errors import InputError
 from fedrs.losses import compute_losses, weighted_hash_terms
 from fedrs.models import JointModel
 from fedrs.models.hash_head import FeatureWhitening
-from fedrs.models.statistics import apply_moments, moments_from_features, pool_moments
-from fedrs.optim import GradientManipulator
+from fedrs.models.statistics import Moments, apply_moments, moments_from_features, pool_moments
+from fedrs.optim import GradientManipulator, GradientReport
+from fedrs.pipeline import RunData
 from fedrs.retrieval import (
     evaluate_retrieval,
     evaluate_retrieval_per_query,
     random_codes_evaluation,
 )
-
-if TYPE_CHECKING:
-    from fedrs.convergence import Plateau
-    from fedrs.models.statistics import Moments
-    from fedrs.optim import GradientReport
-    from fedrs.pipeline import RunData
 
 PEAK = {"s2": 10000.0, "s1": 60.0}
 """PSNR peak per modality in physical units: S2 reflectance x 10000 (0..1 reflectance), S1

@@ -12,18 +12,15 @@ experiment (``simulate``, ``centralized``, ``compare``, ``deploy-local``) calls
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
+from fedrs.config import ExperimentConfig
 from fedrs.devices import autocast, resolve_device
 from fedrs.errors import InputError
 from fedrs.partitions import check_partition
-from fedrs.server.app import strategy_for
+from fedrs.server_strategy import strategy_for
 from fedrs.train import build_model
-
-if TYPE_CHECKING:
-    from fedrs.config import ExperimentConfig
 
 
 def check_experiment(config: ExperimentConfig) -> None:

@@ -20,30 +20,24 @@ selected model becomes the global model through the strategy's ``replace_global`
 
 from __future__ import annotations
 
-import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedrs import protocol
-from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
 from fedrs.errors import FedrsError
-from fedrs.models import JointModel
-from fedrs.models.statistics import WhiteningPool
 from fedrs.pipeline import load_run_data
 from fedrs.plots import plot_rounds
 from fedrs.recorder import RunRecorder, eval_metrics, federation_summary
 from fedrs.selection import PlateauWatch, Selection
+from fedrs.server_strategy import strategy_for
 from fedrs.settings import RunSettings, check_out_folder
-from fedrs.strategies import build_strategy
+from fedrs.strategies import RoundStats
 from fedrs.train import build_model, evaluate
-
-if TYPE_CHECKING:
-    from fedrs.strategies import RoundStats
 
 
 class PlateauReached(Exception):  # control flow: caught below, never leaves this module
@@ -53,44 +47,6 @@ class PlateauReached(Exception):  # control flow: caught below, never leaves thi
     def __init__(self, round_: int) -> None:
         super().__init__(f"validation plateau reached at round {round_}")
         self.round = round_
-
-
-def strategy_for(
-    config: ExperimentConfig, num_clients: int, max_weight: float | None = None
-) -> Any:
-    """The configured strategy, with client counts that never wait for absent nodes.
-
-    ``max_weight`` (the most examples a reply may claim) applies when the configuration sets
-    no ``federation.max_weight``; ``None`` and no configured bound leave replies unbounded.
-    """
-
-    fed = config.federation
-    # a node lost mid-run must not make later rounds wait for it: rounds need only as many
-    # nodes as must succeed (the first round waits for all of them, see wait_for_nodes)
-    least = min(fed.min_clients, num_clients)
-    options: dict[str, Any] = {
-        "fraction_train": fed.fraction_train,
-        "fraction_evaluate": 0.0,
-        "min_train_nodes": least,
-        "min_evaluate_nodes": 0,
-        "min_available_nodes": least,
-        "min_successful": fed.min_clients,
-        "local_keys": list(fed.local_keys),
-        "update_codec": fed.build_update_codec(config.seed),
-    }
-    if fed.max_weight is not None or max_weight is not None:
-        options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
-    if fed.statistics != "averaged" and config.model.whitening:
-        with torch.random.fork_rng(devices=[]):  # a model's shape only: leave the RNG alone
-            pool = WhiteningPool(JointModel(config.model))
-        options["statistics"] = pool
-        if fed.statistics == "local":  # FedBN-style: pooled for the server's evaluation only
-            options["local_keys"] += [re.escape(k) for k in pool.derived_keys()]
-    if fed.dp.clipping != "none":
-        sampled = max(least, round(num_clients * fed.fraction_train))
-        options["dp"] = fed.dp.model_dump() | {"num_sampled_clients": sampled}
-    options.update(fed.strategy_options)
-    return build_strategy(fed.strategy, **options)
 
 
 def wait_for_nodes(grid: Grid, count: int, *, timeout: float) -> None:

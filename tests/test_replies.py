@@ -376,7 +376,7 @@ def test_strategy_for_bounds_the_weight() -> None:
     from pathlib import Path
 
     from fedrs.config import load_config
-    from fedrs.server.app import strategy_for
+    from fedrs.server_strategy import strategy_for
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
     config = load_config(smoke)

@@ -273,7 +273,7 @@ def test_dp_needs_averaged_statistics() -> None:
 
 def test_local_statistics_keep_the_whitening_at_home_and_pool_for_the_server() -> None:
     """FedBN-style: the whitening buffers are never broadcast, the server's are pooled."""
-    from fedrs.server.app import strategy_for
+    from fedrs.server_strategy import strategy_for
 
     config = load_config(SMOKE, {"federation.statistics": "local"})
     strategy = strategy_for(config, 3)

@@ -644,7 +644,7 @@ def test_simulate_refuses_an_unknown_codec(tmp_path: Path, capsys: pytest.Captur
 def test_config_and_cli_options_reach_the_strategy() -> None:
     from fedrs.cli.simulate import experiment_overrides
     from fedrs.config import load_config
-    from fedrs.server.app import strategy_for
+    from fedrs.server_strategy import strategy_for
 
     overrides = experiment_overrides(
         update_codec="entropy", codec_step=0.75, sets=["federation.codec.topk=0.5"]

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
+from fedrs.compression._common import INFO_GROUP, INFO_STREAM, Model, Progress, check_batch_size
 from fedrs.compression.patch_files import geotiff_source
 from fedrs.compression.trained import TrainedModel, as_trained_model
 from fedrs.container import ArchiveWriter, ContainerExistsError, GeoReference, Record
@@ -44,12 +44,7 @@ from fedrs.data.metadata import season_of
 from fedrs.data.transforms import normalize
 from fedrs.errors import InputError
 from fedrs.io import check_name
-
-if TYPE_CHECKING:
-    import torch
-
-    from fedrs.data.archive import PatchArchive
-    from fedrs.models import CompressedPatch, JointModel
+from fedrs.models import CompressedPatch, JointModel
 
 __all__ = [
     "ARCHIVE_FORMAT",
@@ -230,7 +225,7 @@ def compress_archive(
     if Path(out).exists() and not overwrite:  # before the (possibly long) opening of the archive
         raise ContainerExistsError(out, "already exists; pass overwrite=True to replace it")
     trained = as_trained_model(model)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     chosen = _choose_modalities(trained, modalities)
     source = _open_source(archive, chosen, split, metadata)
     geo = geotiff_source(source)
@@ -355,7 +350,7 @@ def _write_batch(
             report.stream_bytes[modality] += stream.num_bytes
         info = infos[patch.row]
         if any(v is not None for v in info.values()):
-            streams[INFO_GROUP] = {_INFO_STREAM: _info_bytes(info)}
+            streams[INFO_GROUP] = {INFO_STREAM: _info_bytes(info)}
         writer.add(
             Record(
                 patch_id=patch.patch_id,

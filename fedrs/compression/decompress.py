@@ -11,12 +11,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedrs.compression._common import _INFO_STREAM, INFO_GROUP, Model, Progress, _check_batch_size
+from fedrs.compression._common import INFO_GROUP, INFO_STREAM, Model, Progress, check_batch_size
 from fedrs.compression.patch_files import PATCH_WRITERS, v2_patch_folders
 from fedrs.compression.trained import model_for_archive
 from fedrs.container import CompressedArchive, CorruptRecordError, Record
@@ -26,10 +26,7 @@ from fedrs.data.metadata import season_of, write_metadata
 from fedrs.data.transforms import denormalize
 from fedrs.errors import InputError
 from fedrs.io import atomic_write_text, check_output_folder, clear_output, inside, name_problem
-from fedrs.models import CompressedPatch
-
-if TYPE_CHECKING:
-    from fedrs.models import CompressedPatch, JointModel
+from fedrs.models import CompressedPatch, JointModel
 
 __all__ = [
     "DECOMPRESSED_MARKER",
@@ -94,7 +91,7 @@ def record_patches(archive: CompressedArchive, record: Record) -> dict[str, Comp
 
 
 def _record_info(archive: CompressedArchive, record: Record) -> dict[str, Any]:
-    raw = record.streams.get(INFO_GROUP, {}).get(_INFO_STREAM)
+    raw = record.streams.get(INFO_GROUP, {}).get(INFO_STREAM)
     if raw is None:
         return {}
     try:
@@ -245,7 +242,7 @@ def decompress_archive(
         CorruptRecordError: a damaged record (without ``skip_bad``), naming it.
         InputError: bad arguments or output folder.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     if isinstance(container, CompressedArchive):
         return _decompress(container, model, Path(out), batch_size, overwrite, skip_bad, progress)
     with CompressedArchive.open(container) as archive:

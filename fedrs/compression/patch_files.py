@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -28,7 +27,7 @@ import torch
 from rasterio.errors import RasterioError
 
 from fedrs.container import GeoReference
-from fedrs.data.archive import V1Archive, V2Archive, _product
+from fedrs.data.archive import PatchArchive, V1Archive, V2Archive, product_folder
 from fedrs.data.errors import CorruptPatchError
 from fedrs.data.facts import PATCH_SIZE, S1_BANDS, S2_BANDS, S2_PIXELS_PER_SIDE, S2_RESOLUTION_M
 from fedrs.data.geotiff import (
@@ -41,11 +40,6 @@ from fedrs.data.geotiff import (
 )
 from fedrs.errors import InputError
 from fedrs.io import check_name, inside
-
-if TYPE_CHECKING:
-    import torch
-
-    from fedrs.data.archive import PatchArchive
 
 __all__ = [
     "GEOREF_BANDS",
@@ -79,9 +73,9 @@ Folders = Callable[[Path, str, str | None], dict[str, tuple[Path, str]]]
 def v2_patch_folders(root: Path, patch_id: str, s1_name: str | None) -> dict[str, tuple[Path, str]]:
     """``{modality: (patch folder, file name prefix)}`` of a patch in the v2 layout."""
 
-    out = {"s2": (root / V2Archive.S2_DIR / _product(patch_id, 2) / patch_id, patch_id)}
+    out = {"s2": (root / V2Archive.S2_DIR / product_folder(patch_id, 2) / patch_id, patch_id)}
     if s1_name:
-        out["s1"] = (root / V2Archive.S1_DIR / _product(s1_name, 3) / s1_name, s1_name)
+        out["s1"] = (root / V2Archive.S1_DIR / product_folder(s1_name, 3) / s1_name, s1_name)
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ from fedrs.compression.patch_files import QueryPatch, read_patch_folders
 from fedrs.compression.trained import TrainedModel, as_trained_model, model_for_archive
 from fedrs.container import CompressedArchive, RecordNotFoundError
 from fedrs.errors import InputError
-
-if TYPE_CHECKING:
-    from fedrs.models import JointModel
+from fedrs.models import JointModel
 
 __all__ = [
     "QueryCode",

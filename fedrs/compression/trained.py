@@ -19,19 +19,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from fedrs.compression.errors import ModelMismatchError
 from fedrs.config import load_config
+from fedrs.container import CompressedArchive
 from fedrs.errors import InputError
 from fedrs.models import JointModel
 from fedrs.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    from fedrs.container import CompressedArchive
-    from fedrs.models import JointModel
 
 __all__ = [
     "CONFIG_FILE",

@@ -117,30 +117,33 @@ is said by the writer in ``meta`` (``"fedrs-compressed-archive"``: :mod:`fedrs.c
 _OLDER_FORMAT_NAMES = frozenset({"fedrs-archive"})
 """Header ``format`` values written by earlier fedrs versions, read alike."""
 
-_PREAMBLE = struct.Struct("<8sHHII12s")
-_TRAILER = struct.Struct("<QQII8s")
-_INDEX_HEAD = struct.Struct("<QIIQ")
-_U32 = struct.Struct("<I")
-_REC_HEAD = struct.Struct("<II")
-_U32_MAX = 2**32 - 1
+# the fixed-size parts of the layout and the encoding and decoding of the others are the
+# reader's and the writer's (fedrs.container.reader, fedrs.container.writer)
+PREAMBLE = struct.Struct("<8sHHII12s")
+TRAILER = struct.Struct("<QQII8s")
+INDEX_HEAD = struct.Struct("<QIIQ")
+U32 = struct.Struct("<I")
+REC_HEAD = struct.Struct("<II")
+U32_MAX = 2**32 - 1
 _SHAPE_MAX = 2**63 - 1
 
 
-class _Bad(Exception):
-    """Internal: a structural problem found while parsing; turned into a typed error."""
+class FormatProblem(Exception):  # control flow: never leaves fedrs.container
+    """A structural problem found while parsing; the reader turns it into a typed error
+    (:class:`CorruptArchiveError`, :class:`CorruptRecordError`)."""
 
 
 # ------------------------------------------------------------------------------------------------
 # Encoding (raise InputError)
 
 
-def _check_name(value: Any, what: str, where: str) -> str:
+def check_stored_name(value: Any, what: str, where: str) -> str:
     if not isinstance(value, str) or not value or "\x00" in value:
         raise InputError(f"{where}: {what} must be a non-empty string without NUL, got {value!r}")
     return value
 
 
-def _encode_labels(
+def encode_labels(
     labels: Any, names: tuple[str, ...], index: Mapping[str, int], where: str
 ) -> np.ndarray:
     """Labels in any accepted form -> bool vector (L,)."""
@@ -157,7 +160,7 @@ def _encode_labels(
         return out
     arr = np.asarray(labels)
     if arr.dtype.kind in "US" and arr.ndim == 1:  # a numpy array of class names
-        return _encode_labels(arr.tolist(), names, index, where)
+        return encode_labels(arr.tolist(), names, index, where)
     if arr.shape != (len(names),):
         raise InputError(
             f"{where}: labels must be a multi-hot vector of {len(names)} values or a list of "
@@ -171,18 +174,18 @@ def _encode_labels(
     return arr.astype(bool)
 
 
-def _encode_streams(streams: Any, where: str) -> tuple[list[Any], list[bytes]]:
+def encode_streams(streams: Any, where: str) -> tuple[list[Any], list[bytes]]:
     if not isinstance(streams, Mapping):
         raise InputError(f"{where}: streams must be a mapping {{modality: {{name: bytes}}}}")
     meta: list[Any] = []
     payload: list[bytes] = []
     for modality, named in streams.items():
-        _check_name(modality, "a modality name", f"{where}: streams")
+        check_stored_name(modality, "a modality name", f"{where}: streams")
         if not isinstance(named, Mapping):
             raise InputError(f"{where}: streams[{modality!r}] must be a mapping {{name: bytes}}")
         entries = []
         for name, data in named.items():
-            _check_name(name, "a stream name", f"{where}: streams[{modality!r}]")
+            check_stored_name(name, "a stream name", f"{where}: streams[{modality!r}]")
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InputError(
                     f"{where}: streams[{modality!r}][{name!r}] must be bytes, got "
@@ -195,17 +198,17 @@ def _encode_streams(streams: Any, where: str) -> tuple[list[Any], list[bytes]]:
     return meta, payload
 
 
-def _encode_shapes(shapes: Any, where: str) -> dict[str, dict[str, list[int]]]:
+def encode_shapes(shapes: Any, where: str) -> dict[str, dict[str, list[int]]]:
     if not isinstance(shapes, Mapping):
         raise InputError(f"{where}: shapes must be a mapping {{modality: {{name: [int, ...]}}}}")
     out: dict[str, dict[str, list[int]]] = {}
     for modality, named in shapes.items():
-        _check_name(modality, "a modality name", f"{where}: shapes")
+        check_stored_name(modality, "a modality name", f"{where}: shapes")
         if not isinstance(named, Mapping):
             raise InputError(f"{where}: shapes[{modality!r}] must be a mapping {{name: [int]}}")
         out[modality] = {}
         for name, dims in named.items():
-            _check_name(name, "a shape name", f"{where}: shapes[{modality!r}]")
+            check_stored_name(name, "a shape name", f"{where}: shapes[{modality!r}]")
             values = list(dims) if isinstance(dims, Iterable) else None
             if values is None or not all(
                 not isinstance(v, bool) and isinstance(v, int | np.integer) and 0 <= v <= _SHAPE_MAX
@@ -219,45 +222,45 @@ def _encode_shapes(shapes: Any, where: str) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def _encode_georef(georef: Any, where: str) -> dict[str, dict[str, Any]]:
+def encode_georef(georef: Any, where: str) -> dict[str, dict[str, Any]]:
     if not isinstance(georef, Mapping):
         raise InputError(f"{where}: georef must be a mapping {{modality: GeoReference}}")
     out = {}
     for modality, value in georef.items():
-        _check_name(modality, "a modality name", f"{where}: georef")
+        check_stored_name(modality, "a modality name", f"{where}: georef")
         out[modality] = GeoReference.coerce(value, f"{where}: georef[{modality!r}]").to_json()
     return out
 
 
 # ------------------------------------------------------------------------------------------------
-# Decoding (raise _Bad)
+# Decoding (raise FormatProblem)
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
+def parse_header(raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _Bad(f"not UTF-8 JSON ({exc})") from None
+        raise FormatProblem(f"not UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict) or (
         header.get("format") != CONTAINER_FORMAT and header.get("format") not in _OLDER_FORMAT_NAMES
     ):
-        raise _Bad(f"not a {CONTAINER_FORMAT} header")
+        raise FormatProblem(f"not a {CONTAINER_FORMAT} header")
     bits = header.get("hash_bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
-        raise _Bad(f"hash_bits {bits!r} is not a positive multiple of 8")
+        raise FormatProblem(f"hash_bits {bits!r} is not a positive multiple of 8")
     fp = header.get("model_fingerprint")
     if not isinstance(fp, str) or not fp:
-        raise _Bad("model_fingerprint missing")
+        raise FormatProblem("model_fingerprint missing")
     names = header.get("label_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _Bad("label_names is not a list of strings")
+        raise FormatProblem("label_names is not a list of strings")
     name = header.get("name")
     if name is not None and not isinstance(name, str):
-        raise _Bad("name is not a string")
+        raise FormatProblem("name is not a string")
     header.setdefault("name", None)
     created = header.get("created", {})
     if not isinstance(created, dict):
-        raise _Bad("created is not an object")
+        raise FormatProblem("created is not an object")
     header["created"] = created
     header.setdefault("meta", None)
     return header
@@ -267,16 +270,16 @@ def _is_name(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-def _decode_streams(meta: Any, body: bytes, at: int) -> dict[str, dict[str, bytes]]:
+def decode_streams(meta: Any, body: bytes, at: int) -> dict[str, dict[str, bytes]]:
     if not isinstance(meta, list):
-        raise _Bad("streams is not a list")
+        raise FormatProblem("streams is not a list")
     streams: dict[str, dict[str, bytes]] = {}
     for entry in meta:
         if not (isinstance(entry, list) and len(entry) == 2 and _is_name(entry[0])):
-            raise _Bad("bad streams entry")
+            raise FormatProblem("bad streams entry")
         modality, named = entry
         if not isinstance(named, list) or modality in streams:
-            raise _Bad(f"bad streams of {modality!r}")
+            raise FormatProblem(f"bad streams of {modality!r}")
         streams[modality] = {}
         for item in named:
             if not (
@@ -287,35 +290,35 @@ def _decode_streams(meta: Any, body: bytes, at: int) -> dict[str, dict[str, byte
                 and not isinstance(item[1], bool)
                 and item[1] >= 0
             ):
-                raise _Bad(f"bad stream entry in {modality!r}")
+                raise FormatProblem(f"bad stream entry in {modality!r}")
             name, length = item
             if at + length > len(body):
-                raise _Bad(f"stream {modality}/{name} runs past the end of the record")
+                raise FormatProblem(f"stream {modality}/{name} runs past the end of the record")
             streams[modality][name] = body[at : at + length]
             at += length
     if at != len(body):
-        raise _Bad(f"{len(body) - at} bytes after the last stream")
+        raise FormatProblem(f"{len(body) - at} bytes after the last stream")
     return streams
 
 
-def _decode_shapes(meta: Any) -> dict[str, dict[str, list[int]]]:
+def decode_shapes(meta: Any) -> dict[str, dict[str, list[int]]]:
     if not isinstance(meta, dict):
-        raise _Bad("shapes is not an object")
+        raise FormatProblem("shapes is not an object")
     for named in meta.values():
         if not isinstance(named, dict):
-            raise _Bad("bad shapes entry")
+            raise FormatProblem("bad shapes entry")
         for dims in named.values():
             if not isinstance(dims, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in dims
             ):
-                raise _Bad("bad shape")
+                raise FormatProblem("bad shape")
     return meta
 
 
-def _decode_georef(meta: Any) -> dict[str, GeoReference]:
+def decode_georef(meta: Any) -> dict[str, GeoReference]:
     if not isinstance(meta, dict):
-        raise _Bad("georef is not an object")
+        raise FormatProblem("georef is not an object")
     try:
         return {m: GeoReference.coerce(v, f"georef[{m!r}]") for m, v in meta.items()}
     except InputError as exc:
-        raise _Bad(str(exc)) from None
+        raise FormatProblem(str(exc)) from None

@@ -24,19 +24,19 @@ from fedrs.container.errors import (
     RecordNotFoundError,
 )
 from fedrs.container.format import (
-    _INDEX_HEAD,
-    _PREAMBLE,
-    _REC_HEAD,
-    _TRAILER,
-    _U32,
     END_MAGIC,
     FORMAT_VERSION,
+    INDEX_HEAD,
     MAGIC,
-    _Bad,
-    _decode_georef,
-    _decode_shapes,
-    _decode_streams,
-    _parse_header,
+    PREAMBLE,
+    REC_HEAD,
+    TRAILER,
+    U32,
+    FormatProblem,
+    decode_georef,
+    decode_shapes,
+    decode_streams,
+    parse_header,
 )
 from fedrs.container.record import Record
 from fedrs.errors import InputError
@@ -138,7 +138,7 @@ class CompressedArchive:
             raise InputError(f"{path}: the archive is closed")
         size = os.fstat(self._file.fileno()).st_size
         self._size = size
-        head = self._read(0, _PREAMBLE.size)
+        head = self._read(0, PREAMBLE.size)
         if len(head) < len(MAGIC) or head[: len(MAGIC)] != MAGIC:
             raise NotAContainerError(
                 path, "not a fedrs archive (the file does not start with its magic bytes)"
@@ -149,39 +149,39 @@ class CompressedArchive:
         if version != FORMAT_VERSION:
             raise ContainerVersionError(path, version)
         self._version = version
-        min_size = _PREAMBLE.size + _TRAILER.size + _INDEX_HEAD.size + 8
+        min_size = PREAMBLE.size + TRAILER.size + INDEX_HEAD.size + 8
         if size < min_size:
             raise CorruptArchiveError(
                 path, f"truncated: {size} bytes, a complete archive has at least {min_size}"
             )
-        _, _, flags, header_len, header_crc, reserved = _PREAMBLE.unpack(head)
+        _, _, flags, header_len, header_crc, reserved = PREAMBLE.unpack(head)
         if flags != 0:
             raise CorruptArchiveError(path, f"unknown flags {flags:#06x} in the preamble")
         if any(reserved):
             raise CorruptArchiveError(path, "non-zero reserved bytes in the preamble")
-        if _PREAMBLE.size + header_len + _TRAILER.size > size:
+        if PREAMBLE.size + header_len + TRAILER.size > size:
             raise CorruptArchiveError(
                 path, f"header length {header_len} exceeds the file size {size}"
             )
-        header_bytes = self._read(_PREAMBLE.size, header_len)
+        header_bytes = self._read(PREAMBLE.size, header_len)
         if zlib.crc32(header_bytes) != header_crc:
             raise CorruptArchiveError(path, "header checksum mismatch (damaged header)")
         try:
-            header = _parse_header(header_bytes)
-        except _Bad as exc:
+            header = parse_header(header_bytes)
+        except FormatProblem as exc:
             raise CorruptArchiveError(path, f"bad header: {exc}") from None
         self._header = header
-        self._records_start = _PREAMBLE.size + header_len
+        self._records_start = PREAMBLE.size + header_len
 
-        trailer = self._read(size - _TRAILER.size, _TRAILER.size)
-        index_offset, index_len, index_crc, reserved_tail, end = _TRAILER.unpack(trailer)
+        trailer = self._read(size - TRAILER.size, TRAILER.size)
+        index_offset, index_len, index_crc, reserved_tail, end = TRAILER.unpack(trailer)
         if end != END_MAGIC:
             raise CorruptArchiveError(
                 path, "truncated or damaged: no end marker (the write may not have completed)"
             )
         if reserved_tail != 0:
             raise CorruptArchiveError(path, "non-zero reserved bytes in the trailer")
-        if index_offset < self._records_start or index_offset + index_len != size - _TRAILER.size:
+        if index_offset < self._records_start or index_offset + index_len != size - TRAILER.size:
             raise CorruptArchiveError(
                 path,
                 f"index at {index_offset} (+{index_len} bytes) does not fit a {size}-byte file",
@@ -191,36 +191,36 @@ class CompressedArchive:
             raise CorruptArchiveError(path, "index checksum mismatch (damaged index)")
         try:
             self._parse_index(index, index_offset)
-        except _Bad as exc:
+        except FormatProblem as exc:
             raise CorruptArchiveError(path, f"bad index: {exc}") from None
         stored = header["name"]
         self._name = name if name is not None else (stored if stored else path.stem)
 
     def _parse_index(self, index: bytes, index_offset: int) -> None:
-        if len(index) < _INDEX_HEAD.size:
-            raise _Bad("shorter than its fixed part")
-        count, code_bytes, label_count, ids_len = _INDEX_HEAD.unpack_from(index)
+        if len(index) < INDEX_HEAD.size:
+            raise FormatProblem("shorter than its fixed part")
+        count, code_bytes, label_count, ids_len = INDEX_HEAD.unpack_from(index)
         bits = self._header["hash_bits"]
         names = self._header["label_names"]
         if code_bytes * 8 != bits:
-            raise _Bad(f"{code_bytes} code bytes but the header says {bits} bits")
+            raise FormatProblem(f"{code_bytes} code bytes but the header says {bits} bits")
         if label_count != len(names):
-            raise _Bad(f"{label_count} labels but the header names {len(names)}")
+            raise FormatProblem(f"{label_count} labels but the header names {len(names)}")
         label_bytes = -(-label_count // 8)
-        expected = _INDEX_HEAD.size + 8 * (count + 1) + count * (code_bytes + label_bytes) + ids_len
+        expected = INDEX_HEAD.size + 8 * (count + 1) + count * (code_bytes + label_bytes) + ids_len
         if expected != len(index):
-            raise _Bad(f"{count} records do not fit its {len(index)} bytes")
-        at = _INDEX_HEAD.size
+            raise FormatProblem(f"{count} records do not fit its {len(index)} bytes")
+        at = INDEX_HEAD.size
         raw_offsets = np.frombuffer(index, dtype="<u8", count=count + 1, offset=at)
         at += 8 * (count + 1)
-        min_record = _REC_HEAD.size + 4 + code_bytes + label_bytes
+        min_record = REC_HEAD.size + 4 + code_bytes + label_bytes
         if int(raw_offsets[0]) != self._records_start or int(raw_offsets[-1]) != index_offset:
-            raise _Bad("record offsets do not span the records section")
+            raise FormatProblem("record offsets do not span the records section")
         if int(raw_offsets.max()) > index_offset:
-            raise _Bad("record offsets beyond the records section")
+            raise FormatProblem("record offsets beyond the records section")
         offsets = raw_offsets.astype(np.int64)
         if count and int(np.diff(offsets).min()) < min_record:
-            raise _Bad("record offsets out of order or records too short")
+            raise FormatProblem("record offsets out of order or records too short")
         self._offsets = offsets
         codes = np.frombuffer(index, dtype=np.uint8, count=count * code_bytes, offset=at)
         at += count * code_bytes
@@ -233,10 +233,10 @@ class CompressedArchive:
         try:
             blob = index[at : at + ids_len].decode()
         except UnicodeDecodeError as exc:
-            raise _Bad(f"patch ids are not UTF-8 ({exc.reason})") from None
+            raise FormatProblem(f"patch ids are not UTF-8 ({exc.reason})") from None
         ids = blob.split("\x00") if count else []
         if len(ids) != count or (count and not all(ids)):
-            raise _Bad(f"{len(ids)} patch ids for {count} records")
+            raise FormatProblem(f"{len(ids)} patch ids for {count} records")
         self._ids = tuple(ids)
         self._id_array = np.array(ids, dtype=object) if count else np.zeros(0, dtype=object)
         self._id_lookup: dict[str, int] | None = None
@@ -382,45 +382,45 @@ class CompressedArchive:
         data = self._read(start, stop - start)
         try:
             return self._decode(position, data, stop - start)
-        except _Bad as exc:
+        except FormatProblem as exc:
             raise CorruptRecordError(self._path, self._ids[position], str(exc), position) from None
 
     def _decode(self, position: int, data: bytes, expected: int) -> Record:
         if len(data) != expected:
-            raise _Bad(f"truncated: {len(data)} of {expected} bytes readable")
-        rec_len, crc = _REC_HEAD.unpack_from(data)
+            raise FormatProblem(f"truncated: {len(data)} of {expected} bytes readable")
+        rec_len, crc = REC_HEAD.unpack_from(data)
         if rec_len != expected - 4:
-            raise _Bad(f"length field says {rec_len + 4} bytes, the index {expected}")
-        body = data[_REC_HEAD.size :]
+            raise FormatProblem(f"length field says {rec_len + 4} bytes, the index {expected}")
+        body = data[REC_HEAD.size :]
         actual = zlib.crc32(body)
         if actual != crc:
-            raise _Bad(f"checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
-        (meta_len,) = _U32.unpack_from(body)
+            raise FormatProblem(f"checksum mismatch (stored {crc:#010x}, computed {actual:#010x})")
+        (meta_len,) = U32.unpack_from(body)
         code_bytes = self._codes.shape[1]
         label_bytes = self._packed_labels.shape[1]
         fixed = 4 + meta_len + code_bytes + label_bytes
         if fixed > len(body):
-            raise _Bad(f"meta length {meta_len} exceeds the record")
+            raise FormatProblem(f"meta length {meta_len} exceeds the record")
         try:
             meta = json.loads(body[4 : 4 + meta_len].decode())
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise _Bad(f"meta is not UTF-8 JSON ({exc})") from None
+            raise FormatProblem(f"meta is not UTF-8 JSON ({exc})") from None
         at = 4 + meta_len
         code = np.frombuffer(body, dtype=np.uint8, count=code_bytes, offset=at).copy()
         at += code_bytes
         packed_labels = np.frombuffer(body, dtype=np.uint8, count=label_bytes, offset=at)
         at += label_bytes
         if not isinstance(meta, dict):
-            raise _Bad("meta is not a JSON object")
+            raise FormatProblem("meta is not a JSON object")
         if meta.get("patch_id") != self._ids[position]:
-            raise _Bad(f"patch id {meta.get('patch_id')!r} differs from the index")
+            raise FormatProblem(f"patch id {meta.get('patch_id')!r} differs from the index")
         if not np.array_equal(code, self._codes[position]):
-            raise _Bad("hash code differs from the index")
+            raise FormatProblem("hash code differs from the index")
         if not np.array_equal(packed_labels, self._packed_labels[position]):
-            raise _Bad("labels differ from the index")
-        shapes = _decode_shapes(meta.get("shapes", {}))
-        georef = _decode_georef(meta.get("georef", {}))
-        streams = _decode_streams(meta.get("streams"), body, at)
+            raise FormatProblem("labels differ from the index")
+        shapes = decode_shapes(meta.get("shapes", {}))
+        georef = decode_georef(meta.get("georef", {}))
+        streams = decode_streams(meta.get("streams"), body, at)
         labels = np.unpackbits(packed_labels, count=len(self.label_names)).astype(np.float32)
         return Record(
             patch_id=self._ids[position],

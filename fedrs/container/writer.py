@@ -17,24 +17,24 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedrs import __version__
-from fedrs.codes import _check_bits, as_packed
+from fedrs.codes import as_packed, check_bits
 from fedrs.container.errors import ContainerExistsError
 from fedrs.container.format import (
-    _INDEX_HEAD,
-    _PREAMBLE,
-    _REC_HEAD,
-    _TRAILER,
-    _U32,
-    _U32_MAX,
     CONTAINER_FORMAT,
     END_MAGIC,
     FORMAT_VERSION,
+    INDEX_HEAD,
     MAGIC,
-    _check_name,
-    _encode_georef,
-    _encode_labels,
-    _encode_shapes,
-    _encode_streams,
+    PREAMBLE,
+    REC_HEAD,
+    TRAILER,
+    U32,
+    U32_MAX,
+    check_stored_name,
+    encode_georef,
+    encode_labels,
+    encode_shapes,
+    encode_streams,
 )
 from fedrs.container.record import Record
 from fedrs.data.facts import LABELS_19
@@ -85,18 +85,18 @@ class ArchiveWriter:
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.hash_bits = _check_bits(hash_bits)
+        self.hash_bits = check_bits(hash_bits)
         if not isinstance(model_fingerprint, str) or not model_fingerprint:
             raise InputError(
                 f"model_fingerprint: expected a non-empty string, got {model_fingerprint!r}"
             )
         names = _default_label_names() if label_names is None else tuple(label_names)
         for label in names:
-            _check_name(label, "a label name", "label_names")
+            check_stored_name(label, "a label name", "label_names")
         if len(set(names)) != len(names):
             raise InputError("label_names: duplicate class names")
         if name is not None:
-            _check_name(name, "the archive name", "name")
+            check_stored_name(name, "the archive name", "name")
         self.label_names = names
         self._label_index = {n: i for i, n in enumerate(names)}
         self._label_bytes = -(-len(names) // 8)
@@ -118,7 +118,7 @@ class ArchiveWriter:
             header_bytes = json.dumps(header, ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise InputError(f"meta: not JSON-serialisable ({exc})") from exc
-        if len(header_bytes) > _U32_MAX:
+        if len(header_bytes) > U32_MAX:
             raise InputError("meta: too large for the archive header (4 GiB)")
         self._check_target()
 
@@ -126,7 +126,7 @@ class ArchiveWriter:
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         # Removes the temporary file if the writer is dropped without close() or abort().
         self._cleanup = weakref.finalize(self, _discard, self._file, self._tmp)
-        preamble = _PREAMBLE.pack(
+        preamble = PREAMBLE.pack(
             MAGIC, FORMAT_VERSION, 0, len(header_bytes), zlib.crc32(header_bytes), bytes(12)
         )
         try:
@@ -196,7 +196,7 @@ class ArchiveWriter:
             raise InputError(f"{self.path}: the writer is closed")
         if not isinstance(record, Record):
             raise InputError(f"add: expected a Record, got {type(record).__name__}")
-        pid = _check_name(record.patch_id, "patch_id", "record")
+        pid = check_stored_name(record.patch_id, "patch_id", "record")
         where = f"record {pid!r}"
         problem = name_problem(pid)
         if problem is not None:
@@ -204,24 +204,24 @@ class ArchiveWriter:
         if pid in self._seen:
             raise InputError(f"{where}: duplicate patch id in {self.path}")
         code = self._encode_code(record.code, where)
-        labels = _encode_labels(record.labels, self.label_names, self._label_index, where)
-        streams_meta, payload = _encode_streams(record.streams, where)
+        labels = encode_labels(record.labels, self.label_names, self._label_index, where)
+        streams_meta, payload = encode_streams(record.streams, where)
         meta = {
             "patch_id": pid,
             "streams": streams_meta,
-            "shapes": _encode_shapes(record.shapes, where),
-            "georef": _encode_georef(record.georef, where),
+            "shapes": encode_shapes(record.shapes, where),
+            "georef": encode_georef(record.georef, where),
         }
         meta_bytes = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode()
         packed_labels = np.packbits(labels).tobytes() if labels.size else b""
-        body = b"".join((_U32.pack(len(meta_bytes)), meta_bytes, code, packed_labels, *payload))
-        if len(body) + 4 > _U32_MAX:
+        body = b"".join((U32.pack(len(meta_bytes)), meta_bytes, code, packed_labels, *payload))
+        if len(body) + 4 > U32_MAX:
             raise InputError(f"{where}: larger than 4 GiB")
-        self._file.write(_REC_HEAD.pack(len(body) + 4, zlib.crc32(body)))
+        self._file.write(REC_HEAD.pack(len(body) + 4, zlib.crc32(body)))
         self._file.write(body)
         position = len(self._offsets)
         self._offsets.append(self._cursor)
-        self._cursor += _REC_HEAD.size + len(body)
+        self._cursor += REC_HEAD.size + len(body)
         self._codes += code
         self._labels += packed_labels
         self._ids.append(pid)
@@ -261,7 +261,7 @@ class ArchiveWriter:
             offsets = np.asarray([*self._offsets, self._cursor], dtype="<u8")
             index = b"".join(
                 (
-                    _INDEX_HEAD.pack(
+                    INDEX_HEAD.pack(
                         len(self._ids), self._code_bytes, len(self.label_names), len(ids_blob)
                     ),
                     offsets.tobytes(),
@@ -270,7 +270,7 @@ class ArchiveWriter:
                     ids_blob,
                 )
             )
-            trailer = _TRAILER.pack(self._cursor, len(index), zlib.crc32(index), 0, END_MAGIC)
+            trailer = TRAILER.pack(self._cursor, len(index), zlib.crc32(index), 0, END_MAGIC)
             self._file.write(index)
             self._file.write(trailer)
             self._file.flush()

@@ -34,7 +34,7 @@ from fedrs.data.errors import ArchiveNotFoundError, CorruptPatchError
 from fedrs.data.facts import LABEL_43_TO_19, LABELS_19
 from fedrs.data.geotiff import check_resample, read_json, read_s1, read_s2_native, upsample_s2
 from fedrs.data.metadata import (
-    _SPLIT_ALIASES,
+    SPLIT_ALIASES,
     labels_matrix,
     load_metadata,
     multi_hot,
@@ -80,7 +80,7 @@ class PatchArchive(Dataset[Item]):
         self.on_error = on_error
         meta = metadata
         if split is not None:
-            split = _SPLIT_ALIASES.get(split, split)
+            split = SPLIT_ALIASES.get(split, split)
             meta = meta[meta["split"] == split]
         wanted = np.zeros(len(meta), dtype=bool)
         for modality in self.modalities:
@@ -206,11 +206,11 @@ class V2Archive(PatchArchive):
 
     def read_s2_native(self, row: int) -> dict[int, np.ndarray]:
         pid = str(self.metadata.at[row, "patch_id"])
-        return read_s2_native(self.root / self.S2_DIR / _product(pid, 2) / pid, pid)
+        return read_s2_native(self.root / self.S2_DIR / product_folder(pid, 2) / pid, pid)
 
     def read_s1(self, row: int) -> np.ndarray:
         name = str(self.metadata.at[row, "s1_name"])
-        return read_s1(self.root / self.S1_DIR / _product(name, 3) / name, name)
+        return read_s1(self.root / self.S1_DIR / product_folder(name, 3) / name, name)
 
 
 class V1Archive(PatchArchive):
@@ -345,7 +345,7 @@ def _folders_two_deep(folder: Path) -> set[str]:
 _TRAILING = {2: re.compile(r"_\d+_\d+$"), 3: re.compile(r"_[^_]+_\d+_\d+$")}
 
 
-def _product(name: str, parts: int) -> str:
+def product_folder(name: str, parts: int) -> str:
     """Product folder of a patch name: the name without its trailing ``parts`` fields."""
     return _TRAILING[parts].sub("", name)
 

@@ -29,7 +29,8 @@ COLUMNS = ("patch_id", "s1_name", "labels", "split", "country", "season", "has_s
 SEASONS = ("Winter", "Spring", "Summer", "Fall")
 _LABEL_INDEX = {name: i for i, name in enumerate(LABELS_19)}
 _DATE = re.compile(r"_(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T")
-_SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+"""Other names of the validation split, read as ``validation``."""
 
 
 def season_of(name: str) -> str | None:
@@ -161,7 +162,7 @@ def normalize_metadata(df: pd.DataFrame, *, source: str | Path = "metadata") -> 
             out[column_name] = _strings(df[column_name], column_name, source)
         else:
             out[column_name] = None
-    out["split"] = out["split"].replace(_SPLIT_ALIASES)
+    out["split"] = out["split"].replace(SPLIT_ALIASES)
     if "season" not in df.columns:
         ids = pa.array(out["patch_id"].to_numpy(dtype=object), type=pa.string())
         found = pc.extract_regex(ids, _DATE.pattern)

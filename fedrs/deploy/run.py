@@ -15,21 +15,19 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomli_w
 
 import fedrs
 from fedrs import pipeline
+from fedrs.config import ExperimentConfig
 from fedrs.data.archive import open_archive
 from fedrs.deploy.errors import DeploymentError
 from fedrs.deploy.local import COMPLETED, FINISHED, LocalDeployment, NodeSpec
 from fedrs.errors import InputError
-
-if TYPE_CHECKING:
-    from fedrs.config import ExperimentConfig
-    from fedrs.pipeline import Progress
-    from fedrs.settings import RunSettings
+from fedrs.pipeline import Progress
+from fedrs.settings import RunSettings
 
 RoundCallback = Callable[[int, int, dict[str, float]], None]
 """``on_round(round, total_rounds, metrics)``, called once for each round that was logged."""

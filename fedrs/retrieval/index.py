@@ -21,7 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from fedrs.codes import _check_bits, as_packed
+from fedrs.codes import as_packed, check_bits
 from fedrs.errors import InputError
 from fedrs.retrieval.errors import CorruptIndexError
 
@@ -176,7 +176,7 @@ class HashIndex:
     """
 
     def __init__(self, bits: int) -> None:
-        self._bits = _check_bits(bits)
+        self._bits = check_bits(bits)
         self._set_index(faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self._bits)))
 
     def _set_index(self, index: Any) -> None:
@@ -335,7 +335,7 @@ class HashIndex:
             raise CorruptIndexError(
                 source, f"expected a flat binary index, got {type(index).__name__}"
             )
-        obj._bits = _check_bits(int(index.d))
+        obj._bits = check_bits(int(index.d))
         obj._set_index(index)
         return obj
 
