@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _data import SMOKE
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from test_strategies import task_identity  # noqa: F401  (fixture)
 
 from fedrs import protocol
 from fedrs.train import build_model
-
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
 
 
 def _round(settings: Any, state: RecordDict, server_round: int) -> dict[str, Any]:

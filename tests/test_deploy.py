@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _data import REPO, SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.deploy.certs import create_credentials, create_node_key
@@ -27,8 +28,6 @@ from fedrs.deploy.processes import ProcessSupervisor, is_running
 from fedrs.deploy.run import node_kinds, overrides_text, prepare_node_data, run_federation
 from fedrs.settings import RunSettings
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _data import SMOKE
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -28,8 +29,6 @@ from fedrs.models import build_image_codec
 from fedrs.pipeline import load_run_data
 from fedrs.train import LocalTrainer, build_model, load_batch, mixed_precision, train_local
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none is visible here)")
 without_gpu = pytest.mark.skipif(CUDA, reason="checks the refusal where no GPU is visible")

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import torch
+from _data import REPO, SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.deploy.processes import is_running
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _data import SMOKE
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from test_strategies import (
@@ -47,9 +48,6 @@ from fedrs.strategies import (
     build_strategy,
     message_bytes,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 
 
 @pytest.fixture(autouse=True)
