@@ -25,7 +25,6 @@ from test_strategies import (
     instructions,
     numpy_of,
     reply,
-    task_identity,  # noqa: F401  (fixture)
 )
 
 from fedrs.cli import main as cli

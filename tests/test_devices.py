@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _client import client_train
 from _data import SMOKE
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import MetricRecord
 
-from fedrs import protocol
 from fedrs.config import TrainConfig, load_config
 from fedrs.devices import (
     autocast,
@@ -33,14 +32,6 @@ CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none is visible here)")
 without_gpu = pytest.mark.skipif(CUDA, reason="checks the refusal where no GPU is visible")
 pytestmark = pytest.mark.usefixtures("cache_env")
-
-
-@pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -217,30 +208,10 @@ def test_training_on_the_gpu_reports_its_memory() -> None:
 
 
 def test_the_client_reports_its_device_per_round(task_identity: None) -> None:
-    from fedrs.clients.app import train
     from fedrs.settings import RunSettings
     from fedrs.strategies.replies import client_metrics
 
-    settings = RunSettings(config_path=str(SMOKE))
-    config = settings.experiment()
-    message = Message(
-        RecordDict(
-            {
-                protocol.ARRAYS: ArrayRecord(build_model(config).state_dict()),
-                protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 1}),
-            }
-        ),
-        dst_node_id=1,
-        message_type="train",
-    )
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": config.partition.clients},
-        state=RecordDict(),
-        run_config={},
-    )
-    metrics = train(message, context, settings).content.metric_records[protocol.METRICS]
+    metrics = client_train(RunSettings(config_path=str(SMOKE)), 0)
     # no GPU share (federation.num_gpus = 0): the CPU, even where a GPU is seen
     assert metrics["device-cuda"] == 0
     found = client_metrics(metrics)

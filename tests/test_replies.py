@@ -26,7 +26,6 @@ from _data import SMOKE
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.serverapp.exception import AggregationError
-from flwr.supercore.task_identity import TaskIdentity
 from numpy.lib import format as npy_format
 from test_strategies import (
     HEAD,
@@ -66,12 +65,7 @@ PARTIAL = "modality-aware"
 WHOLE = "fedavg"
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(autouse=True)
