@@ -24,7 +24,7 @@ from fedrs.devices import (
     to_device,
 )
 from fedrs.errors import InputError
-from fedrs.models import build_image_codec
+from fedrs.models import JointModel, build_image_codec
 from fedrs.pipeline import load_run_data
 from fedrs.train import LocalTrainer, build_model, load_batch, mixed_precision, train_local
 
@@ -183,11 +183,16 @@ def test_a_bf16_training_step_runs_on_the_cpu() -> None:
     assert next(model.parameters()).dtype == torch.float32  # weights stay float32
 
 
-def test_training_reports_its_device() -> None:
-    config = load_config(SMOKE, {"train.device": "cpu"})
+def _trained_once(device: str, stage: int) -> tuple[JointModel, dict[str, float]]:
+    """A fresh smoke model after one epoch of ``stage`` on ``device``, and the metrics."""
+    config = load_config(SMOKE, {"train.device": device})
     data = load_run_data(config.data)
     model = build_model(config)
-    metrics = train_local(model, data.archive, data.train_rows, config, stage=1, epochs=1)
+    return model, train_local(model, data.archive, data.train_rows, config, stage=stage, epochs=1)
+
+
+def test_training_reports_its_device() -> None:
+    _, metrics = _trained_once("cpu", stage=1)
     assert metrics["device-cuda"] == 0.0
     assert "cuda-max-memory-mb" not in metrics
     assert metrics["num-examples-s1"] == float(int(metrics["num-examples-s1"]))
@@ -195,10 +200,7 @@ def test_training_reports_its_device() -> None:
 
 @needs_gpu
 def test_training_on_the_gpu_reports_its_memory() -> None:
-    config = load_config(SMOKE, {"train.device": "cuda"})
-    data = load_run_data(config.data)
-    model = build_model(config)
-    metrics = train_local(model, data.archive, data.train_rows, config, stage=2, epochs=1)
+    model, metrics = _trained_once("cuda", stage=2)
     assert metrics["device-cuda"] == 1.0
     assert metrics["cuda-max-memory-mb"] > 0
     assert next(model.parameters()).device.type == "cuda"
