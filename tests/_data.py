@@ -1,4 +1,5 @@
-"""Where the tests find the real BigEarthNet reference data (one definition for every test).
+"""Where the tests find the real BigEarthNet reference data and the smoke experiment (one
+definition for every test).
 
 The data lives in the repository, ``tests/data/bigearthnet`` (see its README).  When
 ``$FEDRS_SHARED_DATA`` is set, it names a folder of the same layout that is used instead
@@ -31,6 +32,7 @@ V1_SAMPLE = DATA_ROOT / "v1-sample"
 V2_SAMPLE = DATA_ROOT / "v2-sample"
 V2_METADATA = DATA_ROOT / "metadata" / "v2-metadata.parquet"
 FACTS_JSON = DATA_ROOT / "facts.json"
+SMOKE = REPO / "experiments" / "smoke.toml"
 
 
 def load_bench(name: str) -> ModuleType:

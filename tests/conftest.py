@@ -78,6 +78,16 @@ def cache_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Path:
 
 
 @pytest.fixture
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+@pytest.fixture
 def default_signals() -> Iterator[None]:
     """SIGINT and SIGTERM handled as in a foreground terminal for the test, then restored.
 

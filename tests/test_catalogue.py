@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import SMOKE
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp.strategy import FedAdam
 from test_strategies import (
@@ -24,7 +25,6 @@ from test_strategies import (
     instructions,
     numpy_of,
     reply,
-    task_identity,  # noqa: F401  (fixture)
 )
 
 from fedrs.cli import main as cli
@@ -38,8 +38,6 @@ from fedrs.strategies import (
 )
 
 pytestmark = pytest.mark.usefixtures("task_identity")
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 CATALOGUE = [
     "bulyan",
     "fedadagrad",

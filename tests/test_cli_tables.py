@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _data import SMOKE
 from rich.console import Console
 
 from fedrs.cli._common import number
@@ -352,9 +353,6 @@ def test_targets_table_fits_80_columns() -> None:
     one = render(targets_table({"fedavg": mean_targets(found[2:])}, "targets"))
     assert ["fedavg", "mAP@20", "95%", "-", "-", "-"] in [line.split() for line in one.splitlines()]
     assert "seeds" not in one.split()
-
-
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
 
 
 def _write_seed(out: Path, seed: int) -> dict[str, dict[str, Any]]:

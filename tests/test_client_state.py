@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from test_strategies import task_identity  # noqa: F401  (fixture)
-
-from fedrs import protocol
-from fedrs.train import build_model
-
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
+from _client import client_train
+from _data import SMOKE
+from flwr.app import RecordDict
 
 
 def _round(settings: Any, state: RecordDict, server_round: int) -> dict[str, Any]:
-    from fedrs.clients.app import train
-
-    config = settings.experiment()
-    message = Message(
-        RecordDict(
-            {
-                protocol.ARRAYS: ArrayRecord(build_model(config).state_dict()),
-                protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round}),
-            }
-        ),
-        dst_node_id=1,
-        message_type="train",
-    )
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 2, "num-partitions": config.partition.clients},
-        state=state,
-        run_config={},
-    )
-    return dict(train(message, context, settings).content.metric_records[protocol.METRICS])
+    return dict(client_train(settings, 2, server_round=server_round, state=state))
 
 
 @pytest.mark.parametrize("keep", [True, False])

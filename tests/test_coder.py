@@ -9,6 +9,7 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import NormalDist
 
@@ -467,16 +468,23 @@ def test_extended_streams_are_rejected(
             coder.decode_with_indexes(tail + stream, indexes, *tables)
 
 
+def _flipped(data: bytes, bits: Iterable[int]) -> bytes:
+    """``data`` with each of ``bits`` inverted in turn (bit ``b`` is bit ``b % 8`` of byte
+    ``b // 8``)."""
+    damaged = bytearray(data)
+    for bit in bits:
+        damaged[bit // 8] ^= 1 << (bit % 8)
+    return bytes(damaged)
+
+
 def test_every_single_bit_flip_is_rejected(
     small: tuple[bytes, np.ndarray, Tables],
 ) -> None:
     # CRC-32 detects every single-bit error (and the header fields are checked before it).
     stream, indexes, tables = small
     for bit in range(8 * len(stream)):
-        damaged = bytearray(stream)
-        damaged[bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(CorruptStreamError):
-            coder.decode_with_indexes(bytes(damaged), indexes, *tables)
+            coder.decode_with_indexes(_flipped(stream, [bit]), indexes, *tables)
 
 
 def test_random_multi_bit_flips_are_rejected(
@@ -489,11 +497,9 @@ def test_random_multi_bit_flips_are_rejected(
     assert 8 * len(stream) < 2974
     rng = np.random.default_rng(12)
     for _ in range(3000):
-        damaged = bytearray(stream)
-        for bit in rng.choice(8 * len(stream), size=int(rng.integers(2, 12)), replace=False):
-            damaged[bit // 8] ^= 1 << (bit % 8)
+        bits = rng.choice(8 * len(stream), size=int(rng.integers(2, 12)), replace=False)
         with pytest.raises(CorruptStreamError):
-            coder.decode_with_indexes(bytes(damaged), indexes, *tables)
+            coder.decode_with_indexes(_flipped(stream, bits), indexes, *tables)
 
 
 def test_corruption_behind_a_valid_crc_is_caught_or_decodes_canonically(
@@ -512,11 +518,9 @@ def test_corruption_behind_a_valid_crc_is_caught_or_decodes_canonically(
     for trial in range(3000):
         region = "words" if trial % 2 else "escapes"
         lo, hi = (header, words_end) if region == "words" else (words_end, len(stream) - 4)
-        damaged = bytearray(stream[:-4])
-        for _ in range(int(rng.integers(1, 4))):
-            bit = int(rng.integers(8 * lo, 8 * hi))
-            damaged[bit // 8] ^= 1 << (bit % 8)
-        candidate = bytes(damaged) + zlib.crc32(damaged).to_bytes(4, "little")
+        bits = [int(rng.integers(8 * lo, 8 * hi)) for _ in range(int(rng.integers(1, 4)))]
+        damaged = _flipped(stream[:-4], bits)
+        candidate = damaged + zlib.crc32(damaged).to_bytes(4, "little")
         try:
             decoded = coder.decode_with_indexes(candidate, indexes, *tables)
         except CorruptStreamError:
@@ -774,10 +778,8 @@ def test_stream_decoder_accepts_exactly_what_decode_accepts(
     stream, indexes, tables = small
     rng = np.random.default_rng(21)
     for _ in range(400):
-        damaged = bytearray(stream[:-4])
-        bit = int(rng.integers(8 * 3, 8 * len(damaged)))
-        damaged[bit // 8] ^= 1 << (bit % 8)
-        candidate = bytes(damaged) + zlib.crc32(damaged).to_bytes(4, "little")
+        damaged = _flipped(stream[:-4], [int(rng.integers(8 * 3, 8 * (len(stream) - 4)))])
+        candidate = damaged + zlib.crc32(damaged).to_bytes(4, "little")
         try:
             whole = coder.decode_with_indexes(candidate, indexes, *tables)
         except CorruptStreamError:

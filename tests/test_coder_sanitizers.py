@@ -12,8 +12,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from _data import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "native" / "coder"
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 

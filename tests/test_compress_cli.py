@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from _data import SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.compression import (
@@ -35,8 +36,6 @@ from fedrs.data.transforms import collate_patches, normalize
 from fedrs.retrieval import ArchiveSearch, central_search
 from fedrs.train import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 PATCHES = 40
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _data import REPO, SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.deploy.certs import create_credentials, create_node_key
@@ -27,8 +28,6 @@ from fedrs.deploy.processes import ProcessSupervisor, is_running
 from fedrs.deploy.run import node_kinds, overrides_text, prepare_node_data, run_federation
 from fedrs.settings import RunSettings
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 
@@ -50,6 +49,12 @@ def with_certs(certs: Path, folder: Path) -> Path:
 
 def smoke_nodes(count: int) -> list[NodeSpec]:
     return prepare_node_data(RunSettings(config_path=str(SMOKE)).experiment(), count)
+
+
+def rounds_settings(out: Path, rounds: int, min_clients: int) -> RunSettings:
+    """The smoke experiment for ``rounds`` rounds, each needing ``min_clients``, into ``out``."""
+    overrides = {"federation.rounds": rounds, "federation.min_clients": min_clients}
+    return RunSettings(config_path=str(SMOKE), overrides=overrides, out=str(out))
 
 
 def left_running(out: Path) -> list[str]:
@@ -422,11 +427,7 @@ def test_supernode_killed_mid_round(tmp_path: Path) -> None:
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, nodes) as deployment:
         out = tmp_path / "min2"
-        settings = RunSettings(
-            config_path=str(SMOKE),
-            overrides={"federation.rounds": 3, "federation.min_clients": 2},
-            out=str(out),
-        )
+        settings = rounds_settings(out, rounds=3, min_clients=2)
         killer = after_checkpoint(out, lambda: deployment.kill("node-3"))
         summary = run_federation(deployment, settings, app=REPO, timeout=600)
         killer.join(timeout=5)
@@ -443,11 +444,7 @@ def test_supernode_killed_mid_round(tmp_path: Path) -> None:
         deployment.start_supernode(nodes[2])
         deployment.wait_online(3)
         out = tmp_path / "min3"
-        settings = RunSettings(
-            config_path=str(SMOKE),
-            overrides={"federation.rounds": 2, "federation.min_clients": 3},
-            out=str(out),
-        )
+        settings = rounds_settings(out, rounds=2, min_clients=3)
         killer = after_checkpoint(out, lambda: deployment.kill("node-2"))
         with pytest.raises(DeploymentError) as failed:
             run_federation(deployment, settings, app=REPO, timeout=600)

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from _client import client_train
+from _data import SMOKE
+from flwr.app import MetricRecord
 
-from fedrs import protocol
 from fedrs.config import TrainConfig, load_config
 from fedrs.devices import (
     autocast,
@@ -24,24 +24,14 @@ from fedrs.devices import (
     to_device,
 )
 from fedrs.errors import InputError
-from fedrs.models import build_image_codec
+from fedrs.models import JointModel, build_image_codec
 from fedrs.pipeline import load_run_data
 from fedrs.train import LocalTrainer, build_model, load_batch, mixed_precision, train_local
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none is visible here)")
 without_gpu = pytest.mark.skipif(CUDA, reason="checks the refusal where no GPU is visible")
 pytestmark = pytest.mark.usefixtures("cache_env")
-
-
-@pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -193,11 +183,16 @@ def test_a_bf16_training_step_runs_on_the_cpu() -> None:
     assert next(model.parameters()).dtype == torch.float32  # weights stay float32
 
 
-def test_training_reports_its_device() -> None:
-    config = load_config(SMOKE, {"train.device": "cpu"})
+def _trained_once(device: str, stage: int) -> tuple[JointModel, dict[str, float]]:
+    """A fresh smoke model after one epoch of ``stage`` on ``device``, and the metrics."""
+    config = load_config(SMOKE, {"train.device": device})
     data = load_run_data(config.data)
     model = build_model(config)
-    metrics = train_local(model, data.archive, data.train_rows, config, stage=1, epochs=1)
+    return model, train_local(model, data.archive, data.train_rows, config, stage=stage, epochs=1)
+
+
+def test_training_reports_its_device() -> None:
+    _, metrics = _trained_once("cpu", stage=1)
     assert metrics["device-cuda"] == 0.0
     assert "cuda-max-memory-mb" not in metrics
     assert metrics["num-examples-s1"] == float(int(metrics["num-examples-s1"]))
@@ -205,10 +200,7 @@ def test_training_reports_its_device() -> None:
 
 @needs_gpu
 def test_training_on_the_gpu_reports_its_memory() -> None:
-    config = load_config(SMOKE, {"train.device": "cuda"})
-    data = load_run_data(config.data)
-    model = build_model(config)
-    metrics = train_local(model, data.archive, data.train_rows, config, stage=2, epochs=1)
+    model, metrics = _trained_once("cuda", stage=2)
     assert metrics["device-cuda"] == 1.0
     assert metrics["cuda-max-memory-mb"] > 0
     assert next(model.parameters()).device.type == "cuda"
@@ -218,30 +210,10 @@ def test_training_on_the_gpu_reports_its_memory() -> None:
 
 
 def test_the_client_reports_its_device_per_round(task_identity: None) -> None:
-    from fedrs.clients.app import train
     from fedrs.settings import RunSettings
     from fedrs.strategies.replies import client_metrics
 
-    settings = RunSettings(config_path=str(SMOKE))
-    config = settings.experiment()
-    message = Message(
-        RecordDict(
-            {
-                protocol.ARRAYS: ArrayRecord(build_model(config).state_dict()),
-                protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 1}),
-            }
-        ),
-        dst_node_id=1,
-        message_type="train",
-    )
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": config.partition.clients},
-        state=RecordDict(),
-        run_config={},
-    )
-    metrics = train(message, context, settings).content.metric_records[protocol.METRICS]
+    metrics = client_train(RunSettings(config_path=str(SMOKE)), 0)
     # no GPU share (federation.num_gpus = 0): the CPU, even where a GPU is seen
     assert metrics["device-cuda"] == 0
     found = client_metrics(metrics)

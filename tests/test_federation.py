@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import torch
+from _client import client_context
+from _data import REPO, SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.deploy.processes import is_running
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 
@@ -181,7 +181,7 @@ def _train_message(arrays: Any, server_round: int) -> Any:
 
 def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client's reply: model arrays of its modalities and scalar metrics, nothing else."""
-    from flwr.app import ArrayRecord, Context, RecordDict
+    from flwr.app import ArrayRecord
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedrs.clients.app import load_client_data, train
@@ -196,13 +196,7 @@ def test_client_replies_hold_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_model(config)
     message = _train_message(ArrayRecord(model.state_dict()), 1)
     for client in range(config.partition.clients):
-        context = Context(
-            run_id=1,
-            node_id=1,
-            node_config={"partition-id": client, "num-partitions": config.partition.clients},
-            state=RecordDict(),
-            run_config={},
-        )
+        context = client_context(client, config.partition.clients)
         reply = train(message, context, settings)
         content = reply.content
         assert set(content.keys()) == {"arrays", "metrics"}

@@ -26,6 +26,7 @@ or the coverage-guided harness ``tests/fuzz/atheris_readers.py``.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -225,11 +226,25 @@ def _with_entry_value(data: bytes, order: str, entry: int, value: int) -> bytes:
     return bytes(out)
 
 
-def tiff_value(data: bytes, rng: np.random.Generator) -> bytes:
-    found = _tiff_entry(data, rng)
-    if found is None:
-        return flip_bits(data, rng)
-    order, entry, _ = found
+def _on_an_entry(
+    damage: Callable[[bytes, np.random.Generator, str, int], bytes],
+) -> Callable[[bytes, np.random.Generator], bytes]:
+    """A mutator applying ``damage(data, rng, order, entry)`` to one entry of the first IFD
+    (:func:`_tiff_entry`), or flipping bits where there is none."""
+
+    @functools.wraps(damage)
+    def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+        found = _tiff_entry(data, rng)
+        if found is None:
+            return flip_bits(data, rng)
+        order, entry, _ = found
+        return damage(data, rng, order, entry)
+
+    return mutate
+
+
+@_on_an_entry
+def tiff_value(data: bytes, rng: np.random.Generator, order: str, entry: int) -> bytes:
     return _with_entry_value(data, order, entry, _interesting(rng, len(data)))
 
 
@@ -244,11 +259,8 @@ def tiff_compression(data: bytes, rng: np.random.Generator) -> bytes:
     return flip_bits(data, rng)
 
 
-def tiff_type_or_count(data: bytes, rng: np.random.Generator) -> bytes:
-    found = _tiff_entry(data, rng)
-    if found is None:
-        return flip_bits(data, rng)
-    order, entry, _ = found
+@_on_an_entry
+def tiff_type_or_count(data: bytes, rng: np.random.Generator, order: str, entry: int) -> bytes:
     out = bytearray(data)
     if rng.random() < 0.5:
         out[entry + 2 : entry + 4] = struct.pack(order + "H", int(rng.integers(0, 20)))
@@ -257,12 +269,9 @@ def tiff_type_or_count(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(out)
 
 
-def tiff_tag(data: bytes, rng: np.random.Generator) -> bytes:
+@_on_an_entry
+def tiff_tag(data: bytes, rng: np.random.Generator, order: str, entry: int) -> bytes:
     """Rename a tag: duplicates, unknown tags, entries out of order."""
-    found = _tiff_entry(data, rng)
-    if found is None:
-        return flip_bits(data, rng)
-    order, entry, _ = found
     tag = int(_pick(rng, (*KEY_TAGS, 0, 254, 322, 323, 324, 325, 330, 34735, 65535)))
     out = bytearray(data)
     out[entry : entry + 2] = struct.pack(order + "H", tag)

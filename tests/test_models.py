@@ -9,6 +9,7 @@ from dataclasses import replace
 import pydantic
 import pytest
 import torch
+from _data import SMOKE
 
 from fedrs.errors import InputError
 from fedrs.models import (
@@ -143,13 +144,10 @@ def test_bitstreams_and_codes_of_200_patches_do_not_depend_on_the_batching() -> 
     # every evaluation-time computation that feeds the bytes and the codes (g_a, h_a, h_s, the
     # entropy parameters, the hash head) runs on fixed-size pieces, so a patch gets the same
     # bytes and code alone and in any batch
-    from pathlib import Path
-
     from fedrs.config import load_config
     from fedrs.train import build_model
 
-    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
-    model = build_model(load_config(smoke)).eval()
+    model = build_model(load_config(SMOKE)).eval()
     assert set(model.modalities) == {"s1", "s2"}
     count = 200
     batch = make_batch(count, seed=11, scale=4.0)

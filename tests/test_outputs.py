@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _data import SMOKE
 
 from fedrs.cli import main as cli
 from fedrs.errors import InputError
@@ -22,9 +23,6 @@ from fedrs.io import (
     name_problem,
 )
 from fedrs.settings import check_out_folder
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 
 
 class DataPrepared(AssertionError):

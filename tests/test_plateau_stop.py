@@ -10,14 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from _data import SMOKE
 
 from fedrs.centralized import run_centralized
 from fedrs.cli import main as cli
 from fedrs.config import load_config
 from fedrs.train import plateau_for, plateau_value
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 NEVER_BETTER = {"eval.patience": 1, "eval.tolerance": 1.0}

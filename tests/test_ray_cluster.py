@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _data import SMOKE
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 BIN = Path(sys.executable).parent
 
 

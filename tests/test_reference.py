@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from _data import SMOKE
 
 from fedrs.config import load_config
 from fedrs.reference import read_reference, reference_key, reference_path, write_reference
-
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _data import SMOKE
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.serverapp.exception import AggregationError
-from flwr.supercore.task_identity import TaskIdentity
 from numpy.lib import format as npy_format
 from test_strategies import (
     HEAD,
@@ -65,12 +65,7 @@ PARTIAL = "modality-aware"
 WHOLE = "fedavg"
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(autouse=True)
@@ -373,20 +368,17 @@ def test_a_run_stops_before_evaluating_a_non_finite_model() -> None:
 
 
 def test_strategy_for_bounds_the_weight() -> None:
-    from pathlib import Path
-
     from fedrs.config import load_config
     from fedrs.server_strategy import strategy_for
 
-    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
-    config = load_config(smoke)
+    config = load_config(SMOKE)
     assert config.federation.max_weight is None
     assert strategy_for(config, 3).max_weight is None  # fedrs.validation's call
     assert strategy_for(config, 3, max_weight=1234).max_weight == 1234
-    configured = load_config(smoke, {"federation.max_weight": 50})
+    configured = load_config(SMOKE, {"federation.max_weight": 50})
     assert strategy_for(configured, 3, max_weight=1234).max_weight == 50
     with pytest.raises(InputError, match="max_weight"):
-        load_config(smoke, {"federation.max_weight": 0})
+        load_config(SMOKE, {"federation.max_weight": 0})
 
 
 # ---------------------------------------------------------------------------- pure functions

@@ -9,14 +9,13 @@ strategy reads statistics from replies as hostile input.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _data import SMOKE
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from test_strategies import FakeGrid
 from torch import nn
 
@@ -37,20 +36,7 @@ from fedrs.pipeline import load_run_data
 from fedrs.strategies import build_strategy
 from fedrs.train import build_model, iterate_batches, measure_statistics, train_local
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    monkeypatch.setenv("FEDRS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("cache_env", "task_identity")
 
 
 def _features(model: Any, archive: Any, rows: np.ndarray, modalities: tuple[str, ...]) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _data import SMOKE
 
 from fedrs.centralized import run_centralized
 from fedrs.cli import main as cli
@@ -25,13 +26,7 @@ from fedrs.train import (
     train_local,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    monkeypatch.setenv("FEDRS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fedrs-cache"))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 def test_run_data_splits_are_disjoint_and_capped() -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from _client import client_context
+from _data import SMOKE
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from test_strategies import (
     HEAD,
     LOCAL,
@@ -48,16 +49,7 @@ from fedrs.strategies import (
     message_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def model_pair(seed: int = 0, scale: float = 1e-3) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -567,16 +559,7 @@ def test_client_app_rounds_with_coded_updates_in_process(
     )
     assert isinstance(strategy, AccountedFedAvg)
     arrays = ArrayRecord(build_model(config).state_dict())
-    contexts = {
-        node: Context(
-            run_id=1,
-            node_id=node,
-            node_config={"partition-id": node - 1, "num-partitions": 3},
-            state=RecordDict(),
-            run_config={},
-        )
-        for node in (1, 2, 3)
-    }
+    contexts = {node: client_context(node - 1, 3, node_id=node) for node in (1, 2, 3)}
     for server_round in (1, 2):
         messages = instructions(strategy, 3, arrays, server_round=server_round)
         replies = [train(m, contexts[m.metadata.dst_node_id], settings) for m in messages]

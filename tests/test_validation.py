@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from _data import REPO
 
 from fedrs.cli import main as cli
 from fedrs.cli._overrides import drop_replaced_options
@@ -16,7 +17,6 @@ from fedrs.config import load_config
 from fedrs.errors import InputError
 from fedrs.validation import check_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 MODALITY_SPLIT = REPO / "experiments" / "modality-split.toml"
 NOTE = (
     "fedrs: --partition iid replaces modality: its options both, s1_only, s2_only "

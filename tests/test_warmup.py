@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from _client import client_train
+from _data import SMOKE
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from test_strategies import FakeGrid
 
 import fedrs.centralized as centralized
@@ -31,17 +32,7 @@ from fedrs.train import (
     validate,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.toml"
 pytestmark = pytest.mark.usefixtures("cache_env")
-
-
-@pytest.fixture
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower reads the sender's identity when a message is built; a ServerApp run sets it."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -256,7 +247,6 @@ def test_replace_global_is_what_the_next_round_starts_from(task_identity: None) 
 
 
 def test_client_leaves_the_rate_out_when_told(task_identity: None) -> None:
-    from fedrs.clients.app import train
     from fedrs.settings import RunSettings
 
     settings = RunSettings(config_path=str(SMOKE))
@@ -264,22 +254,8 @@ def test_client_leaves_the_rate_out_when_told(task_identity: None) -> None:
     arrays = ArrayRecord(build_model(config).state_dict())
     lmbda = config.loss.lmbda
     for rate in (None, False):
-        values: dict[str, Any] = {protocol.SERVER_ROUND: 1}
-        if rate is not None:
-            values[protocol.RATE] = rate
-        message = Message(
-            RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: ConfigRecord(values)}),
-            dst_node_id=1,
-            message_type="train",
-        )
-        context = Context(
-            run_id=1,
-            node_id=1,
-            node_config={"partition-id": 2, "num-partitions": config.partition.clients},
-            state=RecordDict(),
-            run_config={},
-        )
-        metrics = train(message, context, settings).content.metric_records[protocol.METRICS]
+        values = {} if rate is None else {protocol.RATE: rate}
+        metrics = client_train(settings, 2, arrays=arrays, config=values)
         rate_term = metrics["bpp"] if rate is None else 0.0
         assert metrics["loss"] == pytest.approx(rate_term + lmbda * metrics["distortion"])
         assert metrics["bpp"] > 0
