@@ -445,10 +445,11 @@ def test_older_format_name_is_read_alike(
             _assert_same(archive.record(i), want, i)
 
 
+@pytest.mark.parametrize("other", ["fedrs-cache", ["fedrs-container"], {"a": 1}, None])
 def test_other_format_name_is_refused(
-    tmp_path: Path, records: list[Record], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, records: list[Record], other: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fedrs.container.writer, "CONTAINER_FORMAT", "fedrs-cache")
+    monkeypatch.setattr(fedrs.container.writer, "CONTAINER_FORMAT", other)
     path = _write(tmp_path / "other.fedrs", records)
     with pytest.raises(CorruptArchiveError, match="not a fedrs-container header"):
         CompressedArchive.open(path)

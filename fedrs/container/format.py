@@ -114,8 +114,9 @@ CONTAINER_FORMAT = "fedrs-container"
 """The header's ``format``: what the file is (a ``.fedrs`` container). What its records hold
 is said by the writer in ``meta`` (``"fedrs-compressed-archive"``: :mod:`fedrs.compression`)."""
 
-_OLDER_FORMAT_NAMES = frozenset({"fedrs-archive"})
-"""Header ``format`` values written by earlier fedrs versions, read alike."""
+_READ_FORMAT_NAMES = (CONTAINER_FORMAT, "fedrs-archive")
+"""Header ``format`` values read: this version's and the one earlier versions wrote (a tuple:
+the value comes from the file and need not be hashable)."""
 
 # the fixed-size parts of the layout and the encoding and decoding of the others are the
 # reader's and the writer's (fedrs.container.reader, fedrs.container.writer)
@@ -241,9 +242,7 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatProblem(f"not UTF-8 JSON ({exc})") from None
-    if not isinstance(header, dict) or (
-        header.get("format") != CONTAINER_FORMAT and header.get("format") not in _OLDER_FORMAT_NAMES
-    ):
+    if not isinstance(header, dict) or header.get("format") not in _READ_FORMAT_NAMES:
         raise FormatProblem(f"not a {CONTAINER_FORMAT} header")
     bits = header.get("hash_bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
