@@ -26,6 +26,12 @@ from fedrs.errors import InputError
 T = TypeVar("T")
 
 
+def store_name(name: str, entry: Any) -> None:
+    """An ``on_register`` that stores the registered name on the entry as its ``name`` (a class
+    that says which name built it)."""
+    entry.name = name
+
+
 class Registry(MutableMapping[str, T], Generic[T]):
     """Entries of one kind by name.
 

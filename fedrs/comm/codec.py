@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedrs.errors import InputError
-from fedrs.registry import Registry
+from fedrs.registry import Registry, store_name
 
 from .errors import UpdateCodecError
 from .payload import CodedTensor, pack, unpack
@@ -60,11 +60,7 @@ _SYMBOL_LIMIT = (1 << 31) - 1
 Arrays = Mapping[str, npt.NDArray[Any]]
 
 
-def _store_name(name: str, cls: type[UpdateCodec]) -> None:
-    cls.name = name
-
-
-UPDATE_CODECS: Registry[type[UpdateCodec]] = Registry("update codec", on_register=_store_name)
+UPDATE_CODECS: Registry[type[UpdateCodec]] = Registry("update codec", on_register=store_name)
 """Registered update codecs by name (the name is also stored as the class's ``name``)."""
 
 register_update_codec = UPDATE_CODECS.register

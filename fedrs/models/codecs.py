@@ -54,7 +54,7 @@ from fedrs.models.layers import (
     ste_round,
     subpel_conv3x3,
 )
-from fedrs.registry import Registry
+from fedrs.registry import Registry, store_name
 
 __all__ = [
     "IMAGE_CODECS",
@@ -70,12 +70,8 @@ __all__ = [
 ]
 
 
-def _store_name(name: str, cls: type[ImageCodec]) -> None:
-    cls.name = name
-
-
 IMAGE_CODECS: Registry[type[ImageCodec]] = Registry(
-    "image codec", error=UnknownImageCodecError, on_register=_store_name
+    "image codec", error=UnknownImageCodecError, on_register=store_name
 )
 """Registered codec classes by name (the name is also stored as the class's ``name``)."""
 
