@@ -227,6 +227,54 @@ def test_bad_inputs_raise_typed_errors() -> None:
         ModelConfig(codecs={"s3": "hyperprior"})
     with pytest.raises(pydantic.ValidationError, match="multiple of 8"):
         ModelConfig(hash_bits=12)
+    with pytest.raises(pydantic.ValidationError, match="codec_init"):
+        ModelConfig(codec_init="xavier")
+    with pytest.raises(InputError, match="xavier"):
+        build_image_codec("hyperprior", 3, init="xavier")
+
+
+def _live_symbols(codec: torch.nn.Module, x: torch.Tensor) -> float:
+    """Share of a new codec's latent symbols that round to non-zero (0: a dead start)."""
+    codec.eval()
+    with torch.no_grad():
+        y, _ = codec.encode_latents(x, invariant=True)
+    return float((torch.round(y) != 0).float().mean())
+
+
+def test_unit_init_starts_the_hyperprior_with_live_latents() -> None:
+    # default width/latent: the 4-convolution analysis of the experiments
+    x = torch.randn(4, 12, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    live = {}
+    for init in ("torch", "unit"):
+        torch.manual_seed(0)
+        live[init] = _live_symbols(build_image_codec("hyperprior", 12, init=init), x)
+    assert live["torch"] < 0.05
+    assert live["unit"] > 0.3
+    torch.manual_seed(0)
+    default = build_image_codec("hyperprior", 12)
+    assert _live_symbols(default, x) == pytest.approx(live["unit"])
+
+
+def test_codec_init_follows_the_model_config() -> None:
+    for init, other in (("unit", "torch"), ("torch", "unit")):
+        torch.manual_seed(0)
+        model = JointModel(ModelConfig(codecs={"s2": "hyperprior"}, codec_init=init))
+        torch.manual_seed(0)
+        codec = build_image_codec("hyperprior", 12, init=init)
+        torch.manual_seed(0)
+        codec_other = build_image_codec("hyperprior", 12, init=other)
+        weight = model.codec("s2").g_a[0].weight
+        assert torch.equal(weight, codec.g_a[0].weight)
+        assert not torch.equal(weight, codec_other.g_a[0].weight)
+
+
+def test_cheng_codecs_keep_torch_init_unless_told() -> None:
+    torch.manual_seed(0)
+    default = build_image_codec("cheng2020-attn", 5, width=8, latent=4)
+    torch.manual_seed(0)
+    torch_init = build_image_codec("cheng2020-attn", 5, width=8, latent=4, init="torch")
+    for a, b in zip(default.parameters(), torch_init.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_registry_lists_both_architectures() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedrs.models.codecs import available_codecs
+from fedrs.models.codecs import CODEC_INITS, available_codecs
 
 __all__ = ["MODALITY_CHANNELS", "ModelConfig"]
 
@@ -19,6 +19,10 @@ class ModelConfig(BaseModel):
         codecs: codec name per modality (keys ``"s1"`` and/or ``"s2"``; names registered with
             ``fedrs.models.register_image_codec``: ``"hyperprior"``, ``"cheng2020-attn"``,
             ``"cheng2020-attn-ctx"`` (with the autoregressive context model)).
+        codec_init: how the codecs' transforms are initialised: ``"unit"`` (variance-preserving:
+            the latents of a new model are live), ``"torch"`` (PyTorch's default, under which
+            they start dead), or unset: each codec's own default, ``"unit"`` for
+            ``"hyperprior"`` (see :data:`fedrs.models.codecs.CODEC_INITS`).
         width: channels N of the transforms.
         latent: channels M of the latent ``y``.
         hash_bits: K, length of the binary codes (a multiple of 8).
@@ -32,6 +36,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     codecs: dict[str, str] = Field(default_factory=lambda: {"s1": "hyperprior", "s2": "hyperprior"})
+    codec_init: str | None = None
     width: int = Field(default=32, ge=2, le=1024)
     latent: int = Field(default=48, ge=1, le=1024)
     hash_bits: int = Field(default=64, ge=8, le=1024)
@@ -59,6 +64,13 @@ class ModelConfig(BaseModel):
                     f"unknown codec {name!r} for {modality}; expected one of {list(names)}"
                 )
         return {m: value[m] for m in MODALITY_CHANNELS if m in value}
+
+    @field_validator("codec_init")
+    @classmethod
+    def _check_init(cls, value: str | None) -> str | None:
+        if value is not None and value not in CODEC_INITS:
+            raise ValueError(f"unknown codec_init {value!r}; expected one of {list(CODEC_INITS)}")
+        return value
 
     @field_validator("hash_bits")
     @classmethod

@@ -56,6 +56,7 @@ class JointModel(nn.Module):
                     MODALITY_CHANNELS[modality],
                     width=cfg.width,
                     latent=cfg.latent,
+                    init=cfg.codec_init,
                     **options.get(name, {}),
                 )
                 for modality, name in cfg.codecs.items()
