@@ -127,7 +127,7 @@ def first_round(config: ExperimentConfig, queries: int) -> dict[str, Any]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{min(values):.3f}-{max(values):.3f}" if values else "-"
+    return f"{min(values):.3g}-{max(values):.3g}" if values else "-"
 
 
 def table(name: str, result: Mapping[str, Any]) -> None:
@@ -139,13 +139,11 @@ def table(name: str, result: Mapping[str, Any]) -> None:
 
     for label, f in (("initial", result["initial"]), ("average", result["average"])):
         print(f"| {label} | {cell(f, 's1')} | {cell(f, 's2')} |")
+    ranges = []
     for m in ("s1", "s2"):
         own = [c["figures"][m] for c in result["clients"] if m in c["modalities"]]
-        rates, psnrs = [f[0] for f in own], [f[1] for f in own]
-        print(
-            f"| {len(own)} clients holding {m.upper()} | bpp {spread(rates)} | "
-            f"PSNR {spread(psnrs)} |"
-        )
+        ranges.append(f"{spread([f[0] for f in own])} / {spread([f[1] for f in own])}")
+    print(f"| each client holding the modality (range) | {ranges[0]} | {ranges[1]} |")
     for epoch, f in enumerate(result["centralized"], 1):
         print(f"| centralized, epoch {epoch} | {cell(f, 's1')} | {cell(f, 's2')} |")
 
