@@ -34,10 +34,9 @@ from fedrs.client_round import client_config
 from fedrs.config import ExperimentConfig, load_config
 from fedrs.models import JointModel
 from fedrs.pipeline import RunData, client_rows, load_run_data
-from fedrs.train import LocalTrainer, build_model, encode_rows, psnr_db, train_local
+from fedrs.train import LocalTrainer, build_model, train_local, validate
 
 REPO = Path(__file__).resolve().parents[1]
-PIXELS = 120 * 120
 
 
 def average_states(
@@ -61,15 +60,14 @@ def average_states(
 
 
 def figures(model: JointModel, data: RunData, rows: np.ndarray) -> dict[str, list[float]]:
-    """``{modality: [bpp, PSNR dB]}`` of ``rows`` coded to bitstreams and decoded."""
-    coded = encode_rows(model, data.archive, rows, decode=True)
-    out = {}
-    for m in model.modalities:
-        if coded["patches"].get(m):
-            bpp = coded["bits"][m] / (coded["patches"][m] * PIXELS)
-            psnr = psnr_db(m, coded["sq_error"][m], coded["values"][m])
-            out[m] = [round(bpp, 4), round(float(psnr or 0.0), 2)]
-    return out
+    """``{modality: [bpp, PSNR dB]}`` of ``rows`` coded to bitstreams and decoded
+    (:func:`fedrs.train.validate`)."""
+    found = validate(model, data.archive, rows)
+    return {
+        m: [round(bpp, 4), round(float(found["psnr"][m]), 2)]
+        for m, bpp in found["bpp"].items()
+        if bpp is not None
+    }
 
 
 def first_round(config: ExperimentConfig, queries: int) -> dict[str, Any]:
