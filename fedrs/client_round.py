@@ -41,7 +41,7 @@ from fedrs.client_data import ClientData, sent_modalities
 from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
 from fedrs.models.joint import JointModel
-from fedrs.models.statistics import WhiteningPool
+from fedrs.models.statistics import WhiteningPool, whitening_modules
 from fedrs.train import build_model, measure_statistics, train_local
 
 
@@ -137,6 +137,9 @@ def train_round(
     if local is not None:
         state.update(local)
     model.load_state_dict(state)
+    if config.federation.local_whitening == "running":
+        for module in whitening_modules(model).values():
+            module.batch_statistics = False
     stage = 1 if global_round <= config.federation.stage1_rounds else 2
     rate = bool(cfg.get(protocol.RATE, True))  # the server says when a round leaves it out
     optimizer_state = kept_optimizer_state(optimizer, stage, rate) if keep_adam else None

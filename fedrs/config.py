@@ -214,6 +214,13 @@ class FederationConfig(_Section):
         "(FedBN-style: each client keeps its own; the server evaluates with the pooled ones), "
         "'averaged' (the buffers averaged like weights: the only choice under DP clipping)",
     )
+    local_whitening: Literal["batch", "running"] = Field(
+        "batch",
+        description="how a client's hash head whitens while it trains: 'batch' (each batch's "
+        "own covariance, as the centralized run) or 'running' (the whitening statistics of "
+        "the model it received, with which it is evaluated; with 'pooled' statistics those of "
+        "all clients' features)",
+    )
     keep_optimizer: bool = Field(
         False,
         description="a client keeps its Adam state in its node state between rounds of a "

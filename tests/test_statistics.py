@@ -30,6 +30,7 @@ from fedrs.models.statistics import (
     apply_moments,
     moments_from_features,
     pool_moments,
+    running_statistics,
     whitening_modules,
 )
 from fedrs.pipeline import load_run_data
@@ -268,3 +269,72 @@ def test_local_statistics_keep_the_whitening_at_home_and_pool_for_the_server() -
     assert strategy.statistics is not None
     averaged = strategy_for(load_config(SMOKE, {"federation.statistics": "averaged"}), 3)
     assert averaged.statistics is None
+
+
+def test_whitening_trains_with_its_running_statistics_when_told() -> None:
+    """``batch_statistics = False``: training whitens exactly as evaluation does, the buffers
+    stay, and gradients still reach the input and the affine map."""
+    torch.manual_seed(0)
+    whiten = FeatureWhitening(32, group=16)
+    moments = moments_from_features(torch.randn(200, 32, dtype=torch.float64) * 3, 16)
+    mean, matrix = running_statistics(whiten, moments)
+    whiten.running_mean.copy_(mean)
+    whiten.running_whitening.copy_(matrix)
+    x = torch.randn(4, 32, requires_grad=True)
+    whiten.eval()
+    expected = whiten(x).detach()
+
+    whiten.train()
+    moved = whiten(x)  # a batch of 4 whitens with its own (rank-3) covariance
+    assert not torch.allclose(moved, expected, atol=1e-3)
+    assert not torch.equal(whiten.running_mean, mean)
+
+    whiten.running_mean.copy_(mean)
+    whiten.running_whitening.copy_(matrix)
+    whiten.batch_statistics = False
+    out = whiten(x)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(whiten.running_mean, mean)
+    assert torch.equal(whiten.running_whitening, matrix)
+    out.square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert whiten.weight.grad is not None and float(whiten.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("mode", ["batch", "running"])
+def test_client_whitens_with_the_received_statistics_under_local_whitening_running(
+    mode: str,
+) -> None:
+    """``federation.local_whitening = "running"``: a client's stage-2 round trains its hash head
+    under the whitening statistics it received (the buffers come back unchanged); ``"batch"``
+    (the default) whitens each batch and moves them."""
+    from fedrs.client_data import ClientData
+    from fedrs.client_round import train_round
+
+    config = load_config(SMOKE, {"federation.local_whitening": mode})
+    assert config.federation.local_whitening == mode
+    data = load_run_data(config.data)
+    model = build_model(config)
+    apply_moments(model, measure_statistics(model, data.archive, data.train_rows, config))
+    received = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    client = ClientData(0, data.archive, data.train_rows[:24], ("s1", "s2"))
+    trained = train_round(
+        config,
+        client,
+        received,
+        {protocol.SERVER_ROUND: config.federation.stage1_rounds + 1, protocol.STATISTICS: True},
+    )
+    state = trained.model.state_dict()
+    kept = all(
+        np.array_equal(state[k].numpy(), received[k])
+        for k in ("hash_head.whiten.running_mean", "hash_head.whiten.running_whitening")
+    )
+    assert kept == (mode == "running")
+    assert not np.array_equal(
+        state["hash_head.whiten.weight"].numpy(), received["hash_head.whiten.weight"]
+    )
+
+
+def test_local_whitening_refuses_unknown_modes() -> None:
+    with pytest.raises(InputError, match="local_whitening"):
+        load_config(SMOKE, {"federation.local_whitening": "pooled"})

@@ -24,7 +24,10 @@ class FeatureWhitening(nn.Module):
     """Group-wise batch whitening by Newton iterations (IterNorm, Huang et al. 2019).
 
     Training whitens with the batch covariance (``eps``-regularised, so small batches work) and
-    tracks ``running_mean`` / ``running_whitening`` (buffers); evaluation uses them.  In a
+    tracks ``running_mean`` / ``running_whitening`` (buffers); evaluation uses them, and so does
+    training once :attr:`batch_statistics` is set to ``False`` (the buffers then stay as they
+    are: a federated client training on batches too small to whiten with, see
+    ``federation.local_whitening``).  In a
     federation they are set from the pooled statistics of all clients' features, and in a
     centralized run from those of all its data (:mod:`fedrs.models.statistics`), rather than
     left to the running averages.  A learned per-feature affine map follows.
@@ -58,6 +61,7 @@ class FeatureWhitening(nn.Module):
         self.iterations = iterations
         self.momentum = momentum
         self.eps = eps
+        self.batch_statistics = True
         self.weight = nn.Parameter(torch.ones(features))
         self.bias = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
@@ -86,7 +90,7 @@ class FeatureWhitening(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise InputError(f"expected (B, {self.features}) features, got {tuple(x.shape)}")
-        if self.training and x.shape[0] > 1:
+        if self.training and self.batch_statistics and x.shape[0] > 1:
             mean = x.mean(0)
             centred = (x - mean).t().reshape(self.groups, self.group, -1)
             wm = self._whitening_matrix(centred)
