@@ -27,10 +27,10 @@ class FeatureWhitening(nn.Module):
     tracks ``running_mean`` / ``running_whitening`` (buffers); evaluation uses them, and so does
     training once :attr:`batch_statistics` is set to ``False`` (the buffers then stay as they
     are: a federated client training on batches too small to whiten with, see
-    ``federation.local_whitening``).  In a
-    federation they are set from the pooled statistics of all clients' features, and in a
-    centralized run from those of all its data (:mod:`fedrs.models.statistics`), rather than
-    left to the running averages.  A learned per-feature affine map follows.
+    ``federation.local_whitening``).  In a federation they are set from the pooled statistics
+    of all clients' features, and in a centralized run from those of all its data
+    (:mod:`fedrs.models.statistics`), rather than left to the running averages.  A learned
+    per-feature affine map follows.
 
     Args:
         features: feature dimension.
