@@ -160,8 +160,12 @@ def test_central_lambdas_extend_only_the_centralized_curve(
     row = found["runs"]["fedavg"]["per_seed"][0]
     assert found["central_lambdas"] == [6.0]
     # the centralized curve through all four points, the federation's through its three
-    expected = bd_psnr([0.20, 0.30, 0.32, 0.34], [27.8, 28.0, 28.2, 28.4], *federated)
+    expected = bd_psnr([0.20, 0.30, 0.32, 0.34], [27.8, 28.0, 28.2, 28.4], *federated, fit="pchip")
     assert row["bd_psnr_s2"] == pytest.approx(expected) and expected < 0
+    assert found["fit"] == "pchip"  # the default
     assert found["runs"]["centralized"]["map@20"]["mean"] == pytest.approx(0.90)
     only = [a for a in calls if a[a.index("--strategies") + 1] == ""]
     assert len(only) == 1 and "loss.lmbda=6.0" in only[0]
+    cubic = result("--central-lambdas", "6", "--fit", "cubic")["runs"]["fedavg"]["per_seed"][0]
+    expected = bd_psnr([0.20, 0.30, 0.32, 0.34], [27.8, 28.0, 28.2, 28.4], *federated)
+    assert cubic["bd_psnr_s2"] == pytest.approx(expected)
