@@ -18,8 +18,8 @@ seed (mAP@20, BD-rate, MB) with its 95 % interval.
 
 Prints the tables, then, as its last line, one JSON object with every figure.
 
-    python bench/convergence.py [--config experiments/modality-split.toml] [--lambdas 50,100,200]
-        [--central-lambdas 6] [--fit pchip|cubic] [--seeds 0]
+    python bench/convergence.py [--config experiments/modality-split.toml] [--lambdas 6,25,100]
+        [--central-lambdas λ,...] [--fit pchip|cubic] [--seeds 0]
         [--strategies fedavg,modality-aware] [--out runs/convergence] [--rounds N]
         [--until-plateau] [--set key=value ...]
 
@@ -229,9 +229,9 @@ def paired_difference(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "experiments/modality-split.toml")
-    parser.add_argument("--lambdas", default="50,100,200")
+    parser.add_argument("--lambdas", default="6,25,100")
     parser.add_argument(
-        "--central-lambdas", default="", help="more λ for the centralized curve only, e.g. 6"
+        "--central-lambdas", default="", help="more λ for the centralized curve only, e.g. 3"
     )
     parser.add_argument(
         "--fit",
