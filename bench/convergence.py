@@ -94,7 +94,7 @@ def curve(summaries: list[dict[str, Any]], modality: str) -> tuple[list[float], 
 
 
 def deltas(
-    central: list[dict[str, Any]], federated: list[dict[str, Any]], fit: str = "pchip"
+    central: list[dict[str, Any]], federated: list[dict[str, Any]], *, fit: str
 ) -> dict[str, Any]:
     """BD-rate and BD-PSNR per modality of one federation against the centralized curve,
     each curve fitted by ``fit`` (``fedrs.bjontegaard.FITS``)."""
@@ -272,7 +272,7 @@ def main() -> None:
         for name in names:
             runs = [summary(run_folder(args.out, lm, seed, name)) for lm in lambdas]
             per_seed[name].append(
-                deltas(list(reference.values()), runs, args.fit)
+                deltas(list(reference.values()), runs, fit=args.fit)
                 | retrieval(runs)
                 | traffic(runs)
                 | jumps(runs)
