@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -378,6 +381,28 @@ def test_ensure_reuses_complete_and_rebuilds_incomplete(
     assert is_synthetic_archive(root, patches=6, seed=5)
     assert len(pd.read_parquet(root / "metadata.parquet")) == 6
     assert len(list(root.rglob("*.tif"))) == 6 * 14
+
+
+def _ensure_after(barrier: Any, root: Path, patches: int) -> None:
+    barrier.wait()
+    ensure_synthetic_archive(root, patches=patches, seed=5)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks are POSIX")
+def test_ensure_from_processes_at_once(tmp_path: Path) -> None:
+    """Runs started together on an empty cache: one writes the archive, the others wait."""
+    root = tmp_path / "synthetic-48-5"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(4)
+    workers = [ctx.Process(target=_ensure_after, args=(barrier, root, 48)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert is_synthetic_archive(root, patches=48, seed=5)
+    assert not (root / PARTIAL_MARKER).exists()
+    assert len(list(root.rglob("*.tif"))) == 48 * 14
 
 
 def test_refuses_foreign_folder(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ already hold a complete archive with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from fedrs.data.synth.plan import S1_DIR, S2_DIR, Plan, check_parameters, make_p
 from fedrs.data.synth.render import BATCH, batch_rng, render_raw
 from fedrs.data.synth.stats import load_stats
 from fedrs.io import check_output_folder, clear_output
+
+if sys.platform != "win32":
+    import fcntl
 
 SYNTH_VERSION = 1
 """Version of the generator; an archive written by another version is rebuilt."""
@@ -204,7 +209,10 @@ def ensure_synthetic_archive(
     """Return a complete synthetic archive at ``root``, writing it only when needed.
 
     An archive already complete with the same parameters is returned as is (the cached default
-    data); an incomplete one, or one made with other parameters, is rebuilt.
+    data); an incomplete one, or one made with other parameters, is rebuilt.  Processes that
+    ask for the same folder at once (two runs started together on an empty cache) take turns
+    on the lock file ``<root>.lock`` beside it: the first writes the archive, the others wait
+    and find it complete.
 
     Args:
         root: the archive folder; default :func:`default_synthetic_root` ``(patches, seed)``.
@@ -216,19 +224,28 @@ def ensure_synthetic_archive(
     """
     check_parameters(patches, seed, s1_only_fraction, s2_only_fraction)
     path = Path(root) if root is not None else default_synthetic_root(patches, seed)
-    if not is_synthetic_archive(
-        path,
-        patches=patches,
-        seed=seed,
-        s1_only_fraction=s1_only_fraction,
-        s2_only_fraction=s2_only_fraction,
-    ):
-        write_synthetic_archive(
-            path,
-            patches=patches,
-            seed=seed,
-            s1_only_fraction=s1_only_fraction,
-            s2_only_fraction=s2_only_fraction,
-            progress=progress,
-        )
+    fractions = {"s1_only_fraction": s1_only_fraction, "s2_only_fraction": s2_only_fraction}
+    if is_synthetic_archive(path, patches=patches, seed=seed, **fractions):  # cached: no lock
+        return path
+    with _held(path.with_name(path.name + ".lock")):
+        # written by another process while this one waited?
+        if not is_synthetic_archive(path, patches=patches, seed=seed, **fractions):
+            write_synthetic_archive(
+                path, patches=patches, seed=seed, **fractions, progress=progress
+            )
     return path
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the file ``lock`` (created when absent) while inside."""
+    if sys.platform == "win32":  # no advisory locks: one build at a time is up to the user
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
