@@ -42,7 +42,7 @@ from fedrs.config import ExperimentConfig
 from fedrs.devices import resolve_device
 from fedrs.models.joint import JointModel
 from fedrs.models.statistics import WhiteningPool, whitening_modules
-from fedrs.train import build_model, measure_statistics, train_local
+from fedrs.train import build_model, measure_statistics, train_hash_head, train_local
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,17 @@ def train_round(
         reference={k: v for k, v in received.items() if not is_local(k)},
         optimizer_state=optimizer_state,
     )
+    if stage == 2 and config.federation.head_epochs:
+        metrics |= train_hash_head(
+            model,
+            data.archive,
+            data.rows,
+            config,
+            modalities=data.modalities,
+            epochs=config.federation.head_epochs,
+            batch_size=config.federation.head_batch_size,
+            seed=(config.seed, global_round, data.client_id, 3),
+        )
     trained = model.state_dict()
     sent = sent_modalities(config, data, partial)
     # with pooled statistics the whitening buffers are computed by the server, not sent

@@ -226,6 +226,13 @@ class FederationConfig(_Section):
         description="a client keeps its Adam state in its node state between rounds of a "
         "stage instead of starting each round with a fresh optimizer",
     )
+    head_epochs: int = Field(
+        0,
+        ge=0,
+        description="stage-2 head phase: epochs a client trains the hash head alone, on its "
+        "frozen quantised latents, after its local epochs (0: none)",
+    )
+    head_batch_size: int = Field(16, ge=2, description="batch size of the head phase")
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1, description="fewer successful replies fail the round")
     stage1_rounds: int = Field(1, ge=0, description="rounds of codec-only training first")

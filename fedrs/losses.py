@@ -33,6 +33,7 @@ __all__ = [
     "classification_loss",
     "compute_losses",
     "distortion",
+    "hash_losses",
     "jaccard_similarity",
     "mim_loss",
     "ms_ssim",
@@ -360,11 +361,31 @@ def compute_losses(
     if labels is None:
         raise InputError("stage 2 needs labels")
     codes: Tensor = model_out["codes"]
-    terms["pairwise"] = soft_pairwise_loss(codes, labels, config.pairwise_alpha)
-    terms["balance"] = bit_balance_loss(codes)
-    terms["quantization"] = quantization_loss(codes)
-    terms["classification"] = classification_loss(model_out["logits"], labels)
-    embeddings: Mapping[str, Tensor] = model_out.get("embeddings") or {}
+    terms |= hash_losses(model_out, labels, config, masks)
+    weighted = list(weighted_hash_terms(terms, config).values())
+    terms["hash"] = torch.stack(weighted).sum() if weighted else codes.sum() * 0.0
+    terms["total"] = config.rd_weight * rd_total + terms["hash"]
+    return terms
+
+
+def hash_losses(
+    head_out: Mapping[str, Any],
+    labels: Tensor,
+    config: LossConfig,
+    masks: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The unweighted hashing terms of :data:`HASH_TERMS` of a hash head's output (``codes``,
+    ``logits``, ``embeddings``) for (B, classes) multi-hot ``labels``; MIM over the items
+    that hold both modalities (``masks``), zero when none or one does."""
+    codes: Tensor = head_out["codes"]
+    terms = {
+        "pairwise": soft_pairwise_loss(codes, labels, config.pairwise_alpha),
+        "balance": bit_balance_loss(codes),
+        "quantization": quantization_loss(codes),
+        "classification": classification_loss(head_out["logits"], labels),
+    }
+    embeddings: Mapping[str, Tensor] = head_out.get("embeddings") or {}
+    masks = masks or {}
     if "s1" in embeddings and "s2" in embeddings:
         both = None
         if masks.get("s1") is not None and masks.get("s2") is not None:
@@ -372,9 +393,6 @@ def compute_losses(
         terms["mim"] = mim_loss(embeddings["s1"], embeddings["s2"], config.mim_temperature, both)
     else:
         terms["mim"] = codes.sum() * 0.0
-    weighted = list(weighted_hash_terms(terms, config).values())
-    terms["hash"] = torch.stack(weighted).sum() if weighted else codes.sum() * 0.0
-    terms["total"] = config.rd_weight * rd_total + terms["hash"]
     return terms
 
 

@@ -38,7 +38,7 @@ from fedrs.data.cache import CachedArchive
 from fedrs.data.transforms import denormalize, normalize, upsample_s2
 from fedrs.devices import AmpMode, autocast, resolve_device, to_device
 from fedrs.errors import InputError
-from fedrs.losses import compute_losses, weighted_hash_terms
+from fedrs.losses import compute_losses, hash_losses, weighted_hash_terms
 from fedrs.models import JointModel
 from fedrs.models.hash_head import FeatureWhitening
 from fedrs.models.statistics import Moments, apply_moments, moments_from_features, pool_moments
@@ -463,6 +463,88 @@ def train_local(
         optimizer_state.clear()
         optimizer_state.update(trainer.optimizer_state())
     return metrics
+
+
+def train_hash_head(
+    model: JointModel,
+    archive: CachedArchive,
+    rows: np.ndarray,
+    config: ExperimentConfig,
+    *,
+    modalities: Sequence[str] | None = None,
+    epochs: int,
+    batch_size: int,
+    seed: int | Sequence[int] = 0,
+) -> dict[str, float]:
+    """Train the hash head alone on the quantised latents of ``rows``, the codecs frozen.
+
+    The latents are computed once, in evaluation mode (the rounded latents the bitstreams
+    carry, which evaluation hashes); the head then trains on them for ``epochs`` epochs of
+    ``batch_size`` with a fresh Adam at ``train.lr`` on the weighted hashing terms
+    (:func:`fedrs.losses.hash_losses`).  A step costs the head's forward and backward, not a
+    codec's, so a client can afford many, on batches large enough for the pairwise loss and
+    the batch whitening (a federated client's stage-2 head phase: ``federation.head_epochs``).
+    A trailing batch of one item (no pair, no batch statistics) is skipped.
+
+    Returns:
+        ``head_loss`` (the mean weighted hashing loss of the last epoch), ``head_batches``
+        and ``head_s`` (seconds, latents included).  The model is left in eval mode.
+    """
+    if epochs < 1 or batch_size < 2:
+        raise InputError(
+            f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
+        )
+    started = time.perf_counter()
+    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    rows = trainable_rows(archive, np.asarray(rows), held)
+    if len(rows) < 2:
+        raise InputError(f"the head phase needs two patches with {held}, got {len(rows)}")
+    device = next(model.parameters()).device
+    model.eval()
+    parts: list[tuple[dict[str, Tensor], dict[str, Tensor], Tensor]] = []
+    with torch.no_grad():
+        for batch in iterate_batches(archive, rows, held, config.train.batch_size, device=device):
+            out = model(batch)
+            parts.append((dict(out["y_hat"]), dict(out["masks"]), batch["labels"]))
+    latents = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
+    masks = {m: torch.cat([p[1][m] for p in parts]) for m in parts[0][1]}
+    labels = torch.cat([p[2] for p in parts])
+    head = model.hash_head
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.train.lr)
+    rng = np.random.default_rng(_seed_value(seed))
+    head.train()
+    batches = 0
+    last = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for _ in range(epochs):
+        order = torch.as_tensor(rng.permutation(len(labels)), device=device)
+        last.zero_()
+        steps = 0
+        for piece in order.split(batch_size):
+            if len(piece) < 2:
+                continue
+            out = head(
+                {m: y[piece] for m, y in latents.items()}, {m: k[piece] for m, k in masks.items()}
+            )
+            terms = hash_losses(
+                out, labels[piece], config.loss, {m: k[piece] for m, k in masks.items()}
+            )
+            loss = torch.stack(list(weighted_hash_terms(terms, config.loss).values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last += loss.detach().to(torch.float64)
+            steps += 1
+            batches += 1
+    model.eval()
+    head_loss = float(last) / max(steps, 1)
+    if not math.isfinite(head_loss):
+        raise FloatingPointError(f"head phase diverged: loss {head_loss}")
+    return {
+        "head_loss": head_loss,
+        "head_batches": float(batches),
+        "head_s": time.perf_counter() - started,
+    }
 
 
 def encode_rows(
