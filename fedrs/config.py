@@ -227,7 +227,7 @@ class FederationConfig(_Section):
         "stage instead of starting each round with a fresh optimizer",
     )
     head_epochs: int = Field(
-        0,
+        32,
         ge=0,
         description="stage-2 head phase: epochs a client trains the hash head alone, on its "
         "frozen quantised latents, after its local epochs (0: none)",
