@@ -465,6 +465,115 @@ def train_local(
     return metrics
 
 
+@dataclass(frozen=True)
+class HeadLatents:
+    """What the hash head reads of some rows: their quantised latents per modality (the
+    rounded latents the bitstreams carry), a (N,) bool mask per modality (which rows hold it)
+    and the (N, classes) multi-hot labels."""
+
+    latents: dict[str, Tensor]
+    masks: dict[str, Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: Tensor) -> HeadLatents:
+        """The rows at ``index``."""
+        return HeadLatents(
+            {m: y[index] for m, y in self.latents.items()},
+            {m: k[index] for m, k in self.masks.items()},
+            self.labels[index],
+        )
+
+
+def head_latents(
+    model: JointModel,
+    archive: CachedArchive,
+    rows: np.ndarray,
+    config: ExperimentConfig,
+    *,
+    modalities: Sequence[str] | None = None,
+) -> HeadLatents:
+    """The latents the hash head reads of ``rows`` holding one of ``modalities`` (default: the
+    model's), computed in evaluation mode in batches of ``train.batch_size``.  The model is
+    left in eval mode.
+
+    Raises:
+        InputError: fewer than two of ``rows`` hold one of the modalities.
+    """
+    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
+    rows = trainable_rows(archive, np.asarray(rows), held)
+    if len(rows) < 2:
+        raise InputError(f"the head phase needs two patches with {held}, got {len(rows)}")
+    device = next(model.parameters()).device
+    model.eval()
+    parts: list[tuple[dict[str, Tensor], dict[str, Tensor], Tensor]] = []
+    with torch.no_grad():
+        for batch in iterate_batches(archive, rows, held, config.train.batch_size, device=device):
+            out = model(batch)
+            parts.append((dict(out["y_hat"]), dict(out["masks"]), batch["labels"]))
+    return HeadLatents(
+        {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]},
+        {m: torch.cat([p[1][m] for p in parts]) for m in parts[0][1]},
+        torch.cat([p[2] for p in parts]),
+    )
+
+
+def fit_hash_head(
+    head: torch.nn.Module,
+    data: HeadLatents,
+    config: ExperimentConfig,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int | Sequence[int] = 0,
+) -> tuple[float, int]:
+    """Train ``head`` (a :class:`fedrs.models.hash_head.HashHead`) on ``data`` for ``epochs``
+    epochs of ``batch_size`` with a fresh Adam at ``train.lr`` on the weighted hashing terms
+    (:func:`fedrs.losses.hash_losses`); a trailing batch of one item (no pair, no batch
+    statistics) is skipped.  Returns the mean loss of the last epoch and the batches trained.
+    The head is left in eval mode.
+
+    Raises:
+        InputError: ``epochs`` < 1 or ``batch_size`` < 2.
+        FloatingPointError: the loss is not finite.
+    """
+    if epochs < 1 or batch_size < 2:
+        raise InputError(
+            f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
+        )
+    device = data.labels.device
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.train.lr)
+    rng = np.random.default_rng(_seed_value(seed))
+    head.train()
+    batches = 0
+    last = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for _ in range(epochs):
+        order = torch.as_tensor(rng.permutation(len(data)), device=device)
+        last.zero_()
+        steps = 0
+        for piece in order.split(batch_size):
+            if len(piece) < 2:
+                continue
+            part = data.take(piece)
+            out = head(part.latents, part.masks)
+            terms = hash_losses(out, part.labels, config.loss, part.masks)
+            loss = torch.stack(list(weighted_hash_terms(terms, config.loss).values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last += loss.detach().to(torch.float64)
+            steps += 1
+            batches += 1
+    head.eval()
+    head_loss = float(last) / max(steps, 1)
+    if not math.isfinite(head_loss):
+        raise FloatingPointError(f"head phase diverged: loss {head_loss}")
+    return head_loss, batches
+
+
 def train_hash_head(
     model: JointModel,
     archive: CachedArchive,
@@ -478,13 +587,10 @@ def train_hash_head(
 ) -> dict[str, float]:
     """Train the hash head alone on the quantised latents of ``rows``, the codecs frozen.
 
-    The latents are computed once, in evaluation mode (the rounded latents the bitstreams
-    carry, which evaluation hashes); the head then trains on them for ``epochs`` epochs of
-    ``batch_size`` with a fresh Adam at ``train.lr`` on the weighted hashing terms
-    (:func:`fedrs.losses.hash_losses`).  A step costs the head's forward and backward, not a
-    codec's, so a client can afford many, on batches large enough for the pairwise loss and
-    the batch whitening (a federated client's stage-2 head phase: ``federation.head_epochs``).
-    A trailing batch of one item (no pair, no batch statistics) is skipped.
+    The latents are computed once (:func:`head_latents`); the head then trains on them
+    (:func:`fit_hash_head`).  A step costs the head's forward and backward, not a codec's, so
+    a client can afford many, on batches large enough for the pairwise loss and the batch
+    whitening (a federated client's stage-2 head phase: ``federation.head_epochs``).
 
     Returns:
         ``head_loss`` (the mean weighted hashing loss of the last epoch), ``head_batches``
@@ -495,51 +601,11 @@ def train_hash_head(
             f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
         )
     started = time.perf_counter()
-    held = tuple(m for m in (modalities or model.modalities) if m in model.modalities)
-    rows = trainable_rows(archive, np.asarray(rows), held)
-    if len(rows) < 2:
-        raise InputError(f"the head phase needs two patches with {held}, got {len(rows)}")
-    device = next(model.parameters()).device
+    data = head_latents(model, archive, rows, config, modalities=modalities)
+    head_loss, batches = fit_hash_head(
+        model.hash_head, data, config, epochs=epochs, batch_size=batch_size, seed=seed
+    )
     model.eval()
-    parts: list[tuple[dict[str, Tensor], dict[str, Tensor], Tensor]] = []
-    with torch.no_grad():
-        for batch in iterate_batches(archive, rows, held, config.train.batch_size, device=device):
-            out = model(batch)
-            parts.append((dict(out["y_hat"]), dict(out["masks"]), batch["labels"]))
-    latents = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
-    masks = {m: torch.cat([p[1][m] for p in parts]) for m in parts[0][1]}
-    labels = torch.cat([p[2] for p in parts])
-    head = model.hash_head
-    optimizer = torch.optim.Adam(head.parameters(), lr=config.train.lr)
-    rng = np.random.default_rng(_seed_value(seed))
-    head.train()
-    batches = 0
-    last = torch.zeros((), dtype=torch.float64, device=device)
-    steps = 0
-    for _ in range(epochs):
-        order = torch.as_tensor(rng.permutation(len(labels)), device=device)
-        last.zero_()
-        steps = 0
-        for piece in order.split(batch_size):
-            if len(piece) < 2:
-                continue
-            out = head(
-                {m: y[piece] for m, y in latents.items()}, {m: k[piece] for m, k in masks.items()}
-            )
-            terms = hash_losses(
-                out, labels[piece], config.loss, {m: k[piece] for m, k in masks.items()}
-            )
-            loss = torch.stack(list(weighted_hash_terms(terms, config.loss).values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            last += loss.detach().to(torch.float64)
-            steps += 1
-            batches += 1
-    model.eval()
-    head_loss = float(last) / max(steps, 1)
-    if not math.isfinite(head_loss):
-        raise FloatingPointError(f"head phase diverged: loss {head_loss}")
     return {
         "head_loss": head_loss,
         "head_batches": float(batches),
