@@ -25,7 +25,7 @@ takes hours; the last line is one JSON object with every figure.
 
     python bench/head_skew.py [--config runs/x/config.toml] [--model runs/x/model.pt]
         [--partitions iid,season,modality,country] [--rounds 8] [--head-epochs 32]
-        [--epochs 8] [--seeds 0] [--set key=value ...]
+        [--epochs 8] [--seeds 0] [--threads 2] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -242,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="centralized epochs")
     parser.add_argument("--seeds", default="0", help="head inits and shuffles, e.g. 0,1,2")
     parser.add_argument("--set", action="append", default=[], help="one setting a flag")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     base = load_config(args.config, args.set or None)
     head_epochs = [
         int(h) for h in (args.head_epochs or str(base.federation.head_epochs or 32)).split(",")
@@ -262,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "database": head_latents(model, run.archive, run.database_rows, base),
         "validation": head_latents(model, run.archive, run.validation_rows, base),
     }
-    print(f"latents of {len(train)} training rows: {time.perf_counter() - started:.0f} s")
+    print(
+        f"latents of {len(train)} training rows: {time.perf_counter() - started:.0f} s", flush=True
+    )
     partitions = {
         name: client_latents(run, train, train_rows, base, name)
         for name in args.partitions.split(",")
@@ -281,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 found[key] = federated(
                     copy.deepcopy(init), clients, splits, config, args.rounds, epochs
                 ) | {"label_skew": round(skew, 3), "clients": [len(d) for d, _ in clients]}
-                print(f"seed {seed} {key}: {found[key]['best']} ({found[key]['best_step']})")
+                print(
+                    f"seed {seed} {key}: {found[key]['best']} ({found[key]['best_step']})",
+                    flush=True,
+                )
         results["seeds"][str(seed)] = found
     table(results)
     print(json.dumps(results))
