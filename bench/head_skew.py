@@ -135,6 +135,18 @@ def retrieval(head: torch.nn.Module, queries: HeadLatents, database: HeadLatents
     return [round(float(figures["map@20"]), 4), round(float(figures["map@20_min_k_r"]), 4)]
 
 
+def whitened_point(
+    head: torch.nn.Module, parts: Sequence[HeadLatents], splits: Mapping[str, HeadLatents]
+) -> dict[str, list[float]]:
+    """One step of a curve: the head whitened with the statistics of ``parts``
+    (:func:`whiten_with`), then its validation and test mAP@20 against the database."""
+    whiten_with(head, parts)
+    return {
+        "val": retrieval(head, splits["validation"], splits["database"]),
+        "test": retrieval(head, splits["queries"], splits["database"]),
+    }
+
+
 def read_out(curve: list[dict[str, list[float]]]) -> dict[str, Any]:
     """The figures of a run: its curve, the test figures at its best validation mAP@20 (the
     first such step) and at its last step."""
@@ -165,13 +177,7 @@ def centralized(
             batch_size=config.train.batch_size,
             seed=(config.seed, epoch, 7),
         )
-        whiten_with(head, [train])
-        curve.append(
-            {
-                "val": retrieval(head, splits["validation"], splits["database"]),
-                "test": retrieval(head, splits["queries"], splits["database"]),
-            }
-        )
+        curve.append(whitened_point(head, [train], splits))
     return read_out(curve)
 
 
@@ -202,13 +208,7 @@ def federated(
         head.load_state_dict(
             average_heads(states, [held for _, held in clients], [len(d) for d, _ in clients])
         )
-        whiten_with(head, [data for data, _ in clients])
-        curve.append(
-            {
-                "val": retrieval(head, splits["validation"], splits["database"]),
-                "test": retrieval(head, splits["queries"], splits["database"]),
-            }
-        )
+        curve.append(whitened_point(head, [data for data, _ in clients], splits))
     return read_out(curve)
 
 

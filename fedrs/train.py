@@ -465,6 +465,18 @@ def train_local(
     return metrics
 
 
+def check_head_phase(epochs: int, batch_size: int) -> None:
+    """Refuse a head phase of fewer than one epoch or batches of fewer than two items.
+
+    Raises:
+        InputError: ``epochs`` < 1 or ``batch_size`` < 2.
+    """
+    if epochs < 1 or batch_size < 2:
+        raise InputError(
+            f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
+        )
+
+
 @dataclass(frozen=True)
 class HeadLatents:
     """What the hash head reads of some rows: their quantised latents per modality (the
@@ -539,10 +551,7 @@ def fit_hash_head(
         InputError: ``epochs`` < 1 or ``batch_size`` < 2.
         FloatingPointError: the loss is not finite.
     """
-    if epochs < 1 or batch_size < 2:
-        raise InputError(
-            f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
-        )
+    check_head_phase(epochs, batch_size)
     device = data.labels.device
     optimizer = torch.optim.Adam(head.parameters(), lr=config.train.lr)
     rng = np.random.default_rng(_seed_value(seed))
@@ -596,10 +605,7 @@ def train_hash_head(
         ``head_loss`` (the mean weighted hashing loss of the last epoch), ``head_batches``
         and ``head_s`` (seconds, latents included).  The model is left in eval mode.
     """
-    if epochs < 1 or batch_size < 2:
-        raise InputError(
-            f"head phase needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}"
-        )
+    check_head_phase(epochs, batch_size)
     started = time.perf_counter()
     data = head_latents(model, archive, rows, config, modalities=modalities)
     head_loss, batches = fit_hash_head(
