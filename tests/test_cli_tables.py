@@ -454,6 +454,30 @@ def test_compare_over_seeds_runs_each_seed_in_its_folder(
     assert "targets" not in result["centralized"]
     assert (out / "comparison.png").is_file()
 
+    # paired over the seeds: each federation minus centralized, modality-aware minus fedavg
+    assert "paired" not in result["centralized"]
+    assert list(result["fedavg"]["paired"]) == ["centralized"]
+    assert list(result["modality-aware"]["paired"]) == ["centralized", "fedavg"]
+    versus = result["modality-aware"]["paired"]["fedavg"]
+    assert versus["seeds"] == [0, 1] and versus["confidence"] == 0.95
+    # mAP@20 0.80 - 0.79 and 0.80 - 0.81: mean 0, s = 0.01 x sqrt(2), 12.706 x s / sqrt(2)
+    assert versus["mean"]["mAP@20"] == pytest.approx(0.0, abs=1e-12)
+    assert versus["half_width"]["mAP@20"] == pytest.approx(0.127062, abs=1e-6)
+    assert versus["clear"]["mAP@20"] is False
+    # 18 MB up against 30 at both seeds: no spread, clear of zero
+    assert versus["mean"]["MB up"] == pytest.approx(-12.0)
+    assert versus["half_width"]["MB up"] == pytest.approx(0.0) and versus["clear"]["MB up"]
+    # the centralized run sends nothing up: no difference there
+    assert result["fedavg"]["paired"]["centralized"]["mean"]["MB up"] is None
+    paired = _row(lines, "modality-aware")  # the figures table's row comes first
+    pair = next(
+        i
+        for i in range(paired + 1, len(lines))
+        if lines[i][:3] == ["modality-aware", "-", "fedavg"]
+    )
+    assert lines[pair][3] == "+0.000" and lines[pair][-1] == "-12.00*"
+    assert lines[pair + 1][0] == "±95%" and lines[pair + 1][1] == "0.127"
+
     # a second time every summary is read, none run
     ran.clear()
     assert cli(args) == 0
@@ -498,3 +522,42 @@ def test_seeds_are_parsed_and_set_both_seeds() -> None:
             parse_seeds(bad)
     config = load_config(SMOKE, seed_overrides(7))
     assert (config.seed, config.partition.seed) == (7, 7)
+
+
+def test_paired_differences_seed_by_seed() -> None:
+    """first - second over the seeds both report, with the t interval of the differences."""
+    from fedrs.cli.compare import paired_differences
+
+    first = {0: {"mAP@20": 3.0, "PSNR S1": 1.0}, 1: {"mAP@20": 4.0}, 2: {"mAP@20": 5.0}, 3: {}}
+    second = {0: {"mAP@20": 2.0, "PSNR S1": 0.5}, 1: {"mAP@20": 2.0}, 2: {"mAP@20": 2.0}}
+    found = paired_differences(first, second)
+    assert found["seeds"] == [0, 1, 2]  # seed 3 only in the first run
+    # differences 1, 2, 3: mean 2, s = 1, t(0.975, 2) = 4.3027, / sqrt(3)
+    assert found["mean"]["mAP@20"] == 2.0
+    assert found["half_width"]["mAP@20"] == pytest.approx(2.4842, abs=1e-4)
+    assert found["clear"]["mAP@20"] is False  # 2 - 2.48 < 0
+    # one seed has both: a difference without an interval, never called clear
+    assert found["mean"]["PSNR S1"] == 0.5 and found["half_width"]["PSNR S1"] is None
+    assert found["clear"]["PSNR S1"] is False
+    # a figure neither run reports
+    assert found["mean"]["bpp S2"] is None and found["half_width"]["bpp S2"] is None
+    # differences 1, 1.1, 0.9: clear of zero although the runs' own spreads overlap
+    tight = paired_differences(
+        {0: {"mAP@20": 0.8}, 1: {"mAP@20": 0.9}, 2: {"mAP@20": 0.7}},
+        {0: {"mAP@20": 0.79}, 1: {"mAP@20": 0.889}, 2: {"mAP@20": 0.691}},
+    )
+    assert tight["mean"]["mAP@20"] == pytest.approx(0.01)
+    assert tight["clear"]["mAP@20"] is True
+
+
+def test_paired_pairs_in_the_order_given() -> None:
+    from fedrs.cli.compare import paired_pairs
+
+    names = ["centralized", "fedavg", "modality-aware"]
+    assert paired_pairs(names) == [
+        ("fedavg", "centralized"),
+        ("modality-aware", "centralized"),
+        ("modality-aware", "fedavg"),
+    ]
+    assert paired_pairs(["fedavg", "krum"]) == [("krum", "fedavg")]
+    assert paired_pairs(["centralized"]) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,90 @@ def intervals(
             values = [float(row[end] or 0.0) for row in bounds]
             means[end] = sum(values) / len(values) if values else None
     return means, half_widths
+
+
+PAIRED_COLUMNS = ("mAP@20", "mAP@20 min(k,R)", "bpp S1", "bpp S2", "PSNR S1", "PSNR S2", "MB up")
+"""The figures (titles of :data:`COLUMNS`) compared seed by seed in the paired table."""
+
+PAIRED_CAPTION = (
+    "each seed's figure of the first run minus that of the second (the same seed, archive "
+    "and partition), then the mean over the seeds and, under it, the half width of its 95 % "
+    "Student-t interval; *: an interval clear of zero."
+)
+"""The paired table's caption."""
+
+
+def paired_differences(
+    first: Mapping[int, Mapping[str, float | None]],
+    second: Mapping[int, Mapping[str, float | None]],
+    confidence: float = CONFIDENCE,
+) -> dict[str, Any]:
+    """``first - second`` of each figure of :data:`PAIRED_COLUMNS`, seed by seed over the seeds
+    both runs report it for (``first``, ``second``: seed -> title -> figure), with its mean and
+    Student-t half width (:func:`fedrs.convergence.mean_interval`; None with one seed, both
+    None with none).  Runs of the same seed share the archive, partition and initial model, so
+    the spread of the differences is not the spread of the runs: a difference can be clear of
+    zero while the two runs' own intervals overlap.
+
+    Returns:
+        ``{"confidence", "seeds", "mean", "half_width", "clear"}``: ``seeds`` the seeds both
+        report any figure for; ``clear`` per figure whether the interval excludes zero.
+    """
+    mean: dict[str, float | None] = {}
+    half_width: dict[str, float | None] = {}
+    clear: dict[str, bool] = {}
+    shared = [seed for seed in first if seed in second]
+    for title in PAIRED_COLUMNS:
+        differences = [
+            float(a) - float(b)
+            for seed in shared
+            if (a := first[seed].get(title)) is not None
+            and (b := second[seed].get(title)) is not None
+        ]
+        if differences:
+            mean[title], half_width[title] = mean_interval(differences, confidence)
+        else:
+            mean[title] = half_width[title] = None
+        m, h = mean[title], half_width[title]
+        clear[title] = m is not None and h is not None and abs(m) > h
+    return {
+        "confidence": confidence,
+        "seeds": shared,
+        "mean": mean,
+        "half_width": half_width,
+        "clear": clear,
+    }
+
+
+def paired_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the paired table compares: each federation against the centralized run, then
+    each federation against every one listed before it (``fedavg,modality-aware`` gives
+    ``modality-aware - fedavg``)."""
+    federations = [name for name in names if name != "centralized"]
+    pairs = [(name, "centralized") for name in federations if "centralized" in names]
+    pairs += [(b, a) for i, a in enumerate(federations) for b in federations[i + 1 :]]
+    return pairs
+
+
+def _signed(value: float | None) -> str:
+    cell = number(value)
+    return cell if value is None or cell.startswith("-") else f"+{cell}"
+
+
+def paired_table(rows: dict[tuple[str, str], dict[str, Any]], title: str) -> Table:
+    """One pair of runs a row (:func:`paired_differences`): the mean differences, signed and
+    marked ``*`` where their interval is clear of zero, and under them a row
+    :data:`SPREAD_ROW` of the half widths; fits an 80-column terminal."""
+    table = _run_table(title, PAIRED_CAPTION, padding=0)
+    for header in PAIRED_COLUMNS:
+        table.add_column(_header(header), justify="right", no_wrap=True)
+    for (first, second), found in rows.items():
+        cells = [
+            _signed(found["mean"][h]) + ("*" if found["clear"][h] else "") for h in PAIRED_COLUMNS
+        ]
+        table.add_row(f"{first} - {second}", *cells)
+        table.add_row(SPREAD_ROW, *(number(found["half_width"][h]) for h in PAIRED_COLUMNS))
+    return table
 
 
 def _run_table(title: str, caption: str, *, padding: int) -> Table:
@@ -363,6 +448,7 @@ def _metrics(prefix: str, row: dict[str, float | None], suffix: str = "") -> dic
 
 
 TARGETS_TITLE = "targets: the federations against the centralized run"
+PAIRED_TITLE = "paired over the seeds: one run minus another"
 
 
 def _rounds_to(name: str, found: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -406,15 +492,18 @@ def _over_seeds(
 
     ``comparison.json`` holds a run as ``{"confidence", "mean", "half_width", "seeds"}``
     (``seeds``: seed -> figures, and that seed's ``targets`` for a federation) and, for a
-    federation, ``targets`` (:func:`mean_targets`).
+    federation, ``targets`` (:func:`mean_targets`) and ``paired``: for each run it is compared
+    with (:func:`paired_pairs`), its seed-by-seed differences (:func:`paired_differences`).
     """
     seeds = list(by_seed)
     names = list(by_seed[seeds[0]])
     result: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     found: dict[str, dict[str, dict[str, Any]]] = {}
+    by_run: dict[str, dict[int, dict[str, float | None]]] = {}
     for name in names:
         per_seed = {seed: figures(by_seed[seed][name]) for seed in seeds}
+        by_run[name] = per_seed
         mean, half_width = intervals(list(per_seed.values()))
         result[name] = {
             "confidence": CONFIDENCE,
@@ -443,6 +532,14 @@ def _over_seeds(
         )
     )
     console.print(targets_table(found, TARGETS_TITLE))
+    paired = {(a, b): paired_differences(by_run[a], by_run[b]) for a, b in paired_pairs(names)}
+    if paired:
+        console.print(paired_table(paired, PAIRED_TITLE))
+    for (a, b), found_pair in paired.items():
+        result[a].setdefault("paired", {})[b] = found_pair
+        prefix = f"{a}/minus_{b}/"
+        metrics |= _metrics(prefix, found_pair["mean"])
+        metrics |= _metrics(prefix, found_pair["half_width"], "_half_width")
     return result, metrics
 
 
