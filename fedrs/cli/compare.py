@@ -144,7 +144,8 @@ def paired_differences(
 
     Returns:
         ``{"confidence", "seeds", "mean", "half_width", "clear"}``: ``seeds`` the seeds both
-        report any figure for; ``clear`` per figure whether the interval excludes zero.
+        runs have; ``clear`` per figure whether its interval excludes zero (never with one
+        seed).
     """
     mean: dict[str, float | None] = {}
     half_width: dict[str, float | None] = {}
