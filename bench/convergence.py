@@ -45,7 +45,12 @@ from typing import Any
 
 from fedrs.bjontegaard import FITS, bd_psnr, bd_rate
 from fedrs.cli import main as cli
-from fedrs.convergence import federation_settings, mean_interval, rate_jump
+from fedrs.convergence import (
+    federation_settings,
+    mean_interval,
+    paired_differences,
+    rate_jump,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("s1", "s2")
@@ -214,16 +219,17 @@ def verdicts(result: dict[str, Any], name: str) -> list[tuple[str, str, bool | N
 def paired_difference(
     per_seed: dict[str, list[dict[str, Any]]], first: str, second: str, key: str
 ) -> dict[str, Any] | None:
-    """``first - second`` of ``key`` seed by seed, with its mean and 95 % interval."""
-    pairs = [
-        (a[key], b[key])
-        for a, b in zip(per_seed[first], per_seed[second], strict=True)
-        if a.get(key) is not None and b.get(key) is not None
-    ]
-    if not pairs:
+    """``first - second`` of ``key`` seed by seed (``fedrs.convergence.paired_differences``),
+    with its mean, 95 % interval, ``n`` and whether the interval is ``clear`` of zero; None
+    where no seed has both."""
+    if len(per_seed[first]) != len(per_seed[second]):
+        raise ValueError(f"{first} and {second} ran different numbers of seeds")
+    found = paired_differences(
+        dict(enumerate(per_seed[first])), dict(enumerate(per_seed[second])), (key,)
+    )
+    if found["mean"][key] is None:
         return None
-    mean, half = mean_interval([a - b for a, b in pairs])
-    return {"mean": mean, "half_width": half, "n": len(pairs)}
+    return {k: found[k][key] for k in ("mean", "half_width", "n", "clear")}
 
 
 def main() -> None:
@@ -353,7 +359,7 @@ def main() -> None:
                 continue
             if diff["half_width"] is None:
                 verdict = "one seed: no interval"
-            elif abs(diff["mean"]) > diff["half_width"]:
+            elif diff["clear"]:
                 verdict = "interval excludes 0"
             else:
                 verdict = "interval holds 0"

@@ -36,6 +36,7 @@ __all__ = [
     "federation_settings",
     "first_reaching",
     "mean_interval",
+    "paired_differences",
     "plateau_round",
     "rate_jump",
     "t_quantile",
@@ -121,6 +122,52 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
         return mean, None
     deviation = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     return mean, t_quantile(confidence, n - 1) * deviation / math.sqrt(n)
+
+
+def paired_differences(
+    first: Mapping[Any, Mapping[str, Any]],
+    second: Mapping[Any, Mapping[str, Any]],
+    keys: Sequence[str],
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """``first - second`` of each of ``keys``, seed by seed over the seeds both runs report it
+    for (``first``, ``second``: seed -> key -> figure, a figure None where a run has none), with
+    the mean and Student-t half width of the differences (:func:`mean_interval`; None with one
+    seed, both None with none).  Runs of the same seed share the archive, partition and initial
+    model, so the spread of the differences is not the spread of the runs: a difference can be
+    clear of zero while the two runs' own intervals overlap.
+
+    Returns:
+        ``{"confidence", "seeds", "mean", "half_width", "n", "clear"}``: ``seeds`` the seeds
+        both runs have; per key the mean, the half width, ``n`` the seeds it was taken over,
+        and ``clear`` whether its interval excludes zero (never with one seed).
+    """
+    mean: dict[str, float | None] = {}
+    half_width: dict[str, float | None] = {}
+    count: dict[str, int] = {}
+    clear: dict[str, bool] = {}
+    shared = [seed for seed in first if seed in second]
+    for key in keys:
+        differences = [
+            float(a) - float(b)
+            for seed in shared
+            if (a := first[seed].get(key)) is not None and (b := second[seed].get(key)) is not None
+        ]
+        count[key] = len(differences)
+        if differences:
+            mean[key], half_width[key] = mean_interval(differences, confidence)
+        else:
+            mean[key] = half_width[key] = None
+        m, h = mean[key], half_width[key]
+        clear[key] = m is not None and h is not None and abs(m) > h
+    return {
+        "confidence": confidence,
+        "seeds": shared,
+        "mean": mean,
+        "half_width": half_width,
+        "n": count,
+        "clear": clear,
+    }
 
 
 _BOOTSTRAP_ELEMENTS = 1 << 22

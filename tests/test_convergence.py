@@ -13,6 +13,7 @@ from fedrs.convergence import (
     bootstrap_interval,
     first_reaching,
     mean_interval,
+    paired_differences,
     plateau_round,
     rate_jump,
     t_quantile,
@@ -342,3 +343,30 @@ def test_plateau_keeps_the_round_it_was_reached() -> None:
         Plateau(patience=0)
     with pytest.raises(InputError):
         Plateau(patience=2, tolerance=-0.1)
+
+
+def test_paired_differences_seed_by_seed() -> None:
+    """first - second over the seeds both report, with the t interval of the differences."""
+    keys = ("mAP@20", "PSNR S1", "bpp S2")
+    first = {0: {"mAP@20": 3.0, "PSNR S1": 1.0}, 1: {"mAP@20": 4.0}, 2: {"mAP@20": 5.0}, 3: {}}
+    second = {0: {"mAP@20": 2.0, "PSNR S1": 0.5}, 1: {"mAP@20": 2.0}, 2: {"mAP@20": 2.0}}
+    found = paired_differences(first, second, keys)
+    assert found["seeds"] == [0, 1, 2]  # seed 3 only in the first run
+    # differences 1, 2, 3: mean 2, s = 1, t(0.975, 2) = 4.3027, / sqrt(3)
+    assert found["mean"]["mAP@20"] == 2.0
+    assert found["half_width"]["mAP@20"] == pytest.approx(2.4842, abs=1e-4)
+    assert found["clear"]["mAP@20"] is False  # 2 - 2.48 < 0
+    # one seed has both: a difference without an interval, never called clear
+    assert found["mean"]["PSNR S1"] == 0.5 and found["half_width"]["PSNR S1"] is None
+    assert found["clear"]["PSNR S1"] is False
+    # a figure neither run reports
+    assert found["mean"]["bpp S2"] is None and found["half_width"]["bpp S2"] is None
+    assert found["n"] == {"mAP@20": 3, "PSNR S1": 1, "bpp S2": 0}
+    # differences 0.01, 0.011, 0.009: clear of zero although the runs' own spreads overlap
+    tight = paired_differences(
+        {0: {"mAP@20": 0.8}, 1: {"mAP@20": 0.9}, 2: {"mAP@20": 0.7}},
+        {0: {"mAP@20": 0.79}, 1: {"mAP@20": 0.889}, 2: {"mAP@20": 0.691}},
+        keys,
+    )
+    assert tight["mean"]["mAP@20"] == pytest.approx(0.01)
+    assert tight["clear"]["mAP@20"] is True

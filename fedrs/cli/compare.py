@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from fedrs.cli._common import console, fail, number, progress, quiet_third_parties, round_printer
 from fedrs.config import load_config
-from fedrs.convergence import mean_interval, target_labels, targets
+from fedrs.convergence import mean_interval, paired_differences, target_labels, targets
 from fedrs.io import atomic_write_text
 from fedrs.reference import centralized_overrides, write_reference
 from fedrs.settings import RunSettings, check_out_folder, clear_run
@@ -130,49 +129,6 @@ PAIRED_CAPTION = (
 """The paired table's caption."""
 
 
-def paired_differences(
-    first: Mapping[int, Mapping[str, float | None]],
-    second: Mapping[int, Mapping[str, float | None]],
-    confidence: float = CONFIDENCE,
-) -> dict[str, Any]:
-    """``first - second`` of each figure of :data:`PAIRED_COLUMNS`, seed by seed over the seeds
-    both runs report it for (``first``, ``second``: seed -> title -> figure), with its mean and
-    Student-t half width (:func:`fedrs.convergence.mean_interval`; None with one seed, both
-    None with none).  Runs of the same seed share the archive, partition and initial model, so
-    the spread of the differences is not the spread of the runs: a difference can be clear of
-    zero while the two runs' own intervals overlap.
-
-    Returns:
-        ``{"confidence", "seeds", "mean", "half_width", "clear"}``: ``seeds`` the seeds both
-        runs have; ``clear`` per figure whether its interval excludes zero (never with one
-        seed).
-    """
-    mean: dict[str, float | None] = {}
-    half_width: dict[str, float | None] = {}
-    clear: dict[str, bool] = {}
-    shared = [seed for seed in first if seed in second]
-    for title in PAIRED_COLUMNS:
-        differences = [
-            float(a) - float(b)
-            for seed in shared
-            if (a := first[seed].get(title)) is not None
-            and (b := second[seed].get(title)) is not None
-        ]
-        if differences:
-            mean[title], half_width[title] = mean_interval(differences, confidence)
-        else:
-            mean[title] = half_width[title] = None
-        m, h = mean[title], half_width[title]
-        clear[title] = m is not None and h is not None and abs(m) > h
-    return {
-        "confidence": confidence,
-        "seeds": shared,
-        "mean": mean,
-        "half_width": half_width,
-        "clear": clear,
-    }
-
-
 def paired_pairs(names: list[str]) -> list[tuple[str, str]]:
     """The pairs the paired table compares: each federation against the centralized run, then
     each federation against every one listed before it (``fedavg,modality-aware`` gives
@@ -189,7 +145,8 @@ def _signed(value: float | None) -> str:
 
 
 def paired_table(rows: dict[tuple[str, str], dict[str, Any]], title: str) -> Table:
-    """One pair of runs a row (:func:`paired_differences`): the mean differences, signed and
+    """One pair of runs a row (:func:`fedrs.convergence.paired_differences` of
+    :data:`PAIRED_COLUMNS`): the mean differences, signed and
     marked ``*`` where their interval is clear of zero, and under them a row
     :data:`SPREAD_ROW` of the half widths; fits an 80-column terminal."""
     table = _run_table(title, PAIRED_CAPTION, padding=0)
@@ -494,7 +451,8 @@ def _over_seeds(
     ``comparison.json`` holds a run as ``{"confidence", "mean", "half_width", "seeds"}``
     (``seeds``: seed -> figures, and that seed's ``targets`` for a federation) and, for a
     federation, ``targets`` (:func:`mean_targets`) and ``paired``: for each run it is compared
-    with (:func:`paired_pairs`), its seed-by-seed differences (:func:`paired_differences`).
+    with (:func:`paired_pairs`), its seed-by-seed differences
+    (:func:`fedrs.convergence.paired_differences`).
     """
     seeds = list(by_seed)
     names = list(by_seed[seeds[0]])
@@ -533,7 +491,10 @@ def _over_seeds(
         )
     )
     console.print(targets_table(found, TARGETS_TITLE))
-    paired = {(a, b): paired_differences(by_run[a], by_run[b]) for a, b in paired_pairs(names)}
+    paired = {
+        (a, b): paired_differences(by_run[a], by_run[b], PAIRED_COLUMNS, CONFIDENCE)
+        for a, b in paired_pairs(names)
+    }
     if paired:
         console.print(paired_table(paired, PAIRED_TITLE))
     for (a, b), found_pair in paired.items():
