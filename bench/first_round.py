@@ -1,4 +1,4 @@
-"""The first federated round of stage 1, opened up: each client's codec, their average, and the
+"""The first federated rounds of stage 1, opened up: each client's codec, their average, and the
 centralized epochs from the same start.
 
 Every client of the partition trains stage 1 for ``federation.local_epochs`` epochs at FedAvg's B
@@ -9,18 +9,28 @@ is then measured next to each client's model, the initial model, and a centraliz
 same number of epochs (batch ``train.batch_size``, one optimizer) on all the training patches.
 Figures: bits per pixel of the real bitstreams and PSNR of the decoded test patches per modality.
 
+``--rounds R`` goes on with rounds 2..R of stage 1 from each average (the clients' own figures
+are measured in round 1 only) and gives the centralized run the same passes, ``R x
+local_epochs`` epochs; for each modality it then says which centralized epoch the last average
+first matches in PSNR, and so how many federated passes a centralized pass is worth.
+``--server-lr T`` moves the codecs' convolutions (weights and biases of ``g_a``, ``g_s``,
+``h_a``, ``h_s``) by T times the mean update instead of once (``fedavgm`` with
+``server_learning_rate = T`` and ``server_keys`` on them; the GDN and entropy-model parameters
+are averaged plainly).
+
 Each ``--set`` group after the first is another setting run side by side (e.g. the codec init:
 ``--set model.codec_init=torch --set model.codec_init=unit`` runs both); the last line is one
 JSON object with every figure.
 
     python bench/first_round.py [--config experiments/modality-split.toml] [--queries 200]
-        [--set key=value ...]
+        [--rounds 1] [--server-lr 1] [--threads 2] [--set key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +47,8 @@ from fedrs.pipeline import RunData, client_rows, load_run_data
 from fedrs.train import LocalTrainer, build_model, train_local, validate
 
 REPO = Path(__file__).resolve().parents[1]
+CONVOLUTIONS = re.compile(r"^codecs\.[^.]+\.(g_a|g_s|h_a|h_s)\.\d+\.(weight|bias)$")
+"""The keys ``--server-lr`` extrapolates: the codecs' convolutions."""
 
 
 def average_states(
@@ -59,6 +71,29 @@ def average_states(
     return out
 
 
+def server_step(
+    start: Mapping[str, Tensor], average: Mapping[str, Tensor], lr: float
+) -> dict[str, Tensor]:
+    """``average`` with each codec convolution (:data:`CONVOLUTIONS`) moved ``lr`` times the
+    mean update from ``start`` (FedAvgM without momentum); every other key as averaged."""
+    out = dict(average)
+    if lr != 1.0:
+        for key in average:
+            if CONVOLUTIONS.match(key):
+                step = average[key].double() - start[key].double()
+                out[key] = (start[key].double() + lr * step).to(start[key].dtype)
+    return out
+
+
+def matching_epoch(federated: float, centralized: Sequence[float]) -> int | None:
+    """The first centralized epoch (from 1) whose PSNR reaches ``federated``; None when none
+    does."""
+    for epoch, psnr in enumerate(centralized, 1):
+        if psnr >= federated:
+            return epoch
+    return None
+
+
 def figures(model: JointModel, data: RunData, rows: np.ndarray) -> dict[str, list[float]]:
     """``{modality: [bpp, PSNR dB]}`` of ``rows`` coded to bitstreams and decoded
     (:func:`fedrs.train.validate`)."""
@@ -70,57 +105,88 @@ def figures(model: JointModel, data: RunData, rows: np.ndarray) -> dict[str, lis
     }
 
 
-def first_round(config: ExperimentConfig, queries: int) -> dict[str, Any]:
-    """The figures of one setting (see the module docstring)."""
-    data = load_run_data(config.data)
-    rows = data.query_rows[:queries]
+def train_clients(
+    config: ExperimentConfig,
+    data: RunData,
+    start: Mapping[str, Tensor],
+    round_: int,
+) -> tuple[list[dict[str, Tensor]], list[set[str]], list[float], list[JointModel], list[Any]]:
+    """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: the
+    states, the keys each trains, its weight (patches), the models and the client rows."""
     clients = config.partition.clients
-    epochs = config.federation.local_epochs
-    start = build_model(config)
-    init = {k: v.clone() for k, v in start.state_dict().items()}
-    result: dict[str, Any] = {"initial": figures(start, data, rows), "clients": []}
-    states, trained, weights = [], [], []
+    states, trained, weights, models, shards = [], [], [], [], []
     for cid in range(clients):
         shard, modalities = client_rows(data, config.partition, clients, cid)
         model = build_model(config)
-        model.load_state_dict(init)
-        local = client_config(config, {})
-        started = time.perf_counter()
+        model.load_state_dict(start)
         train_local(
             model,
             data.archive,
             shard,
-            local,
+            client_config(config, {}),
             modalities=modalities,
             stage=1,
-            epochs=epochs,
-            seed=(config.seed, 1, cid),
+            epochs=config.federation.local_epochs,
+            seed=(config.seed, round_, cid),
         )
-        entry = {
-            "client": cid,
-            "modalities": list(modalities),
-            "patches": len(shard),
-            "figures": figures(model, data, rows),
-            "train_s": round(time.perf_counter() - started, 1),
-        }
-        result["clients"].append(entry)
-        print(f"client {cid} {','.join(modalities):6s} {entry['figures']}", flush=True)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         trained.append(set(model.keys_for_modalities(modalities)))
         weights.append(float(len(shard)))
-    average = build_model(config)
-    average.load_state_dict(average_states(init, states, trained, weights))
-    result["average"] = figures(average, data, rows)
+        models.append(model)
+        shards.append((shard, modalities))
+    return states, trained, weights, models, shards
+
+
+def first_round(
+    config: ExperimentConfig, queries: int, rounds: int = 1, server_lr: float = 1.0
+) -> dict[str, Any]:
+    """The figures of one setting (see the module docstring)."""
+    data = load_run_data(config.data)
+    rows = data.query_rows[:queries]
+    epochs = config.federation.local_epochs
+    start = build_model(config)
+    init = {k: v.clone() for k, v in start.state_dict().items()}
+    result: dict[str, Any] = {"initial": figures(start, data, rows), "clients": [], "rounds": []}
+    current = init
+    for round_ in range(1, rounds + 1):
+        started = time.perf_counter()
+        states, trained, weights, models, shards = train_clients(config, data, current, round_)
+        if round_ == 1:
+            for cid, (model, (shard, modalities)) in enumerate(zip(models, shards, strict=True)):
+                entry = {
+                    "client": cid,
+                    "modalities": list(modalities),
+                    "patches": len(shard),
+                    "figures": figures(model, data, rows),
+                }
+                result["clients"].append(entry)
+                print(f"client {cid} {','.join(modalities):6s} {entry['figures']}", flush=True)
+        current = server_step(current, average_states(current, states, trained, weights), server_lr)
+        average = build_model(config)
+        average.load_state_dict(current)
+        result["rounds"].append(figures(average, data, rows))
+        print(
+            f"round {round_}: average {result['rounds'][-1]} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    result["average"] = result["rounds"][0]
     central = build_model(config)
     central.load_state_dict(init)
     trainer = LocalTrainer(
         central, data.archive, data.train_rows, config, stage=1, seed=config.seed
     )
     result["centralized"] = []
-    for _ in range(epochs):
+    for epoch in range(rounds * epochs):
         trainer.train(1)
         result["centralized"].append(figures(central, data, rows))
+        print(f"centralized epoch {epoch + 1}: {result['centralized'][-1]}", flush=True)
+    result["matches"] = {
+        m: matching_epoch(psnr, [f[m][1] for f in result["centralized"]])
+        for m, (_, psnr) in result["rounds"][-1].items()
+    }
     result["queries"] = len(rows)
+    result["passes"] = rounds * epochs
     return result
 
 
@@ -135,33 +201,58 @@ def table(name: str, result: Mapping[str, Any]) -> None:
     def cell(f: Mapping[str, list[float]], m: str) -> str:
         return f"{f[m][0]:.3f} / {f[m][1]:.2f}" if m in f else "-"
 
-    for label, f in (("initial", result["initial"]), ("average", result["average"])):
-        print(f"| {label} | {cell(f, 's1')} | {cell(f, 's2')} |")
+    print(f"| initial | {cell(result['initial'], 's1')} | {cell(result['initial'], 's2')} |")
     ranges = []
     for m in ("s1", "s2"):
         own = [c["figures"][m] for c in result["clients"] if m in c["modalities"]]
         ranges.append(f"{spread([f[0] for f in own])} / {spread([f[1] for f in own])}")
-    print(f"| each client holding the modality (range) | {ranges[0]} | {ranges[1]} |")
+    print(f"| each client holding the modality, round 1 (range) | {ranges[0]} | {ranges[1]} |")
+    for round_, f in enumerate(result["rounds"], 1):
+        print(f"| average, round {round_} | {cell(f, 's1')} | {cell(f, 's2')} |")
     for epoch, f in enumerate(result["centralized"], 1):
         print(f"| centralized, epoch {epoch} | {cell(f, 's1')} | {cell(f, 's2')} |")
+    for m, epoch in result["matches"].items():
+        found = (
+            f"centralized epoch {epoch}: a centralized pass is worth "
+            f"{result['passes'] / epoch:.2g} federated passes"
+            if epoch
+            else "no centralized epoch (the average is ahead)"
+        )
+        print(f"{m}: the last average's PSNR is first reached at {found}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "experiments/modality-split.toml")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1, help="stage-1 rounds")
+    parser.add_argument("--server-lr", type=float, default=1.0, help="on the convolutions")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="one setting a flag")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    if args.rounds < 1 or args.server_lr <= 0:
+        parser.error("--rounds must be at least 1 and --server-lr positive")
+    torch.set_num_threads(args.threads)
     settings = args.set or [""]
     results = {}
     for setting in settings:
         config = load_config(args.config, [setting] if setting else None)
         print(f"--- {setting or 'the config as it is'}", flush=True)
-        results[setting or "config"] = first_round(config, args.queries)
+        results[setting or "config"] = first_round(
+            config, args.queries, args.rounds, args.server_lr
+        )
     for name, result in results.items():
         table(name, result)
-    print(json.dumps({"config": str(args.config), "settings": results}))
+    print(
+        json.dumps(
+            {
+                "config": str(args.config),
+                "rounds": args.rounds,
+                "server_lr": args.server_lr,
+                "settings": results,
+            }
+        )
+    )
     return 0
 
 

@@ -38,6 +38,30 @@ def test_average_states_weights_each_key_over_the_clients_that_train_it(
     assert out["shared"].dtype == torch.float32
 
 
+def test_server_step_moves_only_the_codec_convolutions(bench: ModuleType) -> None:
+    start = {
+        "codecs.s2.g_a.0.weight": torch.zeros(2),
+        "codecs.s2.h_s.4.bias": torch.ones(2),
+        "codecs.s2.g_a.1.beta": torch.zeros(2),  # GDN
+        "codecs.s2.entropy_bottleneck.biases.0": torch.zeros(2),
+        "hash_head.hash_mlp.0.weight": torch.zeros(2),
+    }
+    average = {k: v + 1.0 for k, v in start.items()}
+    out = bench.server_step(start, average, 1.5)
+    assert torch.equal(out["codecs.s2.g_a.0.weight"], torch.full((2,), 1.5))
+    assert torch.equal(out["codecs.s2.h_s.4.bias"], torch.full((2,), 2.5))
+    for key in list(start)[2:]:  # averaged plainly
+        assert torch.equal(out[key], average[key]), key
+    assert bench.server_step(start, average, 1.0) == average
+
+
+def test_matching_epoch_is_the_first_centralized_epoch_at_or_above(bench: ModuleType) -> None:
+    assert bench.matching_epoch(27.0, [26.0, 27.0, 26.5, 28.0]) == 2
+    assert bench.matching_epoch(26.9, [26.0, 26.95]) == 2
+    assert bench.matching_epoch(25.0, [26.0]) == 1
+    assert bench.matching_epoch(29.0, [26.0, 27.0]) is None
+
+
 @pytest.mark.usefixtures("cache_env")
 def test_bench_runs_two_settings_side_by_side(
     bench: ModuleType, capsys: pytest.CaptureFixture[str]
@@ -57,3 +81,24 @@ def test_bench_runs_two_settings_side_by_side(
                 assert bpp > 0 and psnr > 0
     torch_run, unit_run = (out["settings"][s] for s in settings)
     assert torch_run["initial"] != unit_run["initial"]  # the init differs, so does the start
+
+
+@pytest.mark.usefixtures("cache_env")
+def test_bench_more_rounds_gives_the_centralized_run_the_same_passes(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(SMOKE), "--queries", "8", "--rounds", "2", "--server-lr", "1.5"]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    out = json.loads(printed.strip().splitlines()[-1])
+    assert out["rounds"] == 2 and out["server_lr"] == 1.5
+    result = out["settings"]["config"]
+    assert len(result["rounds"]) == 2 and result["average"] == result["rounds"][0]
+    assert len(result["clients"]) == 3  # measured in round 1 only
+    assert len(result["centralized"]) == 2 and result["passes"] == 2
+    for m, (_, psnr) in result["rounds"][-1].items():
+        central = [f[m][1] for f in result["centralized"]]
+        assert result["matches"][m] == bench.matching_epoch(psnr, central)
+    assert "| average, round 2 |" in printed and "s2: the last average" in printed
+    with pytest.raises(SystemExit):
+        bench.main([*argv[:4], "--rounds", "0"])
