@@ -42,6 +42,7 @@ from torch import Tensor
 
 from fedrs.client_round import client_config
 from fedrs.config import ExperimentConfig, load_config
+from fedrs.convergence import first_reaching
 from fedrs.models import JointModel
 from fedrs.pipeline import RunData, client_rows, load_run_data
 from fedrs.train import LocalTrainer, build_model, train_local, validate
@@ -87,11 +88,9 @@ def server_step(
 
 def matching_epoch(federated: float, centralized: Sequence[float]) -> int | None:
     """The first centralized epoch (from 1) whose PSNR reaches ``federated``; None when none
-    does."""
-    for epoch, psnr in enumerate(centralized, 1):
-        if psnr >= federated:
-            return epoch
-    return None
+    does (:func:`fedrs.convergence.first_reaching` over the epochs)."""
+    found = first_reaching([{"psnr": psnr} for psnr in centralized], "psnr", federated)
+    return None if found is None else int(found["round"])
 
 
 def figures(model: JointModel, data: RunData, rows: np.ndarray) -> dict[str, list[float]]:
@@ -110,11 +109,11 @@ def train_clients(
     data: RunData,
     start: Mapping[str, Tensor],
     round_: int,
-) -> tuple[list[dict[str, Tensor]], list[set[str]], list[float], list[JointModel], list[Any]]:
-    """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: the
-    states, the keys each trains, its weight (patches), the models and the client rows."""
+) -> list[tuple[JointModel, np.ndarray, tuple[str, ...]]]:
+    """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: its
+    model, its rows and its modalities."""
     clients = config.partition.clients
-    states, trained, weights, models, shards = [], [], [], [], []
+    trained = []
     for cid in range(clients):
         shard, modalities = client_rows(data, config.partition, clients, cid)
         model = build_model(config)
@@ -129,12 +128,8 @@ def train_clients(
             epochs=config.federation.local_epochs,
             seed=(config.seed, round_, cid),
         )
-        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        trained.append(set(model.keys_for_modalities(modalities)))
-        weights.append(float(len(shard)))
-        models.append(model)
-        shards.append((shard, modalities))
-    return states, trained, weights, models, shards
+        trained.append((model, shard, modalities))
+    return trained
 
 
 def first_round(
@@ -150,9 +145,9 @@ def first_round(
     current = init
     for round_ in range(1, rounds + 1):
         started = time.perf_counter()
-        states, trained, weights, models, shards = train_clients(config, data, current, round_)
+        clients = train_clients(config, data, current, round_)
         if round_ == 1:
-            for cid, (model, (shard, modalities)) in enumerate(zip(models, shards, strict=True)):
+            for cid, (model, shard, modalities) in enumerate(clients):
                 entry = {
                     "client": cid,
                     "modalities": list(modalities),
@@ -161,7 +156,13 @@ def first_round(
                 }
                 result["clients"].append(entry)
                 print(f"client {cid} {','.join(modalities):6s} {entry['figures']}", flush=True)
-        current = server_step(current, average_states(current, states, trained, weights), server_lr)
+        averaged = average_states(
+            current,
+            [model.state_dict() for model, _, _ in clients],
+            [set(model.keys_for_modalities(modalities)) for model, _, modalities in clients],
+            [float(len(shard)) for _, shard, _ in clients],
+        )
+        current = server_step(current, averaged, server_lr)
         average = build_model(config)
         average.load_state_dict(current)
         result["rounds"].append(figures(average, data, rows))
