@@ -13,6 +13,9 @@ Figures: bits per pixel of the real bitstreams and PSNR of the decoded test patc
 are measured in round 1 only) and gives the centralized run the same passes, ``R x
 local_epochs`` epochs; for each modality it then says which centralized epoch the last average
 first matches in PSNR, and so how many federated passes a centralized pass is worth.
+``--in-turn`` trains the clients of each round one after another instead (cyclic weight
+transfer, ``federation.cyclic_rounds``): each from the model the previous one left, in a
+seeded order, the round's model being the last one's; ``--server-lr`` does not apply then.
 ``--server-lr T`` moves the codecs' convolutions (weights and biases of ``g_a``, ``g_s``,
 ``h_a``, ``h_s``) by T times the mean update instead of once (``fedavgm`` with
 ``server_learning_rate = T`` and ``server_keys`` on them; the GDN and entropy-model parameters
@@ -23,7 +26,7 @@ Each ``--set`` group after the first is another setting run side by side (e.g. t
 JSON object with every figure.
 
     python bench/first_round.py [--config experiments/modality-split.toml] [--queries 200]
-        [--rounds 1] [--server-lr 1] [--threads 2] [--set key=value ...]
+        [--rounds 1] [--server-lr 1 | --in-turn] [--threads 2] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -109,12 +112,17 @@ def train_clients(
     data: RunData,
     start: Mapping[str, Tensor],
     round_: int,
+    in_turn: bool = False,
 ) -> list[tuple[JointModel, np.ndarray, tuple[str, ...]]]:
     """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: its
-    model, its rows and its modalities."""
+    model, its rows and its modalities.  ``in_turn``: one after another in a seeded order,
+    each from the model the previous one left (listed in that order)."""
     clients = config.partition.clients
+    order = range(clients)
+    if in_turn:
+        order = np.random.default_rng([config.seed, round_]).permutation(clients).tolist()
     trained = []
-    for cid in range(clients):
+    for cid in order:
         shard, modalities = client_rows(data, config.partition, clients, cid)
         model = build_model(config)
         model.load_state_dict(start)
@@ -129,11 +137,17 @@ def train_clients(
             seed=(config.seed, round_, cid),
         )
         trained.append((model, shard, modalities))
+        if in_turn:
+            start = {k: v.clone() for k, v in model.state_dict().items()}
     return trained
 
 
 def first_round(
-    config: ExperimentConfig, queries: int, rounds: int = 1, server_lr: float = 1.0
+    config: ExperimentConfig,
+    queries: int,
+    rounds: int = 1,
+    server_lr: float = 1.0,
+    in_turn: bool = False,
 ) -> dict[str, Any]:
     """The figures of one setting (see the module docstring)."""
     data = load_run_data(config.data)
@@ -145,7 +159,7 @@ def first_round(
     current = init
     for round_ in range(1, rounds + 1):
         started = time.perf_counter()
-        clients = train_clients(config, data, current, round_)
+        clients = train_clients(config, data, current, round_, in_turn)
         if round_ == 1:
             for cid, (model, shard, modalities) in enumerate(clients):
                 entry = {
@@ -156,18 +170,21 @@ def first_round(
                 }
                 result["clients"].append(entry)
                 print(f"client {cid} {','.join(modalities):6s} {entry['figures']}", flush=True)
-        averaged = average_states(
-            current,
-            [model.state_dict() for model, _, _ in clients],
-            [set(model.keys_for_modalities(modalities)) for model, _, modalities in clients],
-            [float(len(shard)) for _, shard, _ in clients],
-        )
-        current = server_step(current, averaged, server_lr)
+        if in_turn:
+            current = {k: v.clone() for k, v in clients[-1][0].state_dict().items()}
+        else:
+            averaged = average_states(
+                current,
+                [model.state_dict() for model, _, _ in clients],
+                [set(model.keys_for_modalities(modalities)) for model, _, modalities in clients],
+                [float(len(shard)) for _, shard, _ in clients],
+            )
+            current = server_step(current, averaged, server_lr)
         average = build_model(config)
         average.load_state_dict(current)
         result["rounds"].append(figures(average, data, rows))
         print(
-            f"round {round_}: average {result['rounds'][-1]} "
+            f"round {round_}: {'in turn' if in_turn else 'average'} {result['rounds'][-1]} "
             f"({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
@@ -188,6 +205,7 @@ def first_round(
     }
     result["queries"] = len(rows)
     result["passes"] = rounds * epochs
+    result["in_turn"] = in_turn
     return result
 
 
@@ -208,8 +226,9 @@ def table(name: str, result: Mapping[str, Any]) -> None:
         own = [c["figures"][m] for c in result["clients"] if m in c["modalities"]]
         ranges.append(f"{spread([f[0] for f in own])} / {spread([f[1] for f in own])}")
     print(f"| each client holding the modality, round 1 (range) | {ranges[0]} | {ranges[1]} |")
+    federated = "clients in turn" if result.get("in_turn") else "average"
     for round_, f in enumerate(result["rounds"], 1):
-        print(f"| average, round {round_} | {cell(f, 's1')} | {cell(f, 's2')} |")
+        print(f"| {federated}, round {round_} | {cell(f, 's1')} | {cell(f, 's2')} |")
     for epoch, f in enumerate(result["centralized"], 1):
         print(f"| centralized, epoch {epoch} | {cell(f, 's1')} | {cell(f, 's2')} |")
     for m, epoch in result["matches"].items():
@@ -228,11 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1, help="stage-1 rounds")
     parser.add_argument("--server-lr", type=float, default=1.0, help="on the convolutions")
+    parser.add_argument("--in-turn", action="store_true", help="clients one after another")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="one setting a flag")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.server_lr <= 0:
         parser.error("--rounds must be at least 1 and --server-lr positive")
+    if args.in_turn and args.server_lr != 1.0:
+        parser.error("--server-lr steps an average: not with --in-turn")
     torch.set_num_threads(args.threads)
     settings = args.set or [""]
     results = {}
@@ -240,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, [setting] if setting else None)
         print(f"--- {setting or 'the config as it is'}", flush=True)
         results[setting or "config"] = first_round(
-            config, args.queries, args.rounds, args.server_lr
+            config, args.queries, args.rounds, args.server_lr, args.in_turn
         )
     for name, result in results.items():
         table(name, result)
@@ -250,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config": str(args.config),
                 "rounds": args.rounds,
                 "server_lr": args.server_lr,
+                "in_turn": args.in_turn,
                 "settings": results,
             }
         )

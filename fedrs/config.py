@@ -242,6 +242,14 @@ class FederationConfig(_Section):
         description="first stage-1 rounds on distortion alone (best validation PSNR kept); "
         "0: none, and no validation",
     )
+    cyclic_rounds: int = Field(
+        0,
+        ge=0,
+        description="first rounds in which the sampled clients train in turn, each from the "
+        "model the previous one returned (cyclic weight transfer), instead of in parallel "
+        "from one model and averaged: the same bytes and passes, the clients' training times "
+        "added up; FedAvg, modality-aware and FedProx only; 0: none",
+    )
     local_epochs: int = Field(2, ge=1, description="FedAvg's E: epochs a client trains a round")
     local_batch_size: int | None = Field(
         4,

@@ -42,6 +42,8 @@ def strategy_for(
         "local_keys": list(fed.local_keys),
         "update_codec": fed.build_update_codec(config.seed),
     }
+    if fed.cyclic_rounds:
+        options["cyclic_rounds"] = fed.cyclic_rounds
     if fed.max_weight is not None or max_weight is not None:
         options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
     if fed.statistics != "averaged" and config.model.whitening:

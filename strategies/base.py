@@ -45,6 +45,13 @@ training replies with a checked one:
   full model to the others.  The ConfigRecord tells the clients the fingerprint of the model
   they get (:data:`fedrs.comm.GLOBAL_FINGERPRINT_KEY`) and, for a difference, of the model it
   applies to (:data:`fedrs.comm.GLOBAL_BASE_KEY`).
+* **Clients in turn** (``cyclic_rounds``, cyclic weight transfer): in the first
+  ``cyclic_rounds`` rounds the sampled clients train one after another instead of in
+  parallel: each gets the model the previous one returned (its keys over the round's global
+  model; a failed reply is skipped, so the next client gets the last usable model), and the
+  round's model is where the last one left it.  The same bytes and passes as an averaged
+  round, one client's training time after another's.  A reply is checked as it arrives,
+  before anything of it is passed on.
 * **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
   (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
   metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``;
@@ -206,6 +213,43 @@ class _NotAveraged:
         return key in self.derived or self.local.is_local(key)
 
 
+class _TurnGrid(Grid):
+    """``grid`` as it is, except that the training messages of a round whose clients train in
+    turn (:meth:`AccountedFedAvg.take_turns`) go out one after another
+    (:meth:`AccountedFedAvg.train_in_turn`)."""
+
+    def __init__(self, grid: Grid, strategy: AccountedFedAvg) -> None:
+        self.grid = grid
+        self.strategy = strategy
+
+    def set_run(self, run_id: int) -> None:  # type: ignore[override]
+        self.grid.set_run(run_id)  # type: ignore[arg-type]
+
+    @property
+    def run(self) -> Any:  # type: ignore[override]
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        server_round = self.strategy.take_turns(messages)
+        if server_round is None:
+            return self.grid.send_and_receive(messages, timeout=timeout)
+        return self.strategy.train_in_turn(self.grid, server_round, list(messages), timeout)
+
+
 class AccountedFedAvg(FedAvg):
     """Flower ``FedAvg`` with local-only keys, checked replies and per-round accounting.
 
@@ -240,6 +284,10 @@ class AccountedFedAvg(FedAvg):
             (:data:`fedrs.protocol.STATISTICS`) instead of the keys it derives, which are never
             averaged but computed from the statistics of all the round's usable replies.
             ``None``: every shared key is averaged.
+        cyclic_rounds: The first rounds (counted over resumed runs too) in which the sampled
+            clients train in turn, each from the model the previous one returned, instead of
+            in parallel and averaged; 0: none.  Only with plain updates (``update_codec``
+            ``"none"``): a coded reply is a difference to the model its client received.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -267,9 +315,11 @@ class AccountedFedAvg(FedAvg):
         update_codec: UpdateCodec | str | None = None,
         max_weight: float | None = None,
         statistics: StatisticsPool | None = None,
+        cyclic_rounds: int = 0,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
+        _check_count("cyclic_rounds", cyclic_rounds, 0)
         _check_fraction("fraction_evaluate", fraction_evaluate)
         _check_count("min_train_nodes", min_train_nodes, 0)
         _check_count("min_evaluate_nodes", min_evaluate_nodes, 0)
@@ -308,6 +358,14 @@ class AccountedFedAvg(FedAvg):
                 f"update_codec must be an update codec or its name, got {update_codec!r}"
             )
         self.update_codec: UpdateCodec = update_codec
+        if cyclic_rounds and update_codec.name != "none":
+            raise InputError(
+                f"cyclic_rounds trains clients in turn on plain models: update_codec "
+                f"{update_codec.name!r} codes each reply against the round's global model"
+            )
+        self.cyclic_rounds = int(cyclic_rounds)
+        self.round_offset = 0
+        """Rounds done before this run (a resumed run): ``cyclic_rounds`` count global rounds."""
         super().__init__(
             fraction_train=float(fraction_train),
             fraction_evaluate=float(fraction_evaluate),
@@ -330,6 +388,8 @@ class AccountedFedAvg(FedAvg):
         self._node_globals: dict[int, str] = {}
         self._transition: _Transition | None = None
         self._broadcast_residual: dict[str, npt.NDArray[np.float32]] = {}
+        self._turns: dict[int, list[Message]] = {}
+        self._chained: dict[int, dict[str, npt.NDArray[Any]]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -339,6 +399,7 @@ class AccountedFedAvg(FedAvg):
         log(INFO, "\t│\t├── Local-only keys: %s", list(self.local_keys.patterns) or "(none)")
         log(INFO, "\t│\t├── Every reply must carry every key: %s", self.requires_all_shared_keys)
         log(INFO, "\t│\t├── Update codec: %s", self.update_codec.describe())
+        log(INFO, "\t│\t├── Rounds with clients in turn: %d", self.cyclic_rounds)
         log(
             INFO,
             "\t│\t└── Min successful replies: %d | accept failures: %s",
@@ -374,7 +435,71 @@ class AccountedFedAvg(FedAvg):
         stats = self._stats(server_round)
         stats.sampled = len(messages)
         stats.bytes_down = messages_bytes(messages)
+        if messages and self.in_turn(server_round):
+            self._turns[server_round] = messages  # sent by train_in_turn (see start)
         return messages
+
+    def in_turn(self, server_round: int) -> bool:
+        """Whether the clients of ``server_round`` train in turn (``cyclic_rounds``)."""
+        return server_round + self.round_offset <= self.cyclic_rounds
+
+    def start(self, grid: Grid, *args: Any, **kwargs: Any) -> Any:
+        """Flower's ``start``; with ``cyclic_rounds`` the training messages of those rounds
+        go out one after another (:meth:`train_in_turn`) through a :class:`_TurnGrid`."""
+        return super().start(_TurnGrid(grid, self) if self.cyclic_rounds else grid, *args, **kwargs)
+
+    def take_turns(self, messages: Iterable[Message]) -> int | None:
+        """The round whose in-turn training messages ``messages`` are (then forgotten), or
+        None for any other messages."""
+        for server_round, pending in self._turns.items():
+            if pending is messages:
+                del self._turns[server_round]
+                return server_round
+        return None
+
+    def train_in_turn(
+        self, grid: Grid, server_round: int, messages: list[Message], timeout: float | None
+    ) -> list[Message]:
+        """Send the round's training messages one after another, each with the shared model as
+        the previous usable reply left it; returns the replies.
+
+        Every reply is checked (:func:`read_reply`, the pooled statistics) before any of it is
+        passed on; an unusable or missing one is skipped.  The model reached is what
+        :meth:`aggregate_train` adopts for this round.
+        """
+        global_arrays = self._train_globals[server_round]
+        global_numpy = _NumpyView(global_arrays)
+        first = messages[0].content.array_records[self.arrayrecord_key]
+        current = {key: array.numpy() for key, array in first.items()}
+        trained: set[str] = set()
+        replies: list[Message] = []
+        for turn, msg in enumerate(messages):
+            if turn:
+                config = msg.content.config_records[self.configrecord_key]
+                record = ArrayRecord({key: Array(value) for key, value in current.items()})
+                msg.content = RecordDict(
+                    {self.arrayrecord_key: record, self.configrecord_key: config}
+                )
+            got = list(grid.send_and_receive([msg], timeout=timeout))
+            replies.extend(got)
+            for reply in got:
+                try:
+                    checked, _ = self._check_reply(reply, global_arrays, global_numpy)
+                except Exception:  # aggregate_train counts and logs it
+                    continue
+                for key, value in checked.arrays.items():
+                    current[key] = cast_like(value, global_arrays[key].dtype)
+                    trained.add(key)
+            log(
+                INFO,
+                "round %d: client %d of %d trained in turn",
+                server_round,
+                turn + 1,
+                len(messages),
+            )
+        self._chained[server_round] = {key: current[key] for key in trained}
+        self._stats(server_round).bytes_down = messages_bytes(messages)
+        return replies
 
     def sample_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -491,21 +616,9 @@ class AccountedFedAvg(FedAvg):
             node_id = msg.metadata.src_node_id
             try:
                 bytes_up += message_bytes(msg)
-                checked = read_reply(
-                    msg,
-                    global_arrays,
-                    global_numpy,
-                    local_keys=self._not_averaged,
-                    weighted_by_key=self.weighted_by_key,
-                    arrayrecord_key=self.arrayrecord_key,
-                    requires_all_shared_keys=self.requires_all_shared_keys,
-                    max_weight=self.max_weight,
-                )
-                if self.statistics is not None:
-                    # features of no more patches than the reply's weight claims
-                    found = reply_statistics(msg, self.statistics, checked.weight)
-                    if found is not None:
-                        moments.append(found)
+                checked, found = self._check_reply(msg, global_arrays, global_numpy)
+                if found is not None:
+                    moments.append(found)
             except Exception as exc:  # MemoryError, RecursionError, bugs: this reply fails alone
                 self._reject(server_round, stats, node_id, as_rejection(exc))
                 continue
@@ -534,7 +647,12 @@ class AccountedFedAvg(FedAvg):
         )
         self._check_round(stats)
 
-        aggregated = self.aggregate_arrays(server_round, global_arrays, usable)
+        if self.in_turn(server_round):
+            if server_round not in self._chained:
+                raise RuntimeError(f"round {server_round} is trained in turn: run it with start")
+            aggregated = self._chained.pop(server_round)
+        else:
+            aggregated = self.aggregate_arrays(server_round, global_arrays, usable)
         if self.statistics is not None and moments:
             pooled = self.statistics.pool(moments)
             aggregated |= self.statistics.running_arrays(pooled)
@@ -557,6 +675,30 @@ class AccountedFedAvg(FedAvg):
             k: float(v) for k, v in metrics_out.items() if isinstance(v, int | float)
         }
         return merged, metrics_out
+
+    def _check_reply(
+        self,
+        msg: Message,
+        global_arrays: ArrayRecord,
+        global_numpy: Mapping[str, npt.NDArray[Any]],
+    ) -> tuple[CheckedReply, Any]:
+        """``msg`` read and checked (:func:`read_reply`) with its pooled statistics (None
+        without); raises when it is unusable."""
+        checked = read_reply(
+            msg,
+            global_arrays,
+            global_numpy,
+            local_keys=self._not_averaged,
+            weighted_by_key=self.weighted_by_key,
+            arrayrecord_key=self.arrayrecord_key,
+            requires_all_shared_keys=self.requires_all_shared_keys,
+            max_weight=self.max_weight,
+        )
+        found = None
+        if self.statistics is not None:
+            # features of no more patches than the reply's weight claims
+            found = reply_statistics(msg, self.statistics, checked.weight)
+        return checked, found
 
     def aggregate_arrays(
         self,

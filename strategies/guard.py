@@ -51,6 +51,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
+    FedProx,
     Strategy,
 )
 
@@ -72,8 +73,12 @@ FEDRS_OPTIONS = (
     "dp",
     "statistics",
     "server_keys",
+    "cyclic_rounds",
 )
 """Options fedrs adds to every strategy (the rest go to the Flower class)."""
+IN_TURN = (FedAvg, FedProx)
+"""The Flower classes whose rounds may train the clients in turn (``cyclic_rounds``): those
+whose aggregate is the clients' mean, which a chain of clients replaces."""
 _NOT_OPTIONS = {"self", "strategy", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"}
 
 
@@ -180,13 +185,17 @@ class GuardedStrategy(AccountedFedAvg):
                 "client-side DP clipping works on plain updates: use update_codec 'none' "
                 f"with {self.flower.__name__}"
             )
+        if self.cyclic_rounds and (self.flower not in IN_TURN or self.dp is not None):
+            raise InputError(
+                f"cyclic_rounds: clients train in turn only under FedAvg or FedProx without "
+                f"dp, not {self.flower.__name__}{' with dp' if self.dp is not None else ''}: "
+                "the model a round reaches is the last client's, not an aggregate"
+            )
         self.primary = self._new_flower()
         self._groups: dict[frozenset[str], Strategy] = {}
         self._plain = FedAvg(
             weighted_by_key=self.weighted_by_key, arrayrecord_key=self.arrayrecord_key
         )
-        self.round_offset = 0
-        """Rounds done before this run (a resumed run): Flower's strategies see global rounds."""
         self._replacement: ArrayRecord | None = None
 
     @classmethod

@@ -122,9 +122,22 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, full_run: Path) -> None
 
 
 @pytest.mark.slow
-def test_failing_client_is_counted_and_run_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cyclic", [0, 1], ids=["parallel", "in-turn"])
+def test_failing_client_is_counted_and_run_finishes(tmp_path: Path, cyclic: int) -> None:
+    """Also with the clients in turn (``federation.cyclic_rounds``), through Flower's grid."""
     out = tmp_path / "faulty"
-    assert simulate(out, "--rounds", "1", "--set", "federation.fail_clients=[1]") == 0
+    assert (
+        simulate(
+            out,
+            "--rounds",
+            "1",
+            "--set",
+            "federation.fail_clients=[1]",
+            "--set",
+            f"federation.cyclic_rounds={cyclic}",
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients_ok"] == 2
     assert summary["clients_failed"] == 1

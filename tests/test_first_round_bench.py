@@ -102,3 +102,21 @@ def test_bench_more_rounds_gives_the_centralized_run_the_same_passes(
     assert "| average, round 2 |" in printed and "s2: the last average" in printed
     with pytest.raises(SystemExit):
         bench.main([*argv[:4], "--rounds", "0"])
+
+
+@pytest.mark.usefixtures("cache_env")
+def test_bench_in_turn_ends_each_round_with_the_last_clients_model(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(SMOKE), "--queries", "8", "--in-turn"]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])["settings"]["config"]
+    assert result["in_turn"] is True
+    # the clients are listed in their turns: the round's model is the last one's
+    assert result["rounds"][0] == result["clients"][-1]["figures"]
+    assert result["rounds"][0] != result["clients"][0]["figures"]
+    assert sorted(c["client"] for c in result["clients"]) == [0, 1, 2]
+    assert "| clients in turn, round 1 |" in printed
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--server-lr", "1.5"])

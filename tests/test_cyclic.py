@@ -1,0 +1,154 @@
+"""Clients in turn (``cyclic_rounds``, cyclic weight transfer): each client of such a round
+trains the model the previous one returned, and the round ends with the last usable one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _data import SMOKE
+from flwr.app import ConfigRecord, Message
+from test_strategies import (
+    HEAD,
+    S1,
+    S2,
+    FakeGrid,
+    error_reply,
+    f32,
+    global_model,
+    head,
+    numpy_of,
+    reply,
+)
+
+from fedrs.config import load_config
+from fedrs.errors import InputError
+from fedrs.server_strategy import strategy_for
+from fedrs.strategies import ModalityAwareFedAvg, build_strategy
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+class Clients:
+    """Odd nodes hold S1, even nodes S2; a client returns 2 x what it received + its node id
+    for its codec and the head, so the result depends on the order of the turns."""
+
+    def __init__(self, failing: int | None = None, hostile: int | None = None) -> None:
+        self.received: list[tuple[int, dict[str, np.ndarray]]] = []
+        self.failing = failing
+        self.hostile = hostile
+
+    def __call__(self, msg: Message) -> Message:
+        node = msg.metadata.dst_node_id
+        got = numpy_of(msg.content.array_records["arrays"])
+        self.received.append((node, got))
+        if node == self.failing:
+            return error_reply(msg)
+        own = S1 if node % 2 else S2
+        arrays = {own: 2 * got[own] + node, HEAD: 2 * got[HEAD] + node}
+        if node == self.hostile:
+            arrays[own] = arrays[own] * np.nan
+        return reply(msg, arrays, 10.0)
+
+
+def chained(order: list[int], skip: int | None = None) -> dict[str, np.ndarray]:
+    """What a chain of the nodes in ``order`` makes of the global model (``skip`` fails)."""
+    out = numpy_of(global_model())
+    for node in order:
+        if node == skip:
+            continue
+        own = S1 if node % 2 else S2
+        out[own] = 2 * out[own] + node
+        out[HEAD] = 2 * out[HEAD] + node
+    return out
+
+
+def test_clients_in_turn_each_train_the_previous_clients_model() -> None:
+    strategy = ModalityAwareFedAvg(min_train_nodes=3, fraction_evaluate=0.0, cyclic_rounds=1)
+    clients = Clients()
+    grid = FakeGrid([1, 2, 3], clients)
+    result = strategy.start(grid, global_model(), num_rounds=2, timeout=10)
+
+    # round 1: one message at a time, each carrying what the previous reply left; then the
+    # (empty) evaluation and round 2
+    sends = [len(sent) for sent in grid.sent if sent]
+    assert sends == [1, 1, 1, 3]
+    order = [node for node, _ in clients.received[:3]]
+    assert sorted(order) == [1, 2, 3]
+    for turn in range(1, 3):
+        expected = chained(order[:turn])
+        received = clients.received[turn][1]
+        for key in (S1, S2, HEAD):
+            np.testing.assert_allclose(received[key], expected[key])
+    after_round_1 = chained(order)
+    # round 2 is averaged: every client gets the same model, in one send
+    for _, received in clients.received[3:]:
+        np.testing.assert_allclose(received[HEAD], after_round_1[HEAD])
+    out = numpy_of(result.arrays)
+    np.testing.assert_allclose(out[HEAD], 2 * after_round_1[HEAD] + 2, rtol=1e-6)  # (1+2+3)/3
+    np.testing.assert_allclose(out[S1], 2 * after_round_1[S1] + 2, rtol=1e-6)  # nodes 1 and 3
+    np.testing.assert_allclose(out[S2], 2 * after_round_1[S2] + 2, rtol=1e-6)
+    stats = strategy.round_stats[1]
+    assert (stats.sampled, stats.clients_ok, stats.clients_failed) == (3, 3, 0)
+    assert stats.bytes_down > 0 and stats.bytes_up > 0
+
+
+@pytest.mark.parametrize("bad", ["failing", "hostile"])
+def test_a_failed_turn_is_skipped_and_the_next_client_gets_the_last_good_model(
+    bad: str,
+) -> None:
+    strategy = ModalityAwareFedAvg(min_train_nodes=3, fraction_evaluate=0.0, cyclic_rounds=1)
+    clients = Clients(**{bad: 2})
+    grid = FakeGrid([1, 2, 3], clients)
+    result = strategy.start(grid, global_model(), num_rounds=1, timeout=10)
+
+    order = [node for node, _ in clients.received]
+    expected = chained(order, skip=2)
+    out = numpy_of(result.arrays)
+    for key in (S1, S2, HEAD):
+        np.testing.assert_allclose(out[key], expected[key], rtol=1e-6)
+        assert np.isfinite(out[key]).all()
+    turn = order.index(2)
+    if turn + 1 < len(order):  # the client after the failed one got the model before it
+        np.testing.assert_allclose(clients.received[turn + 1][1][HEAD], chained(order[:turn])[HEAD])
+    stats = strategy.round_stats[1]
+    assert (stats.clients_ok, stats.clients_failed) == (2, 1)
+
+
+def test_a_resumed_run_counts_the_rounds_it_already_did() -> None:
+    strategy = ModalityAwareFedAvg(min_train_nodes=2, fraction_evaluate=0.0, cyclic_rounds=1)
+    strategy.round_offset = 1  # round 1 was done before: this run's round 1 is averaged
+    grid = FakeGrid([1, 2], Clients())
+    strategy.start(grid, global_model(), num_rounds=1, timeout=10)
+    assert [len(sent) for sent in grid.sent if sent] == [2]
+
+
+def test_an_in_turn_round_needs_start() -> None:
+    strategy = ModalityAwareFedAvg(min_train_nodes=2, cyclic_rounds=1)
+    messages = list(strategy.configure_train(1, global_model(), ConfigRecord(), FakeGrid([1, 2])))
+    replies = [reply(m, {S1: f32(1, 1), HEAD: head(1)}, 1.0) for m in messages]
+    with pytest.raises(RuntimeError, match="trained in turn"):
+        strategy.aggregate_train(1, replies)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("fedavgm", {}, "FedAvgM"),
+        ("krum", {}, "Krum"),
+        ("fedavg", {"update_codec": "entropy"}, "update_codec 'entropy'"),
+        ("fedavg", {"dp": {"clipping": "fixed", "side": "server", "num_sampled_clients": 2}}, "dp"),
+        ("modality-aware", {"cyclic_rounds": -1}, "cyclic_rounds"),
+    ],
+)
+def test_clients_in_turn_are_refused_where_a_round_is_not_a_mean(
+    name: str, options: dict[str, object], match: str
+) -> None:
+    with pytest.raises(InputError, match=match):
+        build_strategy(name, **({"cyclic_rounds": 1} | options))
+
+
+def test_the_experiment_option_reaches_the_strategy() -> None:
+    config = load_config(SMOKE, ["federation.cyclic_rounds=1"])
+    strategy = strategy_for(config, 3)
+    assert strategy.cyclic_rounds == 1 and strategy.in_turn(1) and not strategy.in_turn(2)
+    assert strategy_for(load_config(SMOKE), 3).cyclic_rounds == 0
