@@ -30,7 +30,7 @@ from .fedmedian import FedMedianStrategy
 from .fedprox import PROXIMAL_MU_CONFIG_KEY, FedProxStrategy
 from .fedtrimmedavg import FedTrimmedAvgStrategy
 from .fedyogi import FedYogiStrategy
-from .guard import GuardedStrategy
+from .guard import GuardedStrategy, trains_in_turn
 from .krum import KrumStrategy
 from .merging import aggregate_metrics_per_key
 from .modality_aware import ModalityAwareFedAvg
@@ -76,4 +76,5 @@ __all__ = [
     "register_strategy",
     "strategy_names",
     "strategy_options",
+    "trains_in_turn",
 ]

@@ -361,7 +361,8 @@ class AccountedFedAvg(FedAvg):
         if cyclic_rounds and update_codec.name != "none":
             raise InputError(
                 f"cyclic_rounds trains clients in turn on plain models: update_codec "
-                f"{update_codec.name!r} codes each reply against the round's global model"
+                f"{update_codec.name!r} codes each reply against the round's global model "
+                "(federation.cyclic_rounds = 0 averages every round)"
             )
         self.cyclic_rounds = int(cyclic_rounds)
         self.round_offset = 0

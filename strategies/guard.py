@@ -79,6 +79,17 @@ FEDRS_OPTIONS = (
 IN_TURN = (FedAvg, FedProx)
 """The Flower classes whose rounds may train the clients in turn (``cyclic_rounds``): those
 whose aggregate is the clients' mean, which a chain of clients replaces."""
+
+
+def trains_in_turn(name: str) -> bool:
+    """Whether the strategy registered as ``name`` can train its clients in turn
+    (``cyclic_rounds``); an unknown name raises :class:`InputError`."""
+    from .registry import STRATEGIES  # the registry imports the strategies
+
+    strategy = STRATEGIES.lookup(name)
+    return issubclass(strategy, GuardedStrategy) and strategy.flower in IN_TURN
+
+
 _NOT_OPTIONS = {"self", "strategy", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"}
 
 
@@ -189,7 +200,8 @@ class GuardedStrategy(AccountedFedAvg):
             raise InputError(
                 f"cyclic_rounds: clients train in turn only under FedAvg or FedProx without "
                 f"dp, not {self.flower.__name__}{' with dp' if self.dp is not None else ''}: "
-                "the model a round reaches is the last client's, not an aggregate"
+                "the model a round reaches is the last client's, not an aggregate "
+                "(federation.cyclic_rounds = 0 averages every round)"
             )
         self.primary = self._new_flower()
         self._groups: dict[frozenset[str], Strategy] = {}

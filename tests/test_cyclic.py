@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _data import SMOKE
+from _data import REPO, SMOKE
 from flwr.app import ConfigRecord, Message
 from test_strategies import (
     HEAD,
@@ -20,10 +20,11 @@ from test_strategies import (
     reply,
 )
 
+from fedrs.cli._overrides import drop_replaced_options
 from fedrs.config import load_config
 from fedrs.errors import InputError
 from fedrs.server_strategy import strategy_for
-from fedrs.strategies import ModalityAwareFedAvg, build_strategy
+from fedrs.strategies import ModalityAwareFedAvg, build_strategy, trains_in_turn
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -152,3 +153,24 @@ def test_the_experiment_option_reaches_the_strategy() -> None:
     strategy = strategy_for(config, 3)
     assert strategy.cyclic_rounds == 1 and strategy.in_turn(1) and not strategy.in_turn(2)
     assert strategy_for(load_config(SMOKE), 3).cyclic_rounds == 0
+
+
+def test_a_strategy_flag_that_averages_drops_the_files_clients_in_turn() -> None:
+    default = REPO / "experiments" / "default.toml"
+    drops, notes = drop_replaced_options(default, {"federation.strategy": "fedadam"}, {})
+    assert drops["federation.cyclic_rounds"] == 0
+    assert any("--strategy fedadam averages every round" in n for n in notes)
+    drops, notes = drop_replaced_options(default, {"federation.update_codec": "entropy"}, {})
+    assert drops["federation.cyclic_rounds"] == 0
+    assert any("--update-codec entropy averages every round" in n for n in notes)
+    for kept in ("fedprox", "fedavg", "modality-aware"):
+        drops, _ = drop_replaced_options(default, {"federation.strategy": kept}, {})
+        assert "federation.cyclic_rounds" not in drops
+    # set on purpose: kept, and refused by the strategy with the fix named
+    explicit = {"federation.cyclic_rounds": 1}
+    drops, _ = drop_replaced_options(default, {"federation.strategy": "krum"}, explicit)
+    assert "federation.cyclic_rounds" not in drops
+    config = load_config(default, ["federation.strategy='krum'"])
+    with pytest.raises(InputError, match=r"federation\.cyclic_rounds = 0"):
+        strategy_for(config, 10)
+    assert trains_in_turn("fedprox") and not trains_in_turn("fedyogi")

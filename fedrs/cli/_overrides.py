@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrs.config import ExperimentConfig
+from fedrs.errors import FedrsError
+from fedrs.strategies import trains_in_turn
 
 COMPONENT_FLAGS: dict[str, tuple[str, str]] = {
     "partition.name": ("--partition", "partition.options"),
@@ -79,4 +81,29 @@ def drop_replaced_options(
                 f"{flag} {new} replaces {old}: its options {', '.join(dropped)} "
                 f"from {config} are dropped"
             )
+    in_turn = _dotted(values, "federation.cyclic_rounds")
+    if in_turn and "federation.cyclic_rounds" not in explicit:
+        reason = _averaging_flag(flags)
+        if reason:
+            drops["federation.cyclic_rounds"] = 0
+            notes.append(
+                f"{reason} averages every round: federation.cyclic_rounds = {in_turn} "
+                f"from {config} is dropped"
+            )
     return drops, notes
+
+
+def _averaging_flag(flags: Mapping[str, Any]) -> str | None:
+    """The flag that asks for averaged rounds (a strategy that cannot train its clients in
+    turn, coded updates), as ``--flag value``; None when no flag does."""
+    strategy = flags.get("federation.strategy")
+    if strategy is not None:
+        try:
+            if not trains_in_turn(str(strategy)):
+                return f"--strategy {strategy}"
+        except FedrsError:
+            pass  # an unknown name: the strategy's own check reports it
+    codec = flags.get("federation.update_codec")
+    if codec is not None and codec != "none":
+        return f"--update-codec {codec}"
+    return None
