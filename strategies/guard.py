@@ -61,6 +61,7 @@ from fedrs.protocol import LocalKeyMatcher
 
 from .base import PARTIAL_REPLIES_CONFIG_KEY, AccountedFedAvg
 from .errors import RoundFailedError
+from .registry import STRATEGIES
 from .replies import CheckedReply
 
 FEDRS_OPTIONS = (
@@ -84,8 +85,6 @@ whose aggregate is the clients' mean, which a chain of clients replaces."""
 def trains_in_turn(name: str) -> bool:
     """Whether the strategy registered as ``name`` can train its clients in turn
     (``cyclic_rounds``); an unknown name raises :class:`InputError`."""
-    from .registry import STRATEGIES  # the registry imports the strategies
-
     strategy = STRATEGIES.lookup(name)
     return issubclass(strategy, GuardedStrategy) and strategy.flower in IN_TURN
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from fedrs.config import ExperimentConfig
 from fedrs.errors import FedrsError
-from fedrs.strategies import trains_in_turn
 
 COMPONENT_FLAGS: dict[str, tuple[str, str]] = {
     "partition.name": ("--partition", "partition.options"),
@@ -98,6 +97,8 @@ def _averaging_flag(flags: Mapping[str, Any]) -> str | None:
     turn, coded updates), as ``--flag value``; None when no flag does."""
     strategy = flags.get("federation.strategy")
     if strategy is not None:
+        from fedrs.strategies import trains_in_turn  # heavy: flwr, kept out of `fedrs --help`
+
         try:
             if not trains_in_turn(str(strategy)):
                 return f"--strategy {strategy}"
