@@ -243,12 +243,13 @@ class FederationConfig(_Section):
         "0: none, and no validation",
     )
     cyclic_rounds: int = Field(
-        0,
+        1,
         ge=0,
         description="first rounds in which the sampled clients train in turn, each from the "
         "model the previous one returned (cyclic weight transfer), instead of in parallel "
         "from one model and averaged: the same bytes and passes, the clients' training times "
-        "added up; FedAvg, modality-aware and FedProx only; 0: none",
+        "added up; FedAvg, modality-aware and FedProx only; 0: none (1: stage 1's round, see the "
+        "README)",
     )
     local_epochs: int = Field(2, ge=1, description="FedAvg's E: epochs a client trains a round")
     local_batch_size: int | None = Field(
