@@ -113,9 +113,9 @@ def train_clients(
     start: Mapping[str, Tensor],
     round_: int,
     in_turn: bool = False,
-) -> list[tuple[JointModel, np.ndarray, tuple[str, ...]]]:
-    """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: its
-    model, its rows and its modalities.  ``in_turn``: one after another in a seeded order,
+) -> list[tuple[int, JointModel, np.ndarray, tuple[str, ...]]]:
+    """Every client's stage-1 round from ``start``, as ``fedrs simulate`` trains it: its id,
+    model, rows and modalities.  ``in_turn``: one after another in a seeded order,
     each from the model the previous one left (listed in that order)."""
     clients = config.partition.clients
     order = range(clients)
@@ -136,7 +136,7 @@ def train_clients(
             epochs=config.federation.local_epochs,
             seed=(config.seed, round_, cid),
         )
-        trained.append((model, shard, modalities))
+        trained.append((cid, model, shard, modalities))
         if in_turn:
             start = {k: v.clone() for k, v in model.state_dict().items()}
     return trained
@@ -161,7 +161,7 @@ def first_round(
         started = time.perf_counter()
         clients = train_clients(config, data, current, round_, in_turn)
         if round_ == 1:
-            for cid, (model, shard, modalities) in enumerate(clients):
+            for cid, model, shard, modalities in clients:
                 entry = {
                     "client": cid,
                     "modalities": list(modalities),
@@ -171,13 +171,13 @@ def first_round(
                 result["clients"].append(entry)
                 print(f"client {cid} {','.join(modalities):6s} {entry['figures']}", flush=True)
         if in_turn:
-            current = {k: v.clone() for k, v in clients[-1][0].state_dict().items()}
+            current = {k: v.clone() for k, v in clients[-1][1].state_dict().items()}
         else:
             averaged = average_states(
                 current,
-                [model.state_dict() for model, _, _ in clients],
-                [set(model.keys_for_modalities(modalities)) for model, _, modalities in clients],
-                [float(len(shard)) for _, shard, _ in clients],
+                [model.state_dict() for _, model, _, _ in clients],
+                [set(model.keys_for_modalities(mods)) for _, model, _, mods in clients],
+                [float(len(shard)) for _, _, shard, _ in clients],
             )
             current = server_step(current, averaged, server_lr)
         average = build_model(config)

@@ -10,6 +10,9 @@ import pytest
 import torch
 from _data import SMOKE, load_bench
 
+from fedrs.config import load_config
+from fedrs.pipeline import client_rows, load_run_data
+
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
@@ -117,6 +120,13 @@ def test_bench_in_turn_ends_each_round_with_the_last_clients_model(
     assert result["rounds"][0] == result["clients"][-1]["figures"]
     assert result["rounds"][0] != result["clients"][0]["figures"]
     assert sorted(c["client"] for c in result["clients"]) == [0, 1, 2]
+    config = load_config(SMOKE)
+    data = load_run_data(config.data)
+    for entry in result["clients"]:  # each labelled with its own id, whatever its turn
+        rows, modalities = client_rows(
+            data, config.partition, config.partition.clients, entry["client"]
+        )
+        assert (entry["patches"], entry["modalities"]) == (len(rows), list(modalities))
     assert "| clients in turn, round 1 |" in printed
     with pytest.raises(SystemExit):
         bench.main([*argv, "--server-lr", "1.5"])
