@@ -11,6 +11,9 @@ the experiment.  A fresh hash head (the experiment's seeded init) is then traine
   (:func:`fedrs.train.fit_hash_head`); the server averages the copies, each key over the clients
   that train it weighted by their rows (modality-aware: an S1-only client does not average
   into the S2 encoder), and sets the whitening from the statistics pooled over all clients;
+  with ``--in-turn`` the clients of a round instead train one after another in a seeded order,
+  each from the head the previous one left (``federation.cyclic_rounds``: cyclic weight
+  transfer), and the last one's head, whitened with the pooled statistics, ends the round;
 
 the centralized side likewise whitens with the statistics of all its rows after every epoch.
 Both sides are read at the epoch or round of their best validation mAP@20 (the plateau rule's
@@ -25,7 +28,7 @@ takes hours; the last line is one JSON object with every figure.
 
     python bench/head_skew.py [--config runs/x/config.toml] [--model runs/x/model.pt]
         [--partitions iid,season,modality,country] [--rounds 8] [--head-epochs 32]
-        [--epochs 8] [--seeds 0] [--threads 2] [--set key=value ...]
+        [--epochs 8] [--seeds 0] [--in-turn] [--threads 2] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -188,11 +191,17 @@ def federated(
     config: ExperimentConfig,
     rounds: int,
     head_epochs: int,
+    in_turn: bool = False,
 ) -> dict[str, Any]:
-    """``rounds`` rounds of ``head_epochs`` local head epochs a client, averaged."""
+    """``rounds`` rounds of ``head_epochs`` local head epochs a client, averaged (or, with
+    ``in_turn``, trained in turn: :func:`in_turn_round`)."""
     curve = []
     whiten_with(head, [data for data, _ in clients])
     for server_round in range(1, rounds + 1):
+        if in_turn:
+            in_turn_round(head, clients, config, server_round, head_epochs)
+            curve.append(whitened_point(head, [data for data, _ in clients], splits))
+            continue
         states = []
         for client_id, (data, _) in enumerate(clients):
             local = copy.deepcopy(head)
@@ -210,6 +219,31 @@ def federated(
         )
         curve.append(whitened_point(head, [data for data, _ in clients], splits))
     return read_out(curve)
+
+
+def in_turn_round(
+    head: torch.nn.Module,
+    clients: Sequence[tuple[HeadLatents, tuple[str, ...]]],
+    config: ExperimentConfig,
+    server_round: int,
+    head_epochs: int,
+) -> list[int]:
+    """One round with the clients in turn: each, in an order seeded by ``(seed, round)``, trains
+    ``head`` itself for ``head_epochs`` epochs from where the previous one left it; returns the
+    order."""
+    order = [
+        int(c) for c in np.random.default_rng((config.seed, server_round)).permutation(len(clients))
+    ]
+    for client_id in order:
+        fit_hash_head(
+            head,
+            clients[client_id][0],
+            config,
+            epochs=head_epochs,
+            batch_size=config.federation.head_batch_size,
+            seed=(config.seed, server_round, client_id, 3),
+        )
+    return order
 
 
 def client_latents(
@@ -242,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="centralized epochs")
     parser.add_argument("--seeds", default="0", help="head inits and shuffles, e.g. 0,1,2")
     parser.add_argument("--set", action="append", default=[], help="one setting a flag")
+    parser.add_argument("--in-turn", action="store_true", help="federated clients in turn")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -270,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: client_latents(run, train, train_rows, base, name)
         for name in args.partitions.split(",")
     }
-    results: dict[str, Any] = {"config": str(args.config), "model": str(args.model), "seeds": {}}
+    results: dict[str, Any] = {
+        "config": str(args.config),
+        "model": str(args.model),
+        "in_turn": args.in_turn,
+        "seeds": {},
+    }
     for seed in [int(s) for s in args.seeds.split(",")]:
         config = base.model_copy(update={"seed": seed})
         init = build_model(config).hash_head
@@ -282,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for epochs in head_epochs:
                 key = f"{name}, {epochs} head epochs"
                 found[key] = federated(
-                    copy.deepcopy(init), clients, splits, config, args.rounds, epochs
+                    copy.deepcopy(init), clients, splits, config, args.rounds, epochs, args.in_turn
                 ) | {"label_skew": round(skew, 3), "clients": [len(d) for d, _ in clients]}
                 print(
                     f"seed {seed} {key}: {found[key]['best']} ({found[key]['best_step']})",

@@ -11,6 +11,8 @@ import pytest
 import torch
 from _data import SMOKE, load_bench
 
+from fedrs.config import load_config
+
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
@@ -85,3 +87,45 @@ def test_bench_trains_both_sides_and_reads_them_at_their_best_validation_step(
     iid, country = found["iid, 2 head epochs"], found["country, 2 head epochs"]
     assert sum(iid["clients"]) == sum(country["clients"])  # the same rows, split otherwise
     assert country["label_skew"] > iid["label_skew"]  # countries differ in land cover
+
+
+def test_in_turn_round_trains_one_head_through_every_client_in_a_seeded_order(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+
+    def fit(head: torch.nn.Module, data: float, config: object, **kwargs: object) -> None:
+        seen.append(int(data))
+        with torch.no_grad():  # order-dependent: the chain's result tells the order apart
+            head.weight.mul_(2).add_(data)
+
+    monkeypatch.setattr(bench, "fit_hash_head", fit)
+    config = load_config(SMOKE)
+    clients = [(float(i), ("s1",)) for i in range(5)]
+    head = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    order = bench.in_turn_round(head, clients, config, 1, 3)
+    assert sorted(order) == list(range(5)) and seen == order
+    expected = 0.0
+    for client in order:
+        expected = 2 * expected + client  # each client from the head the previous one left
+    assert head.weight.item() == expected
+    again = torch.nn.Linear(1, 1, bias=False)
+    assert bench.in_turn_round(again, clients, config, 1, 3) == order  # seeded by (seed, round)
+    others = {tuple(bench.in_turn_round(again, clients, config, r, 3)) for r in range(2, 6)}
+    assert others - {tuple(order)}  # a new order in later rounds
+
+
+@pytest.mark.usefixtures("cache_env")
+def test_bench_in_turn_reports_its_mode_and_a_curve_a_round(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(SMOKE), "--partitions", "country", "--rounds", "2", "--in-turn"]
+    argv += ["--epochs", "1", "--head-epochs", "1"]
+    assert bench.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["in_turn"] is True
+    run = out["seeds"]["0"]["country, 1 head epochs"]
+    assert len(run["curve"]) == 2
+    for top, min_k_r in (run["best"], run["last"]):
+        assert 0.0 < top <= 1.0 and 0.0 < min_k_r <= 1.0
