@@ -391,6 +391,8 @@ class AccountedFedAvg(FedAvg):
         self._broadcast_residual: dict[str, npt.NDArray[np.float32]] = {}
         self._turns: dict[int, list[Message]] = {}
         self._chained: dict[int, dict[str, npt.NDArray[Any]]] = {}
+        # each in-turn reply's check (or why it failed), by id() of the reply: done once
+        self._turn_checks: dict[int, dict[int, tuple[CheckedReply, Any] | Exception]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -466,7 +468,8 @@ class AccountedFedAvg(FedAvg):
 
         Every reply is checked (:func:`read_reply`, the pooled statistics) before any of it is
         passed on; an unusable or missing one is skipped.  The model reached is what
-        :meth:`aggregate_train` adopts for this round.
+        :meth:`aggregate_train` adopts for this round, and it takes each reply's check from
+        here instead of repeating it.
         """
         global_arrays = self._train_globals[server_round]
         global_numpy = _NumpyView(global_arrays)
@@ -474,6 +477,7 @@ class AccountedFedAvg(FedAvg):
         current = {key: array.numpy() for key, array in first.items()}
         trained: set[str] = set()
         replies: list[Message] = []
+        checks: dict[int, tuple[CheckedReply, Any] | Exception] = {}
         for turn, msg in enumerate(messages):
             if turn:
                 config = msg.content.config_records[self.configrecord_key]
@@ -485,9 +489,11 @@ class AccountedFedAvg(FedAvg):
             replies.extend(got)
             for reply in got:
                 try:
-                    checked, _ = self._check_reply(reply, global_arrays, global_numpy)
-                except Exception:  # aggregate_train counts and logs it
+                    checked, found = self._check_reply(reply, global_arrays, global_numpy)
+                except Exception as exc:  # aggregate_train counts and logs it
+                    checks[id(reply)] = exc
                     continue
+                checks[id(reply)] = (checked, found)
                 for key, value in checked.arrays.items():
                     current[key] = cast_like(value, global_arrays[key].dtype)
                     trained.add(key)
@@ -499,6 +505,7 @@ class AccountedFedAvg(FedAvg):
                 len(messages),
             )
         self._chained[server_round] = {key: current[key] for key in trained}
+        self._turn_checks[server_round] = checks
         self._stats(server_round).bytes_down = messages_bytes(messages)
         return replies
 
@@ -609,6 +616,7 @@ class AccountedFedAvg(FedAvg):
             log(INFO, "round %d: no client sampled for training", server_round)
             return None, None
 
+        checks = self._turn_checks.pop(server_round, {})  # in turn: checked as they came
         usable: list[CheckedReply] = []
         moments: list[Any] = []
         metric_records: list[RecordDict] = []
@@ -617,7 +625,10 @@ class AccountedFedAvg(FedAvg):
             node_id = msg.metadata.src_node_id
             try:
                 bytes_up += message_bytes(msg)
-                checked, found = self._check_reply(msg, global_arrays, global_numpy)
+                done = checks.get(id(msg))
+                if isinstance(done, Exception):
+                    raise done
+                checked, found = done or self._check_reply(msg, global_arrays, global_numpy)
                 if found is not None:
                     moments.append(found)
             except Exception as exc:  # MemoryError, RecursionError, bugs: this reply fails alone

@@ -3,6 +3,8 @@ trains the model the previous one returned, and the round ends with the last usa
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from _data import REPO, SMOKE
@@ -25,6 +27,7 @@ from fedrs.config import load_config
 from fedrs.errors import InputError
 from fedrs.server_strategy import strategy_for
 from fedrs.strategies import ModalityAwareFedAvg, build_strategy, trains_in_turn
+from fedrs.strategies import base as base_module
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -113,6 +116,30 @@ def test_a_failed_turn_is_skipped_and_the_next_client_gets_the_last_good_model(
         np.testing.assert_allclose(clients.received[turn + 1][1][HEAD], chained(order[:turn])[HEAD])
     stats = strategy.round_stats[1]
     assert (stats.clients_ok, stats.clients_failed) == (2, 1)
+
+
+@pytest.mark.parametrize("bad", [None, "failing", "hostile"])
+def test_each_reply_of_a_round_in_turn_is_checked_once(
+    bad: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[int] = []
+    read = base_module.read_reply
+
+    def counting(msg: Message, *args: object, **kwargs: object) -> object:
+        checked.append(msg.metadata.src_node_id)
+        return read(msg, *args, **kwargs)
+
+    monkeypatch.setattr(base_module, "read_reply", counting)
+    strategy = ModalityAwareFedAvg(min_train_nodes=3, fraction_evaluate=0.0, cyclic_rounds=1)
+    clients = Clients(**({bad: 2} if bad else {}))
+    strategy.start(FakeGrid([1, 2, 3], clients), global_model(), num_rounds=2, timeout=10)
+    # once in round 1 (in turn) and once in round 2 (averaged): never twice in a round
+    assert Counter(checked) == {1: 2, 2: 2, 3: 2}
+    failed = 1 if bad else 0
+    assert (strategy.round_stats[1].clients_ok, strategy.round_stats[1].clients_failed) == (
+        3 - failed,
+        failed,
+    )
 
 
 def test_a_resumed_run_counts_the_rounds_it_already_did() -> None:
