@@ -196,29 +196,41 @@ def federated(
     """``rounds`` rounds of ``head_epochs`` local head epochs a client, averaged (or, with
     ``in_turn``, trained in turn: :func:`in_turn_round`)."""
     curve = []
-    whiten_with(head, [data for data, _ in clients])
+    parts = [data for data, _ in clients]
+    whiten_with(head, parts)
     for server_round in range(1, rounds + 1):
         if in_turn:
             in_turn_round(head, clients, config, server_round, head_epochs)
-            curve.append(whitened_point(head, [data for data, _ in clients], splits))
-            continue
-        states = []
-        for client_id, (data, _) in enumerate(clients):
-            local = copy.deepcopy(head)
-            fit_hash_head(
-                local,
-                data,
-                config,
-                epochs=head_epochs,
-                batch_size=config.federation.head_batch_size,
-                seed=(config.seed, server_round, client_id, 3),
-            )
-            states.append(local.state_dict())
-        head.load_state_dict(
-            average_heads(states, [held for _, held in clients], [len(d) for d, _ in clients])
-        )
-        curve.append(whitened_point(head, [data for data, _ in clients], splits))
+        else:
+            averaged_round(head, clients, config, server_round, head_epochs)
+        curve.append(whitened_point(head, parts, splits))
     return read_out(curve)
+
+
+def averaged_round(
+    head: torch.nn.Module,
+    clients: Sequence[tuple[HeadLatents, tuple[str, ...]]],
+    config: ExperimentConfig,
+    server_round: int,
+    head_epochs: int,
+) -> None:
+    """One averaged round: every client trains a copy of ``head`` for ``head_epochs`` epochs,
+    and ``head`` becomes their average (:func:`average_heads`, weighted by rows)."""
+    states = []
+    for client_id, (data, _) in enumerate(clients):
+        local = copy.deepcopy(head)
+        fit_hash_head(
+            local,
+            data,
+            config,
+            epochs=head_epochs,
+            batch_size=config.federation.head_batch_size,
+            seed=(config.seed, server_round, client_id, 3),
+        )
+        states.append(local.state_dict())
+    head.load_state_dict(
+        average_heads(states, [held for _, held in clients], [len(d) for d, _ in clients])
+    )
 
 
 def in_turn_round(
