@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from fedrs import protocol
-from fedrs.client_data import ClientData, HeldShard, load_shard
+from fedrs.client_data import ClientData, HeldShard, load_shard, node_client_id
 from fedrs.client_round import (
     KeptOptimizer,
     client_config,
@@ -142,6 +142,13 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
     return Message(content, reply_to=msg)
 
 
+def client_id(msg: Message, context: Context) -> Message:
+    """Reply to a query with this node's client id (:data:`fedrs.protocol.CLIENT_ID`), read
+    from its node config alone: the server orders the clients of an in-turn round by it."""
+    metrics = MetricRecord({protocol.CLIENT_ID: node_client_id(dict(context.node_config))})
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+
+
 def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Flower's client-side clipping mods, applied where the server asks for them
     (:data:`fedrs.protocol.DP_CLIENT_CLIPPING` in a training message's config)."""
@@ -164,6 +171,12 @@ app = ClientApp(mods=[dp_clipping_mod])
 def _train(msg: Message, context: Context) -> Message:
     """The run config names the experiment (``RunSettings.from_run_config``)."""
     return train(msg, context, RunSettings.from_run_config(context.run_config))
+
+
+@app.query()
+def _query(msg: Message, context: Context) -> Message:
+    """The node's client id, for the order of in-turn rounds."""
+    return client_id(msg, context)
 
 
 """The ClientApp of ``flwr run`` (``[tool.flwr.app.components] clientapp``)."""

@@ -86,6 +86,27 @@ def _held_shard(held: HeldShard | None, key: str) -> tuple[np.ndarray, tuple[str
     return held.rows.astype(np.int64, copy=False), tuple(map(str, modalities))
 
 
+def node_client_id(node_config: dict[str, Any]) -> int:
+    """The client id of a node: its ``partition-id`` (0 for a node of its own archive that
+    sets none).
+
+    Raises:
+        InputError: neither ``data-path`` nor ``partition-id``, or a ``partition-id`` that is
+            not a whole number.
+    """
+    if "data-path" not in node_config and "partition-id" not in node_config:
+        raise InputError("node config has neither 'data-path' nor 'partition-id'")
+    value = node_config.get("partition-id", 0)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InputError(f"node config: partition-id must be a whole number, got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(
+            f"node config: partition-id must be a whole number, got {value!r}"
+        ) from None
+
+
 def load_shard(
     config: ExperimentConfig, node_config: dict[str, Any], held: HeldShard | None = None
 ) -> tuple[ClientData, HeldShard | None]:
@@ -100,17 +121,14 @@ def load_shard(
         computed afresh (``None`` when they came from ``held``).
     """
 
+    client_id = node_client_id(node_config)
     if "data-path" in node_config:
         data_config = config.data.model_copy(update={"path": str(node_config["data-path"])})
         text = str(node_config.get("modalities", "s1,s2"))
         modalities = check_modalities([m.strip() for m in text.split(",") if m.strip()])
-        client_id = int(node_config.get("partition-id", 0))
         clients = None  # the whole train split of its own archive
-    elif "partition-id" not in node_config:
-        raise InputError("node config has neither 'data-path' nor 'partition-id'")
     else:
         data_config = config.data
-        client_id = int(node_config["partition-id"])
         clients = int(node_config.get("num-partitions", config.partition.clients))
     cache = pipeline.resolve_cache(data_config)
     key = shard_fingerprint(config.model_copy(update={"data": data_config}), node_config, cache)

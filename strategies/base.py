@@ -51,7 +51,9 @@ training replies with a checked one:
   model; a failed reply is skipped, so the next client gets the last usable model), and the
   round's model is where the last one left it.  The same bytes and passes as an averaged
   round, one client's training time after another's.  A reply is checked as it arrives,
-  before anything of it is passed on.
+  before anything of it is passed on.  With ``turn_seed`` the order of the turns is a seeded
+  permutation of the clients' ids (each node answers a query message with its id once), so a
+  run is repeated exactly at the same seed.
 * **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
   (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
   metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``;
@@ -86,6 +88,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -288,6 +291,11 @@ class AccountedFedAvg(FedAvg):
             clients train in turn, each from the model the previous one returned, instead of
             in parallel and averaged; 0: none.  Only with plain updates (``update_codec``
             ``"none"``): a coded reply is a difference to the model its client received.
+        turn_seed: Seeds the order of the turns: the clients of an in-turn round take them
+            in a permutation, drawn from ``(turn_seed, round)``, of their client ids (each node
+            is asked its id once, by a query message), so the same seed gives the same order
+            whatever node ids the federation assigned.  ``None``: the order Flower sampled
+            the nodes in.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -316,10 +324,13 @@ class AccountedFedAvg(FedAvg):
         max_weight: float | None = None,
         statistics: StatisticsPool | None = None,
         cyclic_rounds: int = 0,
+        turn_seed: int | None = None,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
         _check_count("cyclic_rounds", cyclic_rounds, 0)
+        if turn_seed is not None:
+            _check_count("turn_seed", turn_seed, 0)
         _check_fraction("fraction_evaluate", fraction_evaluate)
         _check_count("min_train_nodes", min_train_nodes, 0)
         _check_count("min_evaluate_nodes", min_evaluate_nodes, 0)
@@ -365,6 +376,9 @@ class AccountedFedAvg(FedAvg):
                 "(federation.cyclic_rounds = 0 averages every round)"
             )
         self.cyclic_rounds = int(cyclic_rounds)
+        self.turn_seed = None if turn_seed is None else int(turn_seed)
+        self._client_ids: dict[int, float] = {}
+        """Each node's reported client id (inf: none), asked once for the order of turns."""
         self.round_offset = 0
         """Rounds done before this run (a resumed run): ``cyclic_rounds`` count global rounds."""
         super().__init__(
@@ -437,9 +451,10 @@ class AccountedFedAvg(FedAvg):
             self._code_broadcast(server_round, shared, messages)
         stats = self._stats(server_round)
         stats.sampled = len(messages)
-        stats.bytes_down = messages_bytes(messages)
         if messages and self.in_turn(server_round):
-            self._turns[server_round] = messages  # sent by train_in_turn (see start)
+            self._turns[server_round] = messages  # sent and counted by train_in_turn (start)
+        else:
+            stats.bytes_down = messages_bytes(messages)
         return messages
 
     def in_turn(self, server_round: int) -> bool:
@@ -471,6 +486,7 @@ class AccountedFedAvg(FedAvg):
         :meth:`aggregate_train` adopts for this round, and it takes each reply's check from
         here instead of repeating it.
         """
+        messages = self.turn_order(grid, server_round, messages, timeout)
         global_arrays = self._train_globals[server_round]
         global_numpy = _NumpyView(global_arrays)
         first = messages[0].content.array_records[self.arrayrecord_key]
@@ -506,8 +522,66 @@ class AccountedFedAvg(FedAvg):
             )
         self._chained[server_round] = {key: current[key] for key in trained}
         self._turn_checks[server_round] = checks
-        self._stats(server_round).bytes_down = messages_bytes(messages)
+        self._stats(server_round).bytes_down += messages_bytes(messages)
         return replies
+
+    def turn_order(
+        self, grid: Grid, server_round: int, messages: list[Message], timeout: float | None
+    ) -> list[Message]:
+        """The order in which the clients of an in-turn round train.
+
+        With ``turn_seed``: the messages sorted by their nodes' client ids (then node ids),
+        permuted by a generator seeded with ``(turn_seed, round)``; a node not yet known is
+        first asked its id (:meth:`ask_client_ids`).  Without: ``messages`` as sampled.
+        """
+        if self.turn_seed is None:
+            return messages
+        unknown = [m.metadata.dst_node_id for m in messages]
+        unknown = [node for node in unknown if node not in self._client_ids]
+        if unknown:
+            self._client_ids.update(self.ask_client_ids(grid, server_round, unknown, timeout))
+        ranked = sorted(
+            messages,
+            key=lambda m: (self._client_ids[m.metadata.dst_node_id], m.metadata.dst_node_id),
+        )
+        round_seed = server_round + self.round_offset
+        permutation = np.random.default_rng([self.turn_seed, round_seed, 2]).permutation
+        return [ranked[i] for i in permutation(len(ranked))]
+
+    def ask_client_ids(
+        self, grid: Grid, server_round: int, nodes: list[int], timeout: float | None
+    ) -> dict[int, float]:
+        """Each of ``nodes``' client id, from its reply to a query message (its
+        :data:`CLIENT_ID_KEY` metric); inf for a node that reports none (no reply, an error,
+        a value that is not a finite number), which then takes its turn after the others.
+        The messages count in the round's bytes."""
+        queries = [
+            Message(
+                RecordDict(),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+                group_id=str(server_round),
+            )
+            for node in nodes
+        ]
+        found = dict.fromkeys(nodes, math.inf)
+        stats = self._stats(server_round)
+        stats.bytes_down += messages_bytes(queries)
+        for reply in grid.send_and_receive(queries, timeout=timeout):
+            stats.bytes_up += message_bytes(reply)
+            node = reply.metadata.src_node_id
+            if node in found:
+                found[node] = reply_order(reply)[0]
+        silent = sum(1 for value in found.values() if value == math.inf)
+        if silent:
+            log(
+                WARNING,
+                "round %d: %d of %d nodes reported no client id; they train last, by node id",
+                server_round,
+                silent,
+                len(nodes),
+            )
+        return found
 
     def sample_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -648,7 +722,7 @@ class AccountedFedAvg(FedAvg):
         stats.clients_ok = len(metric_records)
         stats.clients_failed = len(stats.failures)
         stats.clients_missing = missing
-        stats.bytes_up = bytes_up
+        stats.bytes_up += bytes_up
         log(
             INFO,
             "round %d: aggregate_train: %d usable replies, %d failed (%d missing)",

@@ -75,6 +75,7 @@ FEDRS_OPTIONS = (
     "statistics",
     "server_keys",
     "cyclic_rounds",
+    "turn_seed",
 )
 """Options fedrs adds to every strategy (the rest go to the Flower class)."""
 IN_TURN = (FedAvg, FedProx)

@@ -19,15 +19,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from _data import V2_METADATA
-from flwr.app import RecordDict
+from flwr.app import Context, Message, RecordDict
 
 import fedrs.partitions
 import fedrs.pipeline as pipeline
-from fedrs.clients.app import SHARD_META_KEY, load_client_data
+from fedrs import protocol
+from fedrs.client_data import node_client_id
+from fedrs.clients.app import SHARD_META_KEY, client_id, load_client_data
 from fedrs.config import ExperimentConfig, load_config
 from fedrs.data.archive import PatchArchive
 from fedrs.data.cache import MARKER, CachedArchive
 from fedrs.data.metadata import load_metadata
+from fedrs.errors import InputError
 
 CLIENTS = 100
 SETUP_BOUND_S = 0.1
@@ -219,3 +222,32 @@ def test_a_partition_id_outside_the_partition_is_refused(calls: Calls) -> None:
 
     with pytest.raises(InputError, match="partition-id"):
         load_client_data(_config(), _node(CLIENTS), RecordDict())
+
+
+@pytest.mark.parametrize(
+    ("node_config", "expected"),
+    [
+        ({"partition-id": 3, "num-partitions": 10}, 3),
+        ({"data-path": "/archive"}, 0),
+        ({"data-path": "/archive", "partition-id": "4"}, 4),
+    ],
+)
+@pytest.mark.usefixtures("task_identity")
+def test_a_query_is_answered_with_the_nodes_client_id(
+    node_config: dict[str, Any], expected: int
+) -> None:
+    query = Message(RecordDict(), dst_node_id=1, message_type="query")
+    context = Context(
+        run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}
+    )
+    answer = client_id(query, context)
+    assert answer.content.metric_records[protocol.METRICS][protocol.CLIENT_ID] == expected
+
+
+@pytest.mark.parametrize(
+    "node_config",
+    [{}, {"partition-id": "x"}, {"partition-id": 1.5}, {"partition-id": True}],
+)
+def test_a_bad_partition_id_is_a_typed_error(node_config: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="partition-id"):
+        node_client_id(node_config)

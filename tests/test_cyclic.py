@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from _data import REPO, SMOKE
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from test_strategies import (
     HEAD,
     S1,
@@ -28,6 +28,7 @@ from fedrs.errors import InputError
 from fedrs.server_strategy import strategy_for
 from fedrs.strategies import ModalityAwareFedAvg, build_strategy, trains_in_turn
 from fedrs.strategies import base as base_module
+from fedrs.strategies.accounting import messages_bytes
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -36,13 +37,30 @@ class Clients:
     """Odd nodes hold S1, even nodes S2; a client returns 2 x what it received + its node id
     for its codec and the head, so the result depends on the order of the turns."""
 
-    def __init__(self, failing: int | None = None, hostile: int | None = None) -> None:
+    def __init__(
+        self,
+        failing: int | None = None,
+        hostile: int | None = None,
+        ids: dict[int, object] | None = None,
+    ) -> None:
         self.received: list[tuple[int, dict[str, np.ndarray]]] = []
         self.failing = failing
         self.hostile = hostile
+        self.ids = ids or {}  # what a node answers a query with (its client id)
+        self.queried: list[int] = []
 
-    def __call__(self, msg: Message) -> Message:
+    def __call__(self, msg: Message) -> Message | None:
         node = msg.metadata.dst_node_id
+        if msg.metadata.message_type == "query":
+            self.queried.append(node)
+            answer = self.ids.get(node)
+            if answer == "error":
+                return error_reply(msg)
+            if answer == "silent":
+                return None
+            metrics = MetricRecord({"client-id": answer}) if answer is not None else None
+            content = RecordDict({"metrics": metrics} if metrics is not None else {})
+            return Message(content, reply_to=msg)
         got = numpy_of(msg.content.array_records["arrays"])
         self.received.append((node, got))
         if node == self.failing:
@@ -142,6 +160,69 @@ def test_each_reply_of_a_round_in_turn_is_checked_once(
     )
 
 
+def turn_order(node_ids: list[int], turn_seed: int, rounds: int = 2) -> list[list[int]]:
+    """The client ids in the order they trained, round by round, in a federation whose node
+    ``node_ids[i]`` holds client ``i`` and whose every round is in turn."""
+    ids: dict[int, object] = {node: client for client, node in enumerate(node_ids)}
+    clients = Clients(ids=ids)
+    strategy = ModalityAwareFedAvg(
+        min_train_nodes=len(node_ids),
+        fraction_evaluate=0.0,
+        cyclic_rounds=rounds,
+        turn_seed=turn_seed,
+    )
+    strategy.start(FakeGrid(node_ids, clients), global_model(), num_rounds=rounds, timeout=10)
+    # each node is asked its client id once, before its first turn
+    assert sorted(clients.queried) == sorted(node_ids)
+    trained = [ids[node] for node, _ in clients.received]
+    n = len(node_ids)
+    return [trained[r * n : (r + 1) * n] for r in range(rounds)]
+
+
+def test_a_seeded_order_of_turns_follows_the_client_ids_not_the_node_ids() -> None:
+    first = turn_order([11, 52, 33, 4, 75], turn_seed=7)
+    # other node ids (as another run of the same federation gets), listed in another order
+    again = turn_order([900, 17, 64, 3, 28], turn_seed=7)
+    assert first == again
+    for order in first:
+        assert sorted(order) == [0, 1, 2, 3, 4]
+    assert first[0] != first[1]  # a new permutation each round (these seeds: checked)
+    others = {tuple(turn_order([11, 52, 33, 4, 75], turn_seed=s)[0]) for s in range(8)}
+    assert len(others) > 1  # the seed chooses the order
+
+
+def test_without_a_turn_seed_no_node_is_queried() -> None:
+    clients = Clients(ids={1: 0, 2: 1})
+    strategy = ModalityAwareFedAvg(min_train_nodes=2, fraction_evaluate=0.0, cyclic_rounds=1)
+    strategy.start(FakeGrid([1, 2], clients), global_model(), num_rounds=1, timeout=10)
+    assert clients.queried == [] and len(clients.received) == 2
+
+
+def test_nodes_that_report_no_client_id_train_last_by_node_id() -> None:
+    # node 5 reports id 0, node 9 id 1; the others: an error, no reply, no metrics, NaN
+    ids: dict[int, object] = {5: 0, 9: 1, 2: "error", 8: "silent", 4: None, 6: float("nan")}
+    clients = Clients(ids=ids)
+    strategy = ModalityAwareFedAvg(
+        min_train_nodes=6, fraction_evaluate=0.0, cyclic_rounds=1, turn_seed=0
+    )
+    grid = FakeGrid(list(ids), clients)
+    result = strategy.start(grid, global_model(), num_rounds=1, timeout=10)
+
+    order = [node for node, _ in clients.received]
+    ranked = [5, 9, 2, 4, 6, 8]  # known ids first, then by node id
+    permutation = np.random.default_rng([0, 1, 2]).permutation(6)
+    assert order == [ranked[i] for i in permutation]
+    out = numpy_of(result.arrays)
+    np.testing.assert_allclose(out[HEAD], chained(order)[HEAD], rtol=1e-6)
+    # the queries and their answers count in the round's bytes
+    stats = strategy.round_stats[1]
+    queries, *turns = [sent for sent in grid.sent if sent]
+    assert [m.metadata.message_type for m in queries] == ["query"] * 6
+    assert stats.bytes_down == messages_bytes(queries) + messages_bytes(
+        [m for sent in turns for m in sent]
+    )
+
+
 def test_a_resumed_run_counts_the_rounds_it_already_did() -> None:
     strategy = ModalityAwareFedAvg(min_train_nodes=2, fraction_evaluate=0.0, cyclic_rounds=1)
     strategy.round_offset = 1  # round 1 was done before: this run's round 1 is averaged
@@ -179,6 +260,7 @@ def test_the_experiment_option_reaches_the_strategy() -> None:
     config = load_config(SMOKE, ["federation.cyclic_rounds=1"])
     strategy = strategy_for(config, 3)
     assert strategy.cyclic_rounds == 1 and strategy.in_turn(1) and not strategy.in_turn(2)
+    assert strategy.turn_seed == config.seed
     assert strategy_for(load_config(SMOKE), 3).cyclic_rounds == 0
 
 

@@ -122,6 +122,21 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, full_run: Path) -> None
 
 
 @pytest.mark.slow
+def test_clients_in_turn_repeat_a_run_exactly_at_the_same_seed(tmp_path: Path) -> None:
+    """The order of the turns comes from the seed and the clients' ids, not from the node ids
+    the simulation draws afresh each run (nor Flower's random sample of them)."""
+    models = []
+    for name in ("first", "again"):
+        out = tmp_path / name
+        assert simulate(out, "--set", "federation.cyclic_rounds=2") == 0
+        models.append(torch.load(out / "model.pt", weights_only=True))
+    first, again = models
+    assert first.keys() == again.keys()
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("cyclic", [0, 1], ids=["parallel", "in-turn"])
 def test_failing_client_is_counted_and_run_finishes(tmp_path: Path, cyclic: int) -> None:
     """Also with the clients in turn (``federation.cyclic_rounds``), through Flower's grid."""
