@@ -17,7 +17,11 @@ A training message from the server holds the global model (an ArrayRecord under
 A reply holds the arrays sent back under :data:`ARRAYS` and a MetricRecord under
 :data:`METRICS` with the example count (:data:`NUM_EXAMPLES`, the aggregation weight),
 :data:`CLIENT_ID` and the training metrics, and, when asked, the feature statistics under
-:data:`STATISTICS`.  Nothing here imports Flower.
+:data:`STATISTICS`.
+
+A query message (Flower's ``query`` type, with no content) asks a node its client id: the
+reply holds a MetricRecord under :data:`METRICS` with :data:`CLIENT_ID` alone (the order of the
+turns in rounds whose clients train in turn).  Nothing here imports Flower.
 """
 
 from __future__ import annotations
