@@ -568,8 +568,12 @@ class AccountedFedAvg(FedAvg):
         stats = self._stats(server_round)
         stats.bytes_down += messages_bytes(queries)
         for reply in grid.send_and_receive(queries, timeout=timeout):
-            stats.bytes_up += message_bytes(reply)
             node = reply.metadata.src_node_id
+            try:
+                stats.bytes_up += message_bytes(reply)
+            except Exception as exc:  # a reply that cannot be measured is not read either
+                log(WARNING, "round %d: node %d's id unreadable: %s", server_round, node, exc)
+                continue
             if node in found:
                 found[node] = reply_order(reply)[0]
         silent = sum(1 for value in found.values() if value == math.inf)

@@ -223,6 +223,28 @@ def test_nodes_that_report_no_client_id_train_last_by_node_id() -> None:
     )
 
 
+def test_a_query_reply_that_cannot_be_read_is_no_client_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    measure = base_module.message_bytes
+
+    def failing(msg: Message) -> int:
+        if msg.metadata.message_type == "query" and msg.metadata.src_node_id == 3:
+            raise RecursionError("a reply nested too deep")
+        return measure(msg)
+
+    monkeypatch.setattr(base_module, "message_bytes", failing)
+    clients = Clients(ids={3: 0, 5: 1, 7: 2})
+    strategy = ModalityAwareFedAvg(
+        min_train_nodes=3, fraction_evaluate=0.0, cyclic_rounds=1, turn_seed=0
+    )
+    strategy.start(FakeGrid([3, 5, 7], clients), global_model(), num_rounds=1, timeout=10)
+    order = [node for node, _ in clients.received]
+    ranked = [5, 7, 3]  # node 3's answer is unreadable: it goes last
+    assert order == [ranked[i] for i in np.random.default_rng([0, 1, 2]).permutation(3)]
+    assert strategy.round_stats[1].clients_ok == 3
+
+
 def test_a_resumed_run_counts_the_rounds_it_already_did() -> None:
     strategy = ModalityAwareFedAvg(min_train_nodes=2, fraction_evaluate=0.0, cyclic_rounds=1)
     strategy.round_offset = 1  # round 1 was done before: this run's round 1 is averaged
