@@ -97,9 +97,9 @@ def node_client_id(node_config: dict[str, Any]) -> int:
     if "data-path" not in node_config and "partition-id" not in node_config:
         raise InputError("node config has neither 'data-path' nor 'partition-id'")
     value = node_config.get("partition-id", 0)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InputError(f"node config: partition-id must be a whole number, got {value!r}")
     try:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(value)
         return int(value)
     except ValueError:
         raise InputError(
