@@ -130,6 +130,7 @@ from .replies import (
     reply_metrics,
     reply_order,
     reply_statistics,
+    reported_client_id,
 )
 
 DEFAULT_LOCAL_KEYS = protocol.DEFAULT_LOCAL_KEYS
@@ -536,8 +537,8 @@ class AccountedFedAvg(FedAvg):
         """
         if self.turn_seed is None:
             return messages
-        unknown = [m.metadata.dst_node_id for m in messages]
-        unknown = [node for node in unknown if node not in self._client_ids]
+        nodes = [m.metadata.dst_node_id for m in messages]
+        unknown = [node for node in nodes if node not in self._client_ids]
         if unknown:
             self._client_ids.update(self.ask_client_ids(grid, server_round, unknown, timeout))
         ranked = sorted(
@@ -575,7 +576,7 @@ class AccountedFedAvg(FedAvg):
                 log(WARNING, "round %d: node %d's id unreadable: %s", server_round, node, exc)
                 continue
             if node in found:
-                found[node] = reply_order(reply)[0]
+                found[node] = reported_client_id(reply)
         silent = sum(1 for value in found.values() if value == math.inf)
         if silent:
             log(

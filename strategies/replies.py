@@ -215,20 +215,24 @@ def describe_error(error: Error) -> tuple[str, str]:
     return reason, text
 
 
-def reply_order(msg: Message) -> tuple[float, int]:
-    """Sort key of a reply: its ``client-id`` metric when it reports one, then its node id.
+def reported_client_id(msg: Message) -> float:
+    """The ``client-id`` metric a reply reports, or inf when it reports none.
 
     Never raises on what a client sends: a ``client-id`` that is not a finite number counts as
     none.
     """
-    client = math.inf
     if msg.has_content():
         for record in msg.content.metric_records.values():
             value = _as_finite(record.get(CLIENT_ID_KEY))
             if value is not None:
-                client = value
-                break
-    return (client, int(msg.metadata.src_node_id))
+                return value
+    return math.inf
+
+
+def reply_order(msg: Message) -> tuple[float, int]:
+    """Sort key of a reply: its ``client-id`` metric when it reports one
+    (:func:`reported_client_id`), then its node id."""
+    return (reported_client_id(msg), int(msg.metadata.src_node_id))
 
 
 def client_metrics(metrics: MetricRecord) -> tuple[int, dict[str, float]] | None:
