@@ -144,7 +144,8 @@ def train(msg: Message, context: Context, settings: RunSettings) -> Message:
 
 def client_id(msg: Message, context: Context) -> Message:
     """Reply to a query with this node's client id (:data:`fedrs.protocol.CLIENT_ID`), read
-    from its node config alone: the server orders the clients of an in-turn round by it."""
+    from its node config alone: the server orders the clients of an in-turn round, and lists
+    the nodes it samples from, by it."""
     metrics = MetricRecord({protocol.CLIENT_ID: node_client_id(dict(context.node_config))})
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 

@@ -20,8 +20,9 @@ A reply holds the arrays sent back under :data:`ARRAYS` and a MetricRecord under
 :data:`STATISTICS`.
 
 A query message (Flower's ``query`` type, with no content) asks a node its client id: the
-reply holds a MetricRecord under :data:`METRICS` with :data:`CLIENT_ID` alone (the order of the
-turns in rounds whose clients train in turn).  Nothing here imports Flower.
+reply holds a MetricRecord under :data:`METRICS` with :data:`CLIENT_ID` alone (the seeded
+order of the turns in rounds whose clients train in turn, and the seeded sample of a round).
+Nothing here imports Flower.
 """
 
 from __future__ import annotations

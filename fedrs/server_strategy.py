@@ -45,6 +45,8 @@ def strategy_for(
     if fed.cyclic_rounds:
         options["cyclic_rounds"] = fed.cyclic_rounds
         options["turn_seed"] = config.seed  # the same order of turns at the same seed
+    if fed.fraction_train < 1:
+        options["sample_seed"] = config.seed  # the same clients each round at the same seed
     if fed.max_weight is not None or max_weight is not None:
         options["max_weight"] = fed.max_weight if fed.max_weight is not None else max_weight
     if fed.statistics != "averaged" and config.model.whitening:

@@ -54,6 +54,9 @@ training replies with a checked one:
   before anything of it is passed on.  With ``turn_seed`` the order of the turns is a seeded
   permutation of the clients' ids (each node answers a query message with its id once), so a
   run is repeated exactly at the same seed.
+* **Seeded sampling** (``sample_seed``): with ``fraction_train`` (or ``fraction_evaluate``)
+  below 1, Flower's sampler draws from the connected nodes listed by client id, under a
+  ``random`` seeded with ``(sample_seed, round)``: the same seed samples the same clients.
 * **Accounting**: :attr:`AccountedFedAvg.round_stats` maps each round to a :class:`RoundStats`
   (clients ok/failed, bytes up/down); :meth:`RoundStats.as_metrics` names them as the MLflow
   metrics ``clients/ok``, ``clients/failed``, ``comm/bytes_up``, ``comm/bytes_down``;
@@ -76,7 +79,9 @@ deflated as Flower pushes and pulls them, each distinct object once), summed ove
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any, cast
@@ -217,14 +222,11 @@ class _NotAveraged:
         return key in self.derived or self.local.is_local(key)
 
 
-class _TurnGrid(Grid):
-    """``grid`` as it is, except that the training messages of a round whose clients train in
-    turn (:meth:`AccountedFedAvg.take_turns`) go out one after another
-    (:meth:`AccountedFedAvg.train_in_turn`)."""
+class _GridProxy(Grid):
+    """``grid`` as it is: what the views below change, they override."""
 
-    def __init__(self, grid: Grid, strategy: AccountedFedAvg) -> None:
+    def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.strategy = strategy
 
     def set_run(self, run_id: int) -> None:  # type: ignore[override]
         self.grid.set_run(run_id)  # type: ignore[arg-type]
@@ -248,10 +250,53 @@ class _TurnGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class _TurnGrid(_GridProxy):
+    """``grid``, except that the training messages of a round whose clients train in turn
+    (:meth:`AccountedFedAvg.take_turns`) go out one after another
+    (:meth:`AccountedFedAvg.train_in_turn`)."""
+
+    def __init__(self, grid: Grid, strategy: AccountedFedAvg) -> None:
+        super().__init__(grid)
+        self.strategy = strategy
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         server_round = self.strategy.take_turns(messages)
         if server_round is None:
             return self.grid.send_and_receive(messages, timeout=timeout)
         return self.strategy.train_in_turn(self.grid, server_round, list(messages), timeout)
+
+
+class _RankedGrid(_GridProxy):
+    """``grid``, except that it lists the connected nodes by their client ids (then node ids),
+    asking a node not yet known (:meth:`AccountedFedAvg.client_ids`): a sampler seeded alike
+    then picks the same clients whatever node ids the federation assigned."""
+
+    def __init__(self, grid: Grid, strategy: AccountedFedAvg, server_round: int) -> None:
+        super().__init__(grid)
+        self.strategy = strategy
+        self.server_round = server_round
+
+    def get_node_ids(self) -> Iterable[int]:
+        nodes = list(self.grid.get_node_ids())
+        ids = self.strategy.client_ids(self.grid, self.server_round, nodes)
+        return sorted(nodes, key=lambda node: (ids[node], node))
+
+
+@contextmanager
+def _seeded_random(*words: int) -> Iterator[None]:
+    """Python's ``random`` (what Flower samples nodes with) seeded from ``words`` inside,
+    and left as it was outside."""
+    state = random.getstate()
+    random.seed(int(np.random.SeedSequence(list(words)).generate_state(1)[0]))
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class AccountedFedAvg(FedAvg):
@@ -297,6 +342,11 @@ class AccountedFedAvg(FedAvg):
             is asked its id once, by a query message), so the same seed gives the same order
             whatever node ids the federation assigned.  ``None``: the order Flower sampled
             the nodes in.
+        sample_seed: Seeds which nodes a round samples (``fraction_train`` or
+            ``fraction_evaluate`` below 1): Flower's sampler draws, from a generator seeded
+            with ``(sample_seed, round)``, among the connected nodes listed by their client ids
+            (asked once, as for ``turn_seed``), so the same seed samples the same clients.
+            ``None``: Flower's random draw.
         **flower_options: Further keyword arguments of the Flower parent class.
 
     Raises:
@@ -326,12 +376,15 @@ class AccountedFedAvg(FedAvg):
         statistics: StatisticsPool | None = None,
         cyclic_rounds: int = 0,
         turn_seed: int | None = None,
+        sample_seed: int | None = None,
         **flower_options: Any,
     ) -> None:
         _check_fraction("fraction_train", fraction_train)
         _check_count("cyclic_rounds", cyclic_rounds, 0)
         if turn_seed is not None:
             _check_count("turn_seed", turn_seed, 0)
+        if sample_seed is not None:
+            _check_count("sample_seed", sample_seed, 0)
         _check_fraction("fraction_evaluate", fraction_evaluate)
         _check_count("min_train_nodes", min_train_nodes, 0)
         _check_count("min_evaluate_nodes", min_evaluate_nodes, 0)
@@ -378,8 +431,11 @@ class AccountedFedAvg(FedAvg):
             )
         self.cyclic_rounds = int(cyclic_rounds)
         self.turn_seed = None if turn_seed is None else int(turn_seed)
+        self.sample_seed = None if sample_seed is None else int(sample_seed)
         self._client_ids: dict[int, float] = {}
-        """Each node's reported client id (inf: none), asked once for the order of turns."""
+        """Each node's reported client id (inf: none), asked once (:meth:`client_ids`)."""
+        self._query_timeout = 3600.0
+        """How long a query for client ids waits (the timeout ``start`` was given)."""
         self.round_offset = 0
         """Rounds done before this run (a resumed run): ``cyclic_rounds`` count global rounds."""
         super().__init__(
@@ -446,7 +502,8 @@ class AccountedFedAvg(FedAvg):
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
         config[PARTIAL_REPLIES_CONFIG_KEY] = not self.requires_all_shared_keys
         config[protocol.STATISTICS] = self.statistics is not None
-        messages = self.sample_train(server_round, shared, config, grid)
+        with self._sampling(server_round, grid, stream=1) as sampling_grid:
+            messages = self.sample_train(server_round, shared, config, sampling_grid)
         self._train_globals[server_round] = arrays
         if messages and self.update_codec.codes_broadcast:
             self._code_broadcast(server_round, shared, messages)
@@ -455,17 +512,45 @@ class AccountedFedAvg(FedAvg):
         if messages and self.in_turn(server_round):
             self._turns[server_round] = messages  # sent and counted by train_in_turn (start)
         else:
-            stats.bytes_down = messages_bytes(messages)
+            stats.bytes_down += messages_bytes(messages)
         return messages
 
     def in_turn(self, server_round: int) -> bool:
         """Whether the clients of ``server_round`` train in turn (``cyclic_rounds``)."""
         return server_round + self.round_offset <= self.cyclic_rounds
 
-    def start(self, grid: Grid, *args: Any, **kwargs: Any) -> Any:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         """Flower's ``start``; with ``cyclic_rounds`` the training messages of those rounds
-        go out one after another (:meth:`train_in_turn`) through a :class:`_TurnGrid`."""
-        return super().start(_TurnGrid(grid, self) if self.cyclic_rounds else grid, *args, **kwargs)
+        go out one after another (:meth:`train_in_turn`) through a :class:`_TurnGrid`.
+        Queries for client ids wait ``timeout`` too."""
+        self._query_timeout = timeout
+        return super().start(
+            _TurnGrid(grid, self) if self.cyclic_rounds else grid,
+            initial_arrays,
+            num_rounds,
+            timeout,
+            *args,
+            **kwargs,
+        )
+
+    @contextmanager
+    def _sampling(self, server_round: int, grid: Grid, stream: int) -> Iterator[Grid]:
+        """The grid to sample ``server_round``'s nodes from: with ``sample_seed``, one that
+        lists them by client id, under a ``random`` seeded with ``(sample_seed, round,
+        stream)``; else ``grid`` itself."""
+        if self.sample_seed is None:
+            yield grid
+            return
+        with _seeded_random(self.sample_seed, server_round + self.round_offset, stream):
+            yield _RankedGrid(grid, self, server_round)
 
     def take_turns(self, messages: Iterable[Message]) -> int | None:
         """The round whose in-turn training messages ``messages`` are (then forgotten), or
@@ -487,7 +572,7 @@ class AccountedFedAvg(FedAvg):
         :meth:`aggregate_train` adopts for this round, and it takes each reply's check from
         here instead of repeating it.
         """
-        messages = self.turn_order(grid, server_round, messages, timeout)
+        messages = self.turn_order(grid, server_round, messages)
         global_arrays = self._train_globals[server_round]
         global_numpy = _NumpyView(global_arrays)
         first = messages[0].content.array_records[self.arrayrecord_key]
@@ -526,9 +611,7 @@ class AccountedFedAvg(FedAvg):
         self._stats(server_round).bytes_down += messages_bytes(messages)
         return replies
 
-    def turn_order(
-        self, grid: Grid, server_round: int, messages: list[Message], timeout: float | None
-    ) -> list[Message]:
+    def turn_order(self, grid: Grid, server_round: int, messages: list[Message]) -> list[Message]:
         """The order in which the clients of an in-turn round train.
 
         With ``turn_seed``: the messages sorted by their nodes' client ids (then node ids),
@@ -537,17 +620,22 @@ class AccountedFedAvg(FedAvg):
         """
         if self.turn_seed is None:
             return messages
-        nodes = [m.metadata.dst_node_id for m in messages]
-        unknown = [node for node in nodes if node not in self._client_ids]
-        if unknown:
-            self._client_ids.update(self.ask_client_ids(grid, server_round, unknown, timeout))
+        ids = self.client_ids(grid, server_round, [m.metadata.dst_node_id for m in messages])
         ranked = sorted(
-            messages,
-            key=lambda m: (self._client_ids[m.metadata.dst_node_id], m.metadata.dst_node_id),
+            messages, key=lambda m: (ids[m.metadata.dst_node_id], m.metadata.dst_node_id)
         )
         round_seed = server_round + self.round_offset
         permutation = np.random.default_rng([self.turn_seed, round_seed, 2]).permutation
         return [ranked[i] for i in permutation(len(ranked))]
+
+    def client_ids(self, grid: Grid, server_round: int, nodes: list[int]) -> Mapping[int, float]:
+        """Each node's client id (inf: none), known or asked once (:meth:`ask_client_ids`,
+        waiting the ``start`` timeout)."""
+        unknown = [node for node in nodes if node not in self._client_ids]
+        if unknown:
+            found = self.ask_client_ids(grid, server_round, unknown, self._query_timeout)
+            self._client_ids.update(found)
+        return self._client_ids
 
     def ask_client_ids(
         self, grid: Grid, server_round: int, nodes: list[int], timeout: float | None
@@ -629,7 +717,8 @@ class AccountedFedAvg(FedAvg):
         """Sample clients and send them the shared part of the global model to evaluate."""
         shared = self.local_keys.shared(arrays)
         config[LOCAL_KEYS_CONFIG_KEY] = list(self.local_keys.patterns)
-        messages = self.sample_evaluate(server_round, shared, config, grid)
+        with self._sampling(server_round, grid, stream=3) as sampling_grid:
+            messages = self.sample_evaluate(server_round, shared, config, sampling_grid)
         stats = self._stats(server_round)
         stats.eval_sampled = len(messages)
         stats.bytes_down_eval = messages_bytes(messages)

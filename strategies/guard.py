@@ -76,6 +76,7 @@ FEDRS_OPTIONS = (
     "server_keys",
     "cyclic_rounds",
     "turn_seed",
+    "sample_seed",
 )
 """Options fedrs adds to every strategy (the rest go to the Flower class)."""
 IN_TURN = (FedAvg, FedProx)

@@ -122,13 +122,16 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, full_run: Path) -> None
 
 
 @pytest.mark.slow
-def test_clients_in_turn_repeat_a_run_exactly_at_the_same_seed(tmp_path: Path) -> None:
-    """The order of the turns comes from the seed and the clients' ids, not from the node ids
-    the simulation draws afresh each run (nor Flower's random sample of them)."""
+def test_a_sampled_federation_repeats_a_run_exactly_at_the_same_seed(tmp_path: Path) -> None:
+    """Which clients a round samples (2 of 3) and the order of the turns (round 1 in turn)
+    come from the seed and the clients' ids, not from the node ids the simulation draws
+    afresh each run (nor from Flower's random sample of them); round 2 averages."""
     models = []
     for name in ("first", "again"):
         out = tmp_path / name
-        assert simulate(out, "--set", "federation.cyclic_rounds=2") == 0
+        options = ("federation.cyclic_rounds=1", "federation.fraction_train=0.67")
+        assert simulate(out, *(arg for option in options for arg in ("--set", option))) == 0
+        assert json.loads((out / "summary.json").read_text())["clients_ok"] == 4  # 2 a round
         models.append(torch.load(out / "model.pt", weights_only=True))
     first, again = models
     assert first.keys() == again.keys()
