@@ -273,7 +273,7 @@ class _TurnGrid(_GridProxy):
 
 class _RankedGrid(_GridProxy):
     """``grid``, except that it lists the connected nodes by their client ids (then node ids),
-    asking a node not yet known (:meth:`AccountedFedAvg.client_ids`): a sampler seeded alike
+    asking a node not yet known (:meth:`AccountedFedAvg.rank_nodes`): a sampler seeded alike
     then picks the same clients whatever node ids the federation assigned."""
 
     def __init__(self, grid: Grid, strategy: AccountedFedAvg, server_round: int) -> None:
@@ -282,9 +282,7 @@ class _RankedGrid(_GridProxy):
         self.server_round = server_round
 
     def get_node_ids(self) -> Iterable[int]:
-        nodes = list(self.grid.get_node_ids())
-        ids = self.strategy.client_ids(self.grid, self.server_round, nodes)
-        return sorted(nodes, key=lambda node: (ids[node], node))
+        return self.strategy.rank_nodes(self.grid, self.server_round, self.grid.get_node_ids())
 
 
 @contextmanager
@@ -433,7 +431,7 @@ class AccountedFedAvg(FedAvg):
         self.turn_seed = None if turn_seed is None else int(turn_seed)
         self.sample_seed = None if sample_seed is None else int(sample_seed)
         self._client_ids: dict[int, float] = {}
-        """Each node's reported client id (inf: none), asked once (:meth:`client_ids`)."""
+        """Each node's reported client id (inf: none), asked once (:meth:`rank_nodes`)."""
         self._query_timeout = 3600.0
         """How long a query for client ids waits (the timeout ``start`` was given)."""
         self.round_offset = 0
@@ -620,22 +618,21 @@ class AccountedFedAvg(FedAvg):
         """
         if self.turn_seed is None:
             return messages
-        ids = self.client_ids(grid, server_round, [m.metadata.dst_node_id for m in messages])
-        ranked = sorted(
-            messages, key=lambda m: (ids[m.metadata.dst_node_id], m.metadata.dst_node_id)
-        )
+        by_node = {m.metadata.dst_node_id: m for m in messages}
+        ranked = [by_node[node] for node in self.rank_nodes(grid, server_round, by_node)]
         round_seed = server_round + self.round_offset
         permutation = np.random.default_rng([self.turn_seed, round_seed, 2]).permutation
         return [ranked[i] for i in permutation(len(ranked))]
 
-    def client_ids(self, grid: Grid, server_round: int, nodes: list[int]) -> Mapping[int, float]:
-        """Each node's client id (inf: none), known or asked once (:meth:`ask_client_ids`,
-        waiting the ``start`` timeout)."""
+    def rank_nodes(self, grid: Grid, server_round: int, nodes: Iterable[int]) -> list[int]:
+        """``nodes`` sorted by their client ids (then node ids; inf: none), each known or asked
+        once (:meth:`ask_client_ids`, waiting the ``start`` timeout)."""
+        nodes = list(nodes)
         unknown = [node for node in nodes if node not in self._client_ids]
         if unknown:
             found = self.ask_client_ids(grid, server_round, unknown, self._query_timeout)
             self._client_ids.update(found)
-        return self._client_ids
+        return sorted(nodes, key=lambda node: (self._client_ids[node], node))
 
     def ask_client_ids(
         self, grid: Grid, server_round: int, nodes: list[int], timeout: float | None
